@@ -1,0 +1,29 @@
+"""DeepRebirth: make trained CNNs faster on CPUs by merging away non-tensor layers.
+
+Example:
+    >>> import deeprebirth
+    >>> model = deeprebirth.get_model("bvlc_googlenet", num_classes=10)
+    >>> result = deeprebirth.profile(model, runtimes=["torch"], input_size=64)  # doctest: +SKIP
+"""
+
+from .data import get_dataset, get_loader
+from .errors import DeepRebirthError
+from .export import to_onnx
+from .graph import capture
+from .profiling import plot_profile, profile
+from .zoo import get_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeepRebirthError",
+    "capture",
+    "get_dataset",
+    "get_loader",
+    "get_model",
+    "list_models",
+    "plot_profile",
+    "profile",
+    "register_model",
+    "to_onnx",
+]

@@ -1,0 +1,166 @@
+"""Data sets, adapted to the model: real Fashion-MNIST, an ImageFolder directory, or synthetic.
+
+``--data fashion-mnist`` looks for the real files in ``$DEEPREBIRTH_DATA``, then where the
+Debian package ``dataset-fashion-mnist`` puts them, then in the cache; images are resized
+to the model's input size and replicated to 3 channels when the model wants 3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets, transforms
+from torchvision.datasets.utils import extract_archive
+
+from .errors import DataNotFoundError
+
+FASHION_MNIST = "fashion-mnist"
+SYNTHETIC = "synthetic"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+# Per-channel statistics of the Fashion-MNIST training set; ImageNet's for image folders.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "deeprebirth"
+
+
+def _fashion_mnist_candidates() -> list[Path]:
+    env = os.environ.get("DEEPREBIRTH_DATA")
+    dirs = [Path(env)] if env else []
+    return [*dirs, DEBIAN_FASHION_MNIST]
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fashion_mnist_root(download: bool = False) -> Path:
+    """A torchvision ``FashionMNIST`` root holding the real data, prepared in the cache.
+
+    Raises:
+        DataNotFoundError: saying where it looked and how to get the data.
+    """
+    root = cache_dir() / "fashion-mnist"
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in FASHION_MNIST_FILES):
+        return root
+    for directory in _fashion_mnist_candidates():
+        found = {f: _find_idx(directory, f) for f in FASHION_MNIST_FILES}
+        if all(found.values()):
+            raw.mkdir(parents=True, exist_ok=True)
+            for stem, src in found.items():
+                if src.suffix == ".gz":
+                    extract_archive(str(src), str(raw / stem))
+                else:
+                    shutil.copyfile(src, raw / stem)
+            return root
+    if download:
+        datasets.FashionMNIST(root, train=False, download=True)
+        datasets.FashionMNIST(root, train=True, download=True)
+        return root
+    looked = ", ".join(str(d) for d in _fashion_mnist_candidates())
+    raise DataNotFoundError(
+        f"Fashion-MNIST not found (looked in {looked} and {raw}); install it with "
+        "'apt-get install dataset-fashion-mnist', or set DEEPREBIRTH_DATA to a directory "
+        "holding the four idx files"
+    )
+
+
+def image_transform(input_size: int, in_chans: int, gray_source: bool) -> transforms.Compose:
+    """Resize to the model's input and match its channels; normalise."""
+    steps: list = [transforms.Resize(input_size), transforms.CenterCrop(input_size)]
+    if gray_source:
+        mean, std = (FASHION_MNIST_MEAN,) * in_chans, (FASHION_MNIST_STD,) * in_chans
+        if in_chans == 3:
+            steps.append(transforms.Grayscale(num_output_channels=3))
+    else:
+        mean, std = IMAGENET_MEAN[:in_chans], IMAGENET_STD[:in_chans]
+        if in_chans == 1:
+            steps.append(transforms.Grayscale(num_output_channels=1))
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def _image_folder(path: Path, split: str, transform) -> datasets.ImageFolder:
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"data directory {path} does not exist; pass an ImageFolder directory "
+            f"(one sub-directory per class), '{FASHION_MNIST}' or '{SYNTHETIC}'"
+        )
+    aliases = {"test": ("test", "val"), "train": ("train",)}[split]
+    for sub in aliases:
+        if (path / sub).is_dir():
+            path = path / sub
+            break
+    try:
+        return datasets.ImageFolder(path, transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataNotFoundError(f"no images found in {path}: {e}") from e
+
+
+def get_dataset(
+    spec: str,
+    split: str = "test",
+    *,
+    input_size: int = 224,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    synthetic_size: int = 64,
+    download: bool = False,
+) -> Dataset:
+    """The data named by ``spec``, adapted to a model with the given input.
+
+    Args:
+        spec: ``"fashion-mnist"``, ``"synthetic"`` or a path to an ImageFolder directory
+            (with ``train/`` and ``test/`` or ``val/`` sub-directories, or one class
+            directory per class).
+        split: ``"train"`` or ``"test"``.
+
+    Example:
+        >>> ds = get_dataset("synthetic", input_size=32, in_chans=3)
+        >>> ds[0][0].shape
+        torch.Size([3, 32, 32])
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if spec == FASHION_MNIST:
+        tf = image_transform(input_size, in_chans, gray_source=True)
+        return datasets.FashionMNIST(fashion_mnist_root(download), train=split == "train", transform=tf)
+    if spec == SYNTHETIC:
+        return datasets.FakeData(
+            size=synthetic_size,
+            image_size=(in_chans, input_size, input_size),
+            num_classes=num_classes,
+            transform=transforms.ToTensor(),
+            random_offset=0 if split == "train" else 10**6,
+        )
+    tf = image_transform(input_size, in_chans, gray_source=False)
+    return _image_folder(Path(spec), split, tf)
+
+
+def get_loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = False, workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
+
+
+def num_classes_of(dataset: Dataset) -> int | None:
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        return len(classes)
+    return getattr(dataset, "num_classes", None)
+
+
+__all__ = ["FASHION_MNIST", "SYNTHETIC", "get_dataset", "get_loader", "num_classes_of"]

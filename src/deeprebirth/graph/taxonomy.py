@@ -1,0 +1,205 @@
+"""Layer taxonomy: which layers are *tensor layers* and which are *non-tensor layers*.
+
+In the paper's words, tensor layers carry weight tensors (convolution, fully connected);
+non-tensor layers do not (pooling, LRN, batch-norm at inference, concat, dropout, ...).
+Everything here is data: supporting a new layer kind is one entry in a table.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..zoo.layers import LocalResponseNorm
+
+#: Layer kinds whose layers hold weight tensors. Every other kind is non-tensor.
+TENSOR_KINDS = frozenset({"conv", "fc"})
+
+#: All kinds, in the order reports show them.
+KINDS = (
+    "conv",
+    "fc",
+    "pool",
+    "lrn",
+    "batchnorm",
+    "concat",
+    "dropout",
+    "activation",
+    "eltwise",
+    "reshape",
+    "other",
+)
+
+#: Module type -> kind. Looked up along the MRO, so subclasses inherit their base's kind.
+MODULE_KINDS: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv",
+    nn.Conv2d: "conv",
+    nn.Conv3d: "conv",
+    nn.ConvTranspose2d: "conv",
+    nn.Linear: "fc",
+    nn.MaxPool2d: "pool",
+    nn.AvgPool2d: "pool",
+    nn.AdaptiveAvgPool2d: "pool",
+    nn.AdaptiveMaxPool2d: "pool",
+    nn.LocalResponseNorm: "lrn",
+    LocalResponseNorm: "lrn",
+    nn.BatchNorm1d: "batchnorm",
+    nn.BatchNorm2d: "batchnorm",
+    nn.GroupNorm: "batchnorm",
+    nn.LayerNorm: "batchnorm",
+    nn.Dropout: "dropout",
+    nn.Dropout2d: "dropout",
+    nn.AlphaDropout: "dropout",
+    nn.Identity: "reshape",
+    nn.Flatten: "reshape",
+    nn.ReLU: "activation",
+    nn.ReLU6: "activation",
+    nn.LeakyReLU: "activation",
+    nn.PReLU: "activation",
+    nn.ELU: "activation",
+    nn.GELU: "activation",
+    nn.SiLU: "activation",
+    nn.Sigmoid: "activation",
+    nn.Hardswish: "activation",
+    nn.Hardsigmoid: "activation",
+    nn.Tanh: "activation",
+    nn.Softmax: "activation",
+}
+
+#: Function (call_function targets in a torch.fx graph) -> kind.
+FUNCTION_KINDS: dict[object, str] = {
+    torch.cat: "concat",
+    torch.concat: "concat",
+    torch.flatten: "reshape",
+    torch.reshape: "reshape",
+    torch.transpose: "reshape",
+    torch.permute: "reshape",
+    torch.split: "reshape",
+    torch.chunk: "reshape",
+    operator.getitem: "reshape",
+    torch.relu: "activation",
+    torch.sigmoid: "activation",
+    torch.tanh: "activation",
+    F.relu: "activation",
+    F.relu6: "activation",
+    F.gelu: "activation",
+    F.silu: "activation",
+    F.hardswish: "activation",
+    F.hardsigmoid: "activation",
+    F.softmax: "activation",
+    F.dropout: "dropout",
+    F.max_pool2d: "pool",
+    F.avg_pool2d: "pool",
+    F.adaptive_avg_pool2d: "pool",
+    F.adaptive_max_pool2d: "pool",
+    F.local_response_norm: "lrn",
+    F.batch_norm: "batchnorm",
+    F.layer_norm: "batchnorm",
+    F.conv2d: "conv",
+    F.linear: "fc",
+    torch.add: "eltwise",
+    torch.mul: "eltwise",
+    operator.add: "eltwise",
+    operator.iadd: "eltwise",
+    operator.mul: "eltwise",
+    operator.imul: "eltwise",
+}
+
+#: Tensor methods (call_method targets) -> kind.
+METHOD_KINDS: dict[str, str] = {
+    "flatten": "reshape",
+    "view": "reshape",
+    "reshape": "reshape",
+    "permute": "reshape",
+    "transpose": "reshape",
+    "contiguous": "reshape",
+    "chunk": "reshape",
+    "split": "reshape",
+    "size": "reshape",
+    "mean": "pool",
+    "relu": "activation",
+    "sigmoid": "activation",
+    "add": "eltwise",
+    "add_": "eltwise",
+    "mul": "eltwise",
+    "mul_": "eltwise",
+}
+
+#: ONNX operator type (as ONNX Runtime reports it, fused kernels included) -> kind.
+ONNX_KINDS: dict[str, str] = {
+    "Conv": "conv",
+    "FusedConv": "conv",
+    "NhwcFusedConv": "conv",
+    "QLinearConv": "conv",
+    "ConvInteger": "conv",
+    "Gemm": "fc",
+    "FusedGemm": "fc",
+    "MatMul": "fc",
+    "QLinearMatMul": "fc",
+    "MaxPool": "pool",
+    "AveragePool": "pool",
+    "GlobalAveragePool": "pool",
+    "GlobalMaxPool": "pool",
+    "ReduceMean": "pool",  # adaptive average pooling to 1x1 exports as ReduceMean
+    "LRN": "lrn",
+    "BatchNormalization": "batchnorm",
+    "LayerNormalization": "batchnorm",
+    "Concat": "concat",
+    "Dropout": "dropout",
+    "Relu": "activation",
+    "Clip": "activation",
+    "Sigmoid": "activation",
+    "HardSigmoid": "activation",
+    "HardSwish": "activation",
+    "Softmax": "activation",
+    "Add": "eltwise",
+    "Mul": "eltwise",
+    "Sum": "eltwise",
+    "Flatten": "reshape",
+    "Reshape": "reshape",
+    "Transpose": "reshape",
+    "Split": "reshape",
+    "Slice": "reshape",
+    "Identity": "reshape",
+    "ReorderInput": "reshape",  # ORT's NCHWc layout conversions
+    "ReorderOutput": "reshape",
+    "Squeeze": "reshape",
+    "Unsqueeze": "reshape",
+}
+
+
+def is_tensor_kind(kind: str) -> bool:
+    """True for tensor layers (conv, fc), False for every non-tensor kind."""
+    return kind in TENSOR_KINDS
+
+
+def module_kind(module: nn.Module) -> str:
+    """The kind of a module, looked up along its class hierarchy."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_KINDS:
+            return MODULE_KINDS[cls]
+    return "other"
+
+
+def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The kind of a torch.fx node, or None for graph plumbing (inputs, outputs, attributes)."""
+    if node.op == "call_module":
+        return module_kind(modules[node.target])
+    if node.op == "call_function":
+        return FUNCTION_KINDS.get(node.target, "other")
+    if node.op == "call_method":
+        return METHOD_KINDS.get(node.target, "other")
+    return None
+
+
+def onnx_kind(op_type: str) -> str:
+    """The kind of an ONNX operator type."""
+    return ONNX_KINDS.get(op_type, "other")
+
+
+def is_leaf_type(module: nn.Module) -> bool:
+    """Modules torch.fx should keep whole (not trace into): every module the taxonomy names."""
+    return any(cls in MODULE_KINDS for cls in type(module).__mro__)

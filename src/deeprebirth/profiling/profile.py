@@ -1,0 +1,106 @@
+"""Where inference time goes, per layer and per layer kind, in each runtime."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..export.onnx import to_onnx
+from ..graph.capture import capture, example_input
+from ..graph.taxonomy import KINDS, is_tensor_kind
+from .machine import machine_info
+from .ort_runtime import ort_latency, ort_layer_times
+from .stats import count_macs, count_params, peak_activation_bytes
+from .timing import pin_threads
+from .torch_runtime import torch_latency, torch_layer_times
+
+RUNTIMES = ("torch", "ort")
+
+
+def summarize_layers(rows: list[dict]) -> dict:
+    """Per-kind time and share of the summed layer times, plus the non-tensor share."""
+    total = sum(r["ms"] for r in rows) or 1.0
+    by_kind: dict[str, float] = defaultdict(float)
+    for r in rows:
+        by_kind[r["kind"]] += r["ms"]
+    ordered = {k: by_kind[k] for k in KINDS if k in by_kind}
+    return {
+        "layer_sum_ms": total,
+        "non_tensor_share": sum(ms for k, ms in ordered.items() if not is_tensor_kind(k)) / total,
+        "by_kind": {k: {"ms": ms, "share": ms / total} for k, ms in ordered.items()},
+    }
+
+
+def profile(
+    model: nn.Module,
+    *,
+    name: str = "model",
+    runtimes: Sequence[str] = RUNTIMES,
+    threads: int = 1,
+    batch: int = 1,
+    input_size: int = 224,
+    in_chans: int = 3,
+    runs: int = 30,
+    warmup: int = 5,
+    layer_runs: int = 10,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Profile ``model`` in each runtime: latency, time per layer and kind, static costs.
+
+    Example:
+        >>> from deeprebirth import get_model, profile
+        >>> result = profile(get_model("bvlc_googlenet"), runtimes=["torch"], input_size=64)
+        >>> result["runtimes"]["torch"]["non_tensor_share"]  # doctest: +SKIP
+        0.55
+    """
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {list(RUNTIMES)}")
+    pin_threads(threads)
+    model = model.eval()
+    x = example_input(batch, in_chans, input_size)
+    gm = capture(model)
+    log("counting MACs, parameters and peak activation memory")
+    result: dict = {
+        "model": name,
+        "input_shape": list(x.shape),
+        "threads": threads,
+        "macs": count_macs(model, x),
+        "params": count_params(model),
+        "peak_activation_mb": peak_activation_bytes(gm, x) / 2**20,
+        "machine": machine_info(),
+        "runtimes": {},
+    }
+    for runtime in runtimes:
+        if runtime == "torch":
+            log(f"PyTorch eager: {runs} timed runs, then {layer_runs} layer-by-layer runs")
+            latency = torch_latency(model, x, runs, warmup)
+            rows = torch_layer_times(gm, x, layer_runs, warmup=2)
+        else:
+            log("ONNX Runtime: exporting")
+            proto = to_onnx(model, x)
+            log(f"ONNX Runtime: {runs} timed runs, then {layer_runs} profiled runs")
+            latency = ort_latency(proto, x.numpy(), threads, runs, warmup)
+            rows = ort_layer_times(proto, x.numpy(), threads, layer_runs, warmup=2)
+        result["runtimes"][runtime] = {
+            "latency_ms": latency.median_ms,
+            "latency": latency.to_dict(),
+            **summarize_layers(rows),
+            "layers": rows,
+        }
+    return result
+
+
+def profile_by_name(name: str, **kwargs) -> dict:
+    """Convenience: ``profile(get_model(name), name=name, ...)`` with the model's input size."""
+    from ..zoo import get_model, model_meta
+
+    meta = model_meta(name)
+    kwargs.setdefault("input_size", meta["input_size"])
+    kwargs.setdefault("in_chans", meta["in_chans"])
+    return profile(get_model(name), name=name, **kwargs)
+
+

@@ -1,0 +1,68 @@
+"""Timing helpers: warm-up, repeated runs, medians with spread, pinned threads."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    @classmethod
+    def from_seconds(cls, samples: list[float]) -> Timing:
+        ms = sorted(s * 1e3 for s in samples)
+        q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else ms * 9
+        return cls(statistics.median(ms), q[0], q[-1], len(ms))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pin_threads(threads: int) -> None:
+    """Pin PyTorch's intra- and inter-op thread pools."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # may only be set once per process, before any parallel work
+        pass
+
+
+def measure(fn: Callable[[], object], runs: int, warmup: int) -> Timing:
+    """Time ``fn`` ``runs`` times after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return Timing.from_seconds(samples)
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int
+) -> dict[str, Timing]:
+    """Time several functions side by side: each round runs every one once, in turn.
+
+    Interleaving spreads machine noise evenly over the candidates, so their ratio is
+    meaningful even on a shared machine.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - t0)
+    return {k: Timing.from_seconds(v) for k, v in samples.items()}
