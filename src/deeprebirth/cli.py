@@ -16,6 +16,8 @@ from . import __version__
 from .errors import DeepRebirthError
 
 console = Console(stderr=True)
+# Tables go to stdout; when piped, give them room instead of rich's 80 columns.
+out = Console() if Console().is_terminal else Console(width=120)
 
 
 def _log(msg: str) -> None:
@@ -82,7 +84,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
         meta = model_meta(name)
         table.add_row(name, meta.get("paper", meta.get("source", "")), str(meta["input_size"]))
-    Console().print(table)
+    out.print(table)
     return 0
 
 
@@ -105,7 +107,7 @@ def run_profile(
         log=_log,
     )
     result["command"] = " ".join(["deeprebirth", *sys.argv[1:]])
-    print_profile(result, Console(), top=args.top)
+    print_profile(result, out, top=args.top)
     if json_path:
         _log(f"wrote {write_json(json_path, result)}")
     if plot_path:
@@ -116,6 +118,17 @@ def run_profile(
 def cmd_profile(args: argparse.Namespace) -> int:
     model, input_size, in_chans = load_model_from_args(args)
     run_profile(args, model, input_size, in_chans, args.json, args.plot)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import get_dataset, num_classes_of
+
+    for split in ("train", "test"):
+        ds = get_dataset(args.spec, split, input_size=args.input_size, in_chans=args.in_chans)
+        x, _ = ds[0]
+        classes = num_classes_of(ds)
+        out.print(f"{split}: {len(ds)} images, {classes} classes, tensor shape {tuple(x.shape)}")
     return 0
 
 
@@ -138,7 +151,9 @@ def add_timing_args(p: argparse.ArgumentParser) -> None:
         default=["torch", "ort"],
         help="comma list of runtimes: torch (PyTorch eager), ort (ONNX Runtime); default both",
     )
-    p.add_argument("--threads", type=positive_int, default=1, help="threads per runtime (default 1)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="threads per runtime (default 1)"
+    )
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs (default 30)")
     p.add_argument("--top", type=int, default=10, help="slowest layers to list (default 10)")
@@ -165,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--plot", type=Path, help="write a bar chart (PNG) of time per layer kind")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("data", help="check that a data set is found and how it is adapted")
+    p.add_argument("spec", help="fashion-mnist, synthetic, or an ImageFolder directory")
+    p.add_argument("--input-size", type=positive_int, default=224, help="resize to (default 224)")
+    p.add_argument("--in-chans", type=int, choices=(1, 3), default=3, help="channels (default 3)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="the main job, end to end, on the built-in defaults")
     add_timing_args(p)

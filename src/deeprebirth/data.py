@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
@@ -43,7 +44,11 @@ def _fashion_mnist_candidates() -> list[Path]:
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem):
+    for candidate in (
+        directory / stem,
+        directory / f"{stem}.gz",
+        directory / "FashionMNIST" / "raw" / stem,
+    ):
         if candidate.is_file():
             return candidate
     return None
@@ -63,11 +68,15 @@ def fashion_mnist_root(download: bool = False) -> Path:
         found = {f: _find_idx(directory, f) for f in FASHION_MNIST_FILES}
         if all(found.values()):
             raw.mkdir(parents=True, exist_ok=True)
-            for stem, src in found.items():
-                if src.suffix == ".gz":
-                    extract_archive(str(src), str(raw / stem))
-                else:
-                    shutil.copyfile(src, raw / stem)
+            # Unpack next to the cache and rename, so an interrupted run leaves no
+            # truncated file that would later look complete.
+            with tempfile.TemporaryDirectory(dir=raw) as tmp:
+                for stem, src in found.items():
+                    if src.suffix == ".gz":
+                        extract_archive(str(src), tmp)
+                    else:
+                        shutil.copyfile(src, Path(tmp) / stem)
+                    os.replace(Path(tmp) / stem, raw / stem)
             return root
     if download:
         datasets.FashionMNIST(root, train=False, download=True)
@@ -139,7 +148,9 @@ def get_dataset(
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if spec == FASHION_MNIST:
         tf = image_transform(input_size, in_chans, gray_source=True)
-        return datasets.FashionMNIST(fashion_mnist_root(download), train=split == "train", transform=tf)
+        return datasets.FashionMNIST(
+            fashion_mnist_root(download), train=split == "train", transform=tf
+        )
     if spec == SYNTHETIC:
         return datasets.FakeData(
             size=synthetic_size,
@@ -152,7 +163,9 @@ def get_dataset(
     return _image_folder(Path(spec), split, tf)
 
 
-def get_loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = False, workers: int = 0) -> DataLoader:
+def get_loader(
+    dataset: Dataset, batch_size: int = 64, shuffle: bool = False, workers: int = 0
+) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
 
 

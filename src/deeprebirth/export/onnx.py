@@ -30,7 +30,9 @@ def _with_native_lrn(model: nn.Module) -> nn.Module:
     return model
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None = None) -> onnx.ModelProto:
+def to_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path | None = None
+) -> onnx.ModelProto:
     """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension.
 
     Returns the checked ``ModelProto``; also writes it to ``path`` when given.

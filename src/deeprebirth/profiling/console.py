@@ -53,7 +53,9 @@ def profile_tables(result: dict, top: int = 10) -> list[Table]:
         t.add_column("share", justify="right")
         total_ms = data["layer_sum_ms"]
         for r in layers:
-            t.add_row(r["name"], r["op"], r["kind"], f"{r['ms']:.2f}", f"{100 * r['ms'] / total_ms:.1f}%")
+            t.add_row(
+                r["name"], r["op"], r["kind"], f"{r['ms']:.2f}", f"{100 * r['ms'] / total_ms:.1f}%"
+            )
         tables.append(t)
     return tables
 

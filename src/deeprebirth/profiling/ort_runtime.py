@@ -39,7 +39,9 @@ def ort_runner(session: ort.InferenceSession, example: np.ndarray):
     return lambda: session.run(None, {name: example})
 
 
-def ort_latency(proto: onnx.ModelProto, example: np.ndarray, threads: int, runs: int, warmup: int) -> Timing:
+def ort_latency(
+    proto: onnx.ModelProto, example: np.ndarray, threads: int, runs: int, warmup: int
+) -> Timing:
     return measure(ort_runner(ort_session(proto, threads), example), runs, warmup)
 
 
@@ -70,6 +72,11 @@ def ort_layer_times(
     for node, durs in samples.items():
         timed = durs[warmup:] if len(durs) > warmup else durs
         rows.append(
-            {"name": node, "kind": onnx_kind(ops[node]), "op": ops[node], "ms": statistics.median(timed)}
+            {
+                "name": node,
+                "kind": onnx_kind(ops[node]),
+                "op": ops[node],
+                "ms": statistics.median(timed),
+            }
         )
     return rows

@@ -18,12 +18,12 @@ def plot_profile(result: dict, path: str | Path) -> Path:
     """Bar chart of the time per layer kind, one panel per runtime; tensor kinds in blue."""
     runtimes = result["runtimes"]
     fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4), squeeze=False)
-    for ax, (runtime, data) in zip(axes[0], runtimes.items()):
+    for ax, (runtime, data) in zip(axes[0], runtimes.items(), strict=True):
         kinds = [k for k in KINDS if k in data["by_kind"]]
         ms = [data["by_kind"][k]["ms"] for k in kinds]
         colors = ["tab:blue" if is_tensor_kind(k) else "tab:orange" for k in kinds]
         ax.barh(kinds[::-1], ms[::-1], color=colors[::-1])
-        for y, (k, v) in enumerate(zip(kinds[::-1], ms[::-1])):
+        for y, (k, v) in enumerate(zip(kinds[::-1], ms[::-1], strict=True)):
             ax.text(v, y, f" {100 * data['by_kind'][k]['share']:.0f}%", va="center", fontsize=8)
         ax.set_xlabel("time per inference (ms, sum of layers)")
         ax.set_title(

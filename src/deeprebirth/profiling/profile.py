@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import DeepRebirthError
 from ..export.onnx import to_onnx
 from ..graph.capture import capture, example_input
 from ..graph.taxonomy import KINDS, is_tensor_kind
@@ -18,6 +19,17 @@ from .timing import pin_threads
 from .torch_runtime import torch_latency, torch_layer_times
 
 RUNTIMES = ("torch", "ort")
+
+
+def check_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Fail early, in one line, when the model does not take this input."""
+    try:
+        with torch.inference_mode():
+            model(x)
+    except RuntimeError as e:
+        cause = str(e).strip().splitlines()[0]
+        shape = "x".join(map(str, x.shape))
+        raise DeepRebirthError(f"{name} does not accept input {shape}: {cause}") from e
 
 
 def summarize_layers(rows: list[dict]) -> dict:
@@ -62,6 +74,7 @@ def profile(
     pin_threads(threads)
     model = model.eval()
     x = example_input(batch, in_chans, input_size)
+    check_forward(model, x, name)
     gm = capture(model)
     log("counting MACs, parameters and peak activation memory")
     result: dict = {
@@ -102,5 +115,3 @@ def profile_by_name(name: str, **kwargs) -> dict:
     kwargs.setdefault("input_size", meta["input_size"])
     kwargs.setdefault("in_chans", meta["in_chans"])
     return profile(get_model(name), name=name, **kwargs)
-
-

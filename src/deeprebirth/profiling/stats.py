@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

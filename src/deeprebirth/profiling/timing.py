@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -30,10 +31,9 @@ class Timing:
 def pin_threads(threads: int) -> None:
     """Pin PyTorch's intra- and inter-op thread pools."""
     torch.set_num_threads(threads)
-    try:
+    # The inter-op pool can only be sized once per process, before any parallel work.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
-    except RuntimeError:  # may only be set once per process, before any parallel work
-        pass
 
 
 def measure(fn: Callable[[], object], runs: int, warmup: int) -> Timing:

@@ -26,10 +26,14 @@ class BVLCAlexNet(nn.Module):
         super().__init__()
 
         def stage(conv: nn.Conv2d) -> nn.Sequential:
-            norm_pool = [caffe_max_pool(), caffe_lrn()] if pool_before_norm else [
-                caffe_lrn(),
-                caffe_max_pool(),
-            ]
+            norm_pool = (
+                [caffe_max_pool(), caffe_lrn()]
+                if pool_before_norm
+                else [
+                    caffe_lrn(),
+                    caffe_max_pool(),
+                ]
+            )
             return nn.Sequential(conv, nn.ReLU(inplace=True), *norm_pool)
 
         self.features = nn.Sequential(

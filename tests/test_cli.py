@@ -1,0 +1,120 @@
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import save_file
+
+from deeprebirth import data
+from deeprebirth.cli import main
+from deeprebirth.zoo import get_model
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run(
+        [sys.executable, "-m", "deeprebirth", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for cmd in ("models", "profile", "data", "demo"):
+        assert cmd in out
+
+
+def test_models(capsys):
+    code, out, _ = run_cli(capsys, "models", "googlenet")
+    assert code == 0 and "bvlc_googlenet" in out and "googlenet" in out
+
+
+def test_profile_writes_json_and_plot(capsys, tmp_path):
+    code, out, _ = run_cli(
+        capsys,
+        "profile",
+        "user_models:tiny_cnn",
+        "--input-size",
+        "16",
+        "--runs",
+        "3",
+        "--json",
+        str(tmp_path / "p.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["model"] == "user_models:tiny_cnn"
+    assert set(result["runtimes"]) == {"torch", "ort"}
+    assert result["command"].startswith("deeprebirth")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert "non-tensor" in out and "latency" in out
+
+
+def one_line_error(code, err, pattern):
+    assert code == 2
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert pattern in err
+
+
+def test_unknown_model_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "profile", "googlnet", "--runtime", "torch")
+    one_line_error(code, err, "did you mean")
+
+
+def test_bad_checkpoint_is_one_line(capsys, tmp_path):
+    save_file(
+        get_model("user_models:tiny_cnn", num_classes=3).state_dict(), tmp_path / "w.safetensors"
+    )
+    code, _, err = run_cli(
+        capsys, "profile", "user_models:tiny_cnn", "--checkpoint", str(tmp_path / "w.safetensors")
+    )
+    one_line_error(code, err, "fc.weight")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/deeprebirth-pwned", "w"))
+
+
+def test_code_pickle_refused(capsys, tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    code, _, err = run_cli(
+        capsys, "profile", "user_models:tiny_cnn", "--checkpoint", str(tmp_path / "evil.pt")
+    )
+    one_line_error(code, err, "refused")
+
+
+def test_untraceable_model_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "profile", "user_models:untraceable", "--input-size", "8")
+    one_line_error(code, err, "torch.fx cannot trace")
+
+
+def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPREBIRTH_DATA", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    code, _, err = run_cli(capsys, "data", "fashion-mnist")
+    one_line_error(code, err, "apt-get install dataset-fashion-mnist")
+    code, _, err = run_cli(capsys, "data", str(tmp_path / "no-such-dir"))
+    one_line_error(code, err, "does not exist")
+
+
+def test_data_summary(capsys):
+    code, out, _ = run_cli(capsys, "data", "synthetic", "--input-size", "12")
+    assert code == 0 and "(3, 12, 12)" in out
+
+
+def test_too_small_input_is_one_line(capsys):
+    code, _, err = run_cli(
+        capsys, "profile", "bvlc_alexnet", "--input-size", "4", "--runtime", "torch"
+    )
+    one_line_error(code, err, "input")
+
+
+def test_debug_shows_traceback():
+    with pytest.raises(Exception, match="unknown model"):
+        main(["--debug", "profile", "googlnet"])

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deeprebirth.graph import capture
+from deeprebirth.profiling import (
+    count_macs,
+    count_params,
+    measure_interleaved,
+    peak_activation_bytes,
+    plot_profile,
+    profile,
+)
+from deeprebirth.zoo import get_model
+
+
+@pytest.fixture(scope="module")
+def tiny_profile():
+    return profile(
+        get_model("user_models:tiny_cnn"),
+        name="tiny",
+        input_size=16,
+        runs=3,
+        warmup=1,
+        layer_runs=3,
+    )
+
+
+def test_profile_json_schema(tiny_profile, tmp_path):
+    r = json.loads(json.dumps(tiny_profile))  # JSON-serialisable
+    for key in ("model", "runtimes", "macs", "params", "peak_activation_mb", "machine"):
+        assert key in r
+    assert set(r["runtimes"]) == {"torch", "ort"}
+    for data in r["runtimes"].values():
+        assert data["latency_ms"] > 0 and data["latency"]["runs"] == 3
+        assert 0 <= data["non_tensor_share"] <= 1
+        assert sum(v["share"] for v in data["by_kind"].values()) == pytest.approx(1.0)
+        assert {"conv", "pool", "lrn"} <= set(data["by_kind"])
+        assert data["layers"] and all(layer["ms"] >= 0 for layer in data["layers"])
+
+
+def test_profile_layers_follow_the_graph(tiny_profile):
+    layers = tiny_profile["runtimes"]["torch"]["layers"]
+    names = [layer["name"] for layer in layers]
+    assert names[:4] == ["conv1", "relu1", "pool1", "norm1"]
+    kinds = {layer["name"]: layer["kind"] for layer in layers}
+    assert kinds["cat"] == "concat" and kinds["fc"] == "fc" and kinds["norm1"] == "lrn"
+    ort_ops = {layer["op"] for layer in tiny_profile["runtimes"]["ort"]["layers"]}
+    assert "LRN" in ort_ops
+
+
+def test_plot_is_written(tiny_profile, tmp_path):
+    path = plot_profile(tiny_profile, tmp_path / "sub" / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_macs_and_params_by_hand():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, torch.randn(1, 3, 16, 16)) == 8 * 16 * 16 * 3 * 9
+    assert count_params(conv) == 8 * 3 * 9 + 8
+    fc = nn.Linear(10, 4)
+    assert count_macs(fc, torch.randn(2, 10)) == 2 * 10 * 4
+
+
+@pytest.mark.parametrize("inplace, expected", [(True, 768 + 2048), (False, 2048 + 2048)])
+def test_peak_activation_memory_by_hand(inplace, expected):
+    # input 1x3x8x8 fp32 = 768 B; conv out 1x8x8x8 = 2048 B; pool out 1x8x4x4 = 512 B.
+    # In-place ReLU shares the conv's storage, so the peak is input + conv output;
+    # an out-of-place ReLU holds conv output and ReLU output at once.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2))
+    assert peak_activation_bytes(capture(model), torch.randn(1, 3, 8, 8)) == expected
+
+
+def test_peak_activation_memory_of_a_branch_block():
+    # Both branch outputs and the block input are live when the concat runs.
+    model = get_model("user_models:tiny_cnn")
+    gm = capture(model)
+    peak = peak_activation_bytes(gm, torch.randn(1, 3, 16, 16))
+    # conv1 out: 8x16x16 fp32 = 8192 B plus the input (3x16x16 = 3072 B) is the largest pair.
+    assert peak == 8192 + 3072
+
+
+def test_measure_interleaved_returns_each():
+    timings = measure_interleaved(
+        {"a": lambda: None, "b": lambda: sum(range(100))}, runs=5, warmup=1
+    )
+    assert set(timings) == {"a", "b"} and all(t.runs == 5 for t in timings.values())
+
+
+def test_unknown_runtime():
+    with pytest.raises(ValueError, match="unknown runtime"):
+        profile(nn.Conv2d(3, 3, 1), runtimes=["tflite"])
