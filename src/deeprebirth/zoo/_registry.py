@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,9 @@ def get_model(
         model = _user_model(name, **config)
     elif name in _torchvision_names():
         config.pop("in_chans", None)  # torchvision classifiers take 3-channel input
-        model = torchvision.models.get_model(name, weights=None, **config)
+        with warnings.catch_warnings():  # e.g. googlenet's notice about its init scheme
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(name, weights=None, **config)
         if pretrained:
             apply_state_dict(model, _torchvision_pretrained_state(name), source=f"{name} weights")
     else:
