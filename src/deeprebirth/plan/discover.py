@@ -1,0 +1,55 @@
+"""Finding every merge in a model: the plan."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..graph.capture import capture
+from ..profiling.stats import count_macs
+from .plan import Plan
+
+
+def make_plan(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    name: str = "model",
+    model_config: dict[str, Any] | None = None,
+) -> Plan:
+    """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
+
+    Merges are found phase by phase (see ``transforms.PHASES``) on the graph the previous
+    phases produced; each entry records the MACs it removes when applied in order.
+
+    Example:
+        >>> from deeprebirth import get_model
+        >>> from deeprebirth.graph import example_input
+        >>> plan = make_plan(get_model("bvlc_googlenet"), example_input(1, 3, 64))
+        >>> sorted({e.kind for e in plan.entries})
+        ['block_pool', 'branch_pool', 'drop_layer', 'fuse_parallel', 'streamline']
+    """
+    from ..transforms.base import propagate_shapes
+    from ..transforms.runner import PHASES
+
+    gm = capture(copy.deepcopy(model)).eval()
+    entries = []
+    macs = count_macs(gm, example)
+    for phase in PHASES:
+        propagate_shapes(gm, example)
+        found = [entry for merge in phase for entry in merge.find(gm)]
+        for entry in found:
+            propagate_shapes(gm, example)  # an earlier entry may have changed shapes
+            next(m for m in phase if m.kind == entry.kind).apply(gm, entry)
+            after = count_macs(gm, example)
+            entry.macs_saved, macs = macs - after, after
+        entries += found
+    return Plan(
+        model=name,
+        input_shape=list(example.shape),
+        entries=entries,
+        model_config=dict(model_config or {}),
+    )

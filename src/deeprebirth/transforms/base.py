@@ -1,0 +1,140 @@
+"""What every merge shares: the Merge interface and small graph helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..graph.taxonomy import node_kind
+from ..plan.plan import PlanEntry, PlanError
+
+
+@dataclass
+class PassResult:
+    """What a rewrite returns (as in torch.fx's pass infrastructure)."""
+
+    graph_module: fx.GraphModule
+    modified: bool
+
+
+class Merge:
+    """One kind of merge: ``find`` its pattern in a graph, ``apply`` it to a graph in place.
+
+    ``find`` needs shapes on the nodes (``propagate_shapes``); ``apply`` takes its
+    geometry from the entry, so an edited plan is applied as edited.
+    """
+
+    kind: str = ""
+    exact: bool = True
+
+    def find(self, gm: fx.GraphModule) -> list[PlanEntry]:
+        raise NotImplementedError
+
+    def apply(self, gm: fx.GraphModule, entry: PlanEntry) -> None:
+        raise NotImplementedError
+
+
+def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
+    """Record each node's output shape in ``node.meta["tensor_meta"]``."""
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+
+
+def shape_of(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    return dict(gm.named_modules())
+
+
+def kind_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    return node_kind(node, modules)
+
+
+def module_node(gm: fx.GraphModule, target: str, entry: PlanEntry) -> fx.Node:
+    """The call_module node for ``target``, or a PlanError saying the plan does not fit."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == target:
+            return node
+    raise PlanError(
+        f"plan entry {entry.id}: the model has no layer {target!r} (was the plan made for "
+        "another model, or an earlier entry disabled?); re-run `deeprebirth plan`"
+    )
+
+
+def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+
+
+def remove_node(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Drop a single-input layer, wiring its users to its input."""
+    node.replace_all_uses_with(node.args[0])
+    gm.graph.erase_node(node)
+
+
+def finish(gm: fx.GraphModule) -> None:
+    """Lint, drop modules no node calls any more, regenerate code."""
+    gm.graph.lint()
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def fit_padding(size_in: int, kernel: int, stride: int, target: int, prefer: int) -> int | None:
+    """The padding (closest to ``prefer``) that makes a conv map ``size_in`` to ``target``."""
+    fits = [p for p in range(kernel + stride) if (size_in + 2 * p - kernel) // stride + 1 == target]
+    return min(fits, key=lambda p: abs(p - prefer)) if fits else None
+
+
+def restrided_conv(
+    conv: nn.Conv2d,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    kernel: tuple[int, int] | None = None,
+) -> nn.Conv2d:
+    """A copy of ``conv`` with a new stride, padding (and kernel), from the same weights.
+
+    A larger kernel gets the old weights in its centre and zeros around them.
+    """
+    kernel = tuple(kernel or conv.kernel_size)
+    new = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel,
+        stride=stride,
+        padding=padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    ).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        old_k = conv.kernel_size
+        if kernel == tuple(old_k):
+            new.weight.copy_(conv.weight)
+        else:
+            new.weight.zero_()
+            # centre the overlap of the old and new kernels in both
+            sl_new, sl_old = [], []
+            for kn, ko in zip(kernel, old_k, strict=True):
+                m = min(kn, ko)
+                sl_new.append(slice((kn - m) // 2, (kn - m) // 2 + m))
+                sl_old.append(slice((ko - m) // 2, (ko - m) // 2 + m))
+            new.weight[:, :, sl_new[0], sl_new[1]] = conv.weight[:, :, sl_old[0], sl_old[1]]
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def conv_output_hw(size_hw, conv_geometry: dict) -> tuple[int, int]:
+    k, s, p = (pair(conv_geometry[key]) for key in ("kernel", "stride", "padding"))
+    return tuple((size_hw[i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(2))

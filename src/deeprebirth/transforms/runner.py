@@ -1,0 +1,90 @@
+"""Applying a plan: merges in order, each exact one behind a parity gate."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from ..graph.capture import capture
+from ..plan.plan import Plan, PlanError
+from .base import Merge, propagate_shapes
+from .branch import BlockPool, BranchPool
+from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel
+from .streamline import Streamline
+
+#: Merges in the order they are found and applied. Later phases look at the graph the
+#: earlier ones left: batch-norm is folded before a streamline run is followed, branch
+#: heads lose their pools before a block is strided, and the heads are fused last.
+PHASES: tuple[tuple[Merge, ...], ...] = (
+    (DropLayer(), FoldBatchNorm(), AvgPoolConv()),
+    (Streamline(), BranchPool()),
+    (BlockPool(),),
+    (FuseParallel(),),
+)
+MERGES: dict[str, Merge] = {m.kind: m for phase in PHASES for m in phase}
+
+#: An exact merge may change the output by at most this, relative to the output's scale.
+PARITY_TOLERANCE = 1e-4
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+@dataclass
+class SlimReport:
+    applied: list[str] = field(default_factory=list)
+    #: Exact merges whose parity gate failed: (entry id, why). They are not kept.
+    reverted: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    example: torch.Tensor,
+    *,
+    exact_only: bool = False,
+    parity_gate: bool = True,
+) -> tuple[fx.GraphModule, SlimReport]:
+    """Apply the plan's enabled entries to a copy of ``model``; the original is untouched.
+
+    Exact entries are checked against the model before the entry (relative error at most
+    ``PARITY_TOLERANCE``); one that fails is reverted and reported, never kept.
+    """
+    gm = capture(copy.deepcopy(model)).eval()
+    report = SlimReport()
+    with torch.no_grad():
+        reference = gm(example)
+    for entry in plan.entries:
+        if not entry.enabled or (exact_only and not entry.exact):
+            report.skipped.append(entry.id)
+            continue
+        merge = MERGES.get(entry.kind)
+        if merge is None:
+            raise PlanError(
+                f"plan entry {entry.id}: unknown merge kind {entry.kind!r}; known: {', '.join(MERGES)}"
+            )
+        propagate_shapes(gm, example)
+        if entry.exact and parity_gate:
+            before = copy.deepcopy(gm)
+            merge.apply(gm, entry)
+            with torch.no_grad():
+                err = relative_error(gm(example), before(example))
+            if err > PARITY_TOLERANCE:
+                gm = before
+                report.reverted.append((entry.id, f"output changed by {err:.1e} of its scale"))
+                continue
+        else:
+            merge.apply(gm, entry)
+        report.applied.append(entry.id)
+    with torch.no_grad():
+        out = gm(example)
+    if out.shape != reference.shape:
+        raise PlanError(
+            f"the slimmed model's output is {tuple(out.shape)}, the original's {tuple(reference.shape)}"
+        )
+    return gm, report
