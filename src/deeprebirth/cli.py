@@ -28,7 +28,10 @@ def _log(msg: str) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo name (see `deeprebirth models`) or package.module:factory")
+    p.add_argument(
+        "model",
+        help="zoo name (see `deeprebirth models`), package.module:factory, or a slimmed directory",
+    )
     p.add_argument("--checkpoint", type=Path, help="weights: .safetensors or a PyTorch state dict")
     p.add_argument(
         "--pretrained", action="store_true", help="torchvision weights from the local cache only"
@@ -40,8 +43,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model_from_args(args: argparse.Namespace):
     """Build the model the arguments name; returns (model, input_size, in_chans)."""
+    from .slim import input_shape_of, is_slimmed_dir, load
     from .zoo import get_model, model_meta
 
+    if is_slimmed_dir(args.model):
+        _, in_chans, size, _ = input_shape_of(args.model)
+        return load(args.model), size, in_chans
     meta = model_meta(args.model)
     config = {}
     if args.num_classes is not None:
@@ -132,6 +139,178 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_config(args: argparse.Namespace) -> dict:
+    return {k: v for k in ("num_classes", "in_chans") if (v := getattr(args, k, None)) is not None}
+
+
+def print_plan(plan) -> None:
+    from rich.table import Table
+
+    shape = "x".join(map(str, plan.input_shape))
+    table = Table(title=f"plan for {plan.model} at {shape}: {len(plan.entries)} merges")
+    for col in ("#", "merge", "type", "layers", "new geometry", "MACs saved", "on"):
+        table.add_column(col, justify="right" if col in ("#", "MACs saved") else "left")
+    for i, e in enumerate(plan.entries):
+        g = e.geometry
+        if "stride" in g:
+            geom = f"k{'x'.join(map(str, g['kernel']))} s{g['stride'][0]} p{g['padding'][0]}"
+        elif "heads" in g:
+            geom = (
+                f"{len(g['heads'])} heads at stride {next(iter(g['heads'].values()))['stride'][0]}"
+            )
+        else:
+            geom = ""
+        if e.kind == "fuse_parallel":
+            geom = f"{'+'.join(map(str, g['out_channels']))} channels"
+        layers = ", ".join(e.nodes) if len(e.nodes) <= 3 else f"{e.nodes[0]} (+{len(e.nodes) - 1})"
+        table.add_row(
+            str(i),
+            e.kind,
+            "exact" if e.exact else "learned",
+            layers,
+            geom,
+            f"{e.macs_saved / 1e6:.1f} M",
+            "yes" if e.enabled else "no",
+        )
+    out.print(table)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .graph import example_input
+    from .plan import make_plan
+
+    model, input_size, in_chans = load_model_from_args(args)
+    _log(f"tracing {args.model} and finding merges at {input_size}x{input_size}")
+    plan = make_plan(
+        model,
+        example_input(1, in_chans, input_size),
+        name=args.model,
+        model_config=_model_config(args),
+    )
+    print_plan(plan)
+    if args.output:
+        _log(f"wrote {plan.save(args.output)} (edit `enabled` or geometry, pass back with --plan)")
+    return 0
+
+
+def cmd_slim(args: argparse.Namespace) -> int:
+    from .plan import Plan, PlanError
+    from .slim import save, slim
+
+    plan = None
+    if args.plan:
+        plan = Plan.load(args.plan)
+        if plan.model != args.model:
+            raise PlanError(f"{args.plan} is a plan for {plan.model}, not {args.model}")
+        for key, value in plan.model_config.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+        if args.input_size is None:
+            args.input_size = plan.input_shape[2]
+    model, input_size, in_chans = load_model_from_args(args)
+    _log("planning" if plan is None else f"applying {args.plan}")
+    result = slim(
+        model,
+        plan,
+        name=args.model,
+        input_size=input_size,
+        in_chans=in_chans,
+        model_config=_model_config(args),
+        exact_only=args.exact_only,
+    )
+    print_plan(result.plan)
+    rep = result.report
+    for entry_id, why in rep.reverted:
+        console.print(f"[yellow]reverted[/yellow] {entry_id}: {why}")
+    learned = [e for e in result.plan.entries if not e.exact and e.id in rep.applied]
+    if learned:
+        console.print(
+            f"[yellow]note:[/yellow] {len(learned)} learned merges start from the original weights; "
+            "layer-wise tuning is not implemented yet, so accuracy is not yet recovered"
+        )
+    out_dir = save(result, args.out)
+    console.print(
+        f"slimmed: {len(rep.applied)} merges applied, {len(rep.reverted)} reverted, "
+        f"{len(rep.skipped)} skipped -> {out_dir}/ (plan.json, model.safetensors)"
+    )
+    return 0
+
+
+def load_for_bench(spec: str, config: dict, input_size: int | None):
+    """A zoo model or a slimmed directory; returns (model, input_shape)."""
+    from .slim import input_shape_of, is_slimmed_dir, load
+    from .zoo import get_model, model_meta
+
+    if is_slimmed_dir(spec):
+        return load(spec), input_shape_of(spec)
+    meta = model_meta(spec)
+    in_chans = config.get("in_chans", meta["in_chans"])
+    size = input_size or meta["input_size"]
+    return get_model(spec, **config), [1, in_chans, size, size]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .files import write_json
+    from .plan import Plan
+    from .profiling.bench import bench
+    from .profiling.plot import RUNTIME_LABELS
+    from .slim import PLAN_FILE, is_slimmed_dir
+
+    config = {}
+    for spec in (args.a, args.b):  # a zoo model is built like the slimmed one beside it
+        if is_slimmed_dir(spec):
+            config = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text())).model_config
+    a, shape_a = load_for_bench(args.a, config, args.input_size)
+    b, shape_b = load_for_bench(args.b, config, args.input_size)
+    if shape_a[1:] != shape_b[1:]:
+        raise DeepRebirthError(
+            f"{args.a} takes input {shape_a[1:]} but {args.b} takes {shape_b[1:]}"
+        )
+    shape = [args.batch, *shape_a[1:]]
+    r = bench(
+        a,
+        b,
+        input_shape=shape,
+        runtimes=args.runtime,
+        threads=args.threads,
+        runs=args.runs,
+        labels=(args.a, args.b),
+        log=_log,
+    )
+    r["command"] = " ".join(["deeprebirth", *sys.argv[1:]])
+    table = Table(
+        title=f"A = {args.a}   B = {args.b}   ({'x'.join(map(str, shape))}, {args.threads} thread(s), {args.runs} interleaved runs)"
+    )
+    for col in ("", "A", "B", "A / B"):
+        table.add_column(col, justify="left" if not col else "right")
+    for runtime, d in r["runtimes"].items():
+        table.add_row(
+            f"{RUNTIME_LABELS.get(runtime, runtime)} ms (median)",
+            f"{d['a_ms']:.2f}",
+            f"{d['b_ms']:.2f}",
+            f"{d['speedup']:.2f}x",
+        )
+    m = r["memory"]
+    table.add_row(
+        "peak activations MB", f"{m['a_mb']:.2f}", f"{m['b_mb']:.2f}", f"{m['ratio']:.2f}x"
+    )
+    table.add_row(
+        "GMACs",
+        f"{r['macs']['a'] / 1e9:.3f}",
+        f"{r['macs']['b'] / 1e9:.3f}",
+        f"{r['macs']['ratio']:.2f}x",
+    )
+    table.add_row("params M", f"{r['params']['a'] / 1e6:.2f}", f"{r['params']['b'] / 1e6:.2f}", "")
+    out.print(table)
+    if args.json:
+        _log(f"wrote {write_json(args.json, r)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .zoo import get_model
 
@@ -180,6 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--plot", type=Path, help="write a bar chart (PNG) of time per layer kind")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("plan", help="find the merges (streamline, branch, exact) in a model")
+    add_model_args(p)
+    p.add_argument("-o", "--output", type=Path, help="write the plan as JSON (editable)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("slim", help="apply a plan and save the slimmed model")
+    add_model_args(p)
+    p.add_argument(
+        "--plan", type=Path, help="a plan from `deeprebirth plan -o` (default: make one)"
+    )
+    p.add_argument(
+        "--exact-only", action="store_true", help="apply only merges that keep the function"
+    )
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        default=True,
+        help="skip tuning (the default until tuning lands)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_slim)
+
+    p = sub.add_parser("bench", help="two models side by side: latency, memory, MACs")
+    p.add_argument("a", help="zoo name or slimmed directory (the baseline)")
+    p.add_argument("b", help="zoo name or slimmed directory")
+    p.add_argument(
+        "--input-size", type=positive_int, help="input size for zoo models (default: theirs)"
+    )
+    add_timing_args(p)
+    p.add_argument("--json", type=Path, help="write the result as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="check that a data set is found and how it is adapted")
     p.add_argument("spec", help="fashion-mnist, synthetic, or an ImageFolder directory")

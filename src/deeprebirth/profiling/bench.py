@@ -1,0 +1,76 @@
+"""Two models side by side: interleaved runs in one process, medians, memory, costs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..export.onnx import to_onnx
+from ..graph.capture import capture, example_input
+from .machine import machine_info
+from .ort_runtime import ort_runner, ort_session
+from .stats import count_macs, count_params, peak_activation_bytes
+from .timing import measure_interleaved, pin_threads
+
+
+def bench(
+    a: nn.Module,
+    b: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    runtimes: Sequence[str] = ("torch", "ort"),
+    threads: int = 1,
+    runs: int = 30,
+    warmup: int = 5,
+    labels: tuple[str, str] = ("a", "b"),
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Latency of ``a`` and ``b`` measured interleaved (speedup = a_ms / b_ms), plus memory.
+
+    Example:
+        >>> from deeprebirth import get_model
+        >>> r = bench(get_model("resnet18"), get_model("squeezenet1_1"), input_shape=(1, 3, 64, 64))  # doctest: +SKIP
+        >>> r["runtimes"]["torch"]["speedup"]  # doctest: +SKIP
+    """
+    pin_threads(threads)
+    a, b = a.eval(), b.eval()
+    x = example_input(input_shape[0], input_shape[1], input_shape[2])
+    result: dict = {
+        "a": labels[0],
+        "b": labels[1],
+        "input_shape": list(x.shape),
+        "threads": threads,
+        "runs": runs,
+    }
+    result["runtimes"] = {}
+    for runtime in runtimes:
+        if runtime == "torch":
+            log(f"PyTorch eager: {runs} interleaved runs")
+            with torch.inference_mode():
+                t = measure_interleaved({"a": lambda: a(x), "b": lambda: b(x)}, runs, warmup)
+        else:
+            log("ONNX Runtime: exporting both")
+            xs = x.numpy()
+            fns = {
+                k: ort_runner(ort_session(to_onnx(m, x), threads), xs)
+                for k, m in (("a", a), ("b", b))
+            }
+            log(f"ONNX Runtime: {runs} interleaved runs")
+            t = measure_interleaved(fns, runs, warmup)
+        result["runtimes"][runtime] = {
+            "a_ms": t["a"].median_ms,
+            "b_ms": t["b"].median_ms,
+            "speedup": t["a"].median_ms / t["b"].median_ms,
+            "a": t["a"].to_dict(),
+            "b": t["b"].to_dict(),
+        }
+    mem = {k: peak_activation_bytes(capture(m), x) / 2**20 for k, m in (("a", a), ("b", b))}
+    result["memory"] = {"a_mb": mem["a"], "b_mb": mem["b"], "ratio": mem["a"] / mem["b"]}
+    macs = {k: count_macs(m, x) for k, m in (("a", a), ("b", b))}
+    params = {k: count_params(m) for k, m in (("a", a), ("b", b))}
+    result["macs"] = {"a": macs["a"], "b": macs["b"], "ratio": macs["a"] / macs["b"]}
+    result["params"] = {"a": params["a"], "b": params["b"]}
+    result["machine"] = machine_info()
+    return result

@@ -1,0 +1,128 @@
+"""Slimming end to end: plan -> rewrite -> save; and loading a slimmed model back.
+
+A slimmed model directory holds ``plan.json`` (the plan, with which entries were applied)
+and ``model.safetensors`` (its weights). ``load(DIR)`` rebuilds the model from the base
+model, the plan and the weights: no pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import fx, nn
+
+from .errors import DeepRebirthError
+from .graph.capture import example_input
+from .plan import Plan, PlanError, make_plan
+from .transforms import SlimReport, apply_plan
+from .zoo import apply_state_dict, get_model
+
+PLAN_FILE = "plan.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class SlimResult:
+    model: fx.GraphModule
+    plan: Plan
+    report: SlimReport
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.zeros(self.plan.input_shape)
+
+
+def slim(
+    model: nn.Module,
+    plan: Plan | None = None,
+    *,
+    name: str = "model",
+    input_size: int = 224,
+    in_chans: int = 3,
+    model_config: dict[str, Any] | None = None,
+    exact_only: bool = False,
+) -> SlimResult:
+    """Slim ``model``: make a plan (or use the one given) and apply it.
+
+    Example:
+        >>> from deeprebirth import get_model
+        >>> result = slim(get_model("bvlc_googlenet"), name="bvlc_googlenet", input_size=64)
+        >>> len(result.report.applied)
+        23
+    """
+    model = model.eval()
+    if plan is None:
+        example = example_input(1, in_chans, input_size)
+        plan = make_plan(model, example, name=name, model_config=model_config)
+    else:
+        example = example_input(*plan.input_shape[:2], plan.input_shape[2])
+    gm, report = apply_plan(model, plan, example, exact_only=exact_only)
+    return SlimResult(gm, plan, report)
+
+
+def save(result: SlimResult, out_dir: str | Path) -> Path:
+    """Write ``plan.json`` and ``model.safetensors`` to ``out_dir``, all or nothing."""
+    out_dir = Path(out_dir)
+    data = result.plan.to_dict()
+    data["applied"] = result.report.applied
+    data["reverted"] = [list(r) for r in result.report.reverted]
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    except OSError as e:
+        raise DeepRebirthError(f"cannot write to {out_dir.parent}: {e.strerror}") from e
+    try:
+        (tmp / PLAN_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, tmp / WEIGHTS_FILE)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def is_slimmed_dir(path: str | Path) -> bool:
+    return (Path(path) / PLAN_FILE).is_file()
+
+
+def load(path: str | Path) -> fx.GraphModule:
+    """Rebuild a slimmed model from its directory (base model + plan + weights).
+
+    Example:
+        >>> model = load("runs/slim")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not is_slimmed_dir(path):
+        raise DeepRebirthError(f"{path} is not a slimmed model directory (no {PLAN_FILE})")
+    data = json.loads((path / PLAN_FILE).read_text())
+    plan = Plan.from_dict(data, source=str(path / PLAN_FILE))
+    applied = set(data.get("applied", [e.id for e in plan.entries if e.enabled]))
+    for entry in plan.entries:
+        entry.enabled = entry.id in applied
+    base = get_model(plan.model, **plan.model_config)
+    example = example_input(*plan.input_shape[:2], plan.input_shape[2])
+    gm, _ = apply_plan(base, plan, example, parity_gate=False)
+    if not (path / WEIGHTS_FILE).is_file():
+        raise PlanError(f"{path} has no {WEIGHTS_FILE}")
+    apply_state_dict(gm, load_file(path / WEIGHTS_FILE), source=str(path / WEIGHTS_FILE))
+    return gm.eval()
+
+
+def input_shape_of(path: str | Path) -> list[int]:
+    return json.loads((Path(path) / PLAN_FILE).read_text())["input_shape"]
