@@ -56,8 +56,10 @@ def test_profile_writes_json_and_plot(capsys, tmp_path):
 def one_line_error(code, err, pattern):
     assert code == 2
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert pattern in err
+    last = err.strip().splitlines()[-1]  # progress lines (… doing X) may come before it
+    assert last.startswith("deeprebirth: error:"), err
+    assert pattern in last
+    assert sum("error" in line for line in err.splitlines()) == 1, err
 
 
 def test_unknown_model_is_one_line(capsys):
@@ -118,3 +120,89 @@ def test_too_small_input_is_one_line(capsys):
 def test_debug_shows_traceback():
     with pytest.raises(Exception, match="unknown model"):
         main(["--debug", "profile", "googlnet"])
+
+
+def test_plan_slim_bench(capsys, tmp_path):
+    model = "user_models:tiny_cnn"
+    code, out, _ = run_cli(
+        capsys, "plan", model, "--input-size", "16", "-o", str(tmp_path / "plan.json")
+    )
+    assert code == 0 and "streamline" in out and "branch_pool" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["version"] == 1 and plan["input_shape"] == [1, 3, 16, 16]
+    plan["entries"][0]["enabled"] = False
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    code, _, err = run_cli(
+        capsys, "slim", model, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "s")
+    )
+    assert code == 0, err
+    saved = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert plan["entries"][0]["id"] not in saved["applied"]
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        model,
+        str(tmp_path / "s"),
+        "--runs",
+        "3",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
+    assert code == 0, err
+    r = json.loads((tmp_path / "b.json").read_text())
+    for runtime in ("torch", "ort"):
+        d = r["runtimes"][runtime]
+        assert d["speedup"] == pytest.approx(d["a_ms"] / d["b_ms"])
+    assert r["memory"]["ratio"] == pytest.approx(r["memory"]["a_mb"] / r["memory"]["b_mb"])
+    code, out, _ = run_cli(
+        capsys, "profile", str(tmp_path / "s"), "--runs", "2", "--runtime", "torch"
+    )
+    assert code == 0 and "latency" in out
+
+
+def test_slim_exact_only(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys,
+        "slim",
+        "user_models:tiny_cnn",
+        "--input-size",
+        "16",
+        "--exact-only",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert code == 0, err
+    saved = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert all(e["exact"] for e in saved["entries"] if e["id"] in saved["applied"])
+
+
+def test_slim_bad_inputs(capsys, tmp_path):
+    (tmp_path / "newer.json").write_text(json.dumps({"version": 99, "entries": []}))
+    code, _, err = run_cli(
+        capsys,
+        "slim",
+        "user_models:tiny_cnn",
+        "--plan",
+        str(tmp_path / "newer.json"),
+        "--out",
+        str(tmp_path / "s"),
+    )
+    one_line_error(code, err, "newer deeprebirth")
+    run_cli(
+        capsys, "plan", "user_models:tiny_cnn", "--input-size", "16", "-o", str(tmp_path / "p.json")
+    )
+    code, _, err = run_cli(
+        capsys,
+        "slim",
+        "bvlc_googlenet",
+        "--plan",
+        str(tmp_path / "p.json"),
+        "--out",
+        str(tmp_path / "s"),
+    )
+    one_line_error(code, err, "is a plan for user_models:tiny_cnn")
+    code, _, err = run_cli(
+        capsys, "slim", "user_models:untraceable", "--input-size", "8", "--out", str(tmp_path / "s")
+    )
+    one_line_error(code, err, "torch.fx cannot trace")
+    assert not (tmp_path / "s").exists()  # nothing written half-way

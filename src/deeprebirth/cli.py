@@ -260,12 +260,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .profiling.plot import RUNTIME_LABELS
     from .slim import PLAN_FILE, is_slimmed_dir
 
-    config = {}
+    config, size = {}, args.input_size
     for spec in (args.a, args.b):  # a zoo model is built like the slimmed one beside it
         if is_slimmed_dir(spec):
-            config = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text())).model_config
-    a, shape_a = load_for_bench(args.a, config, args.input_size)
-    b, shape_b = load_for_bench(args.b, config, args.input_size)
+            plan = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text()))
+            config, size = plan.model_config, size or plan.input_shape[2]
+    a, shape_a = load_for_bench(args.a, config, size)
+    b, shape_b = load_for_bench(args.b, config, size)
     if shape_a[1:] != shape_b[1:]:
         raise DeepRebirthError(
             f"{args.a} takes input {shape_a[1:]} but {args.b} takes {shape_b[1:]}"

@@ -162,17 +162,15 @@ class BlockPool(Merge):
         pool_node = module_node(gm, entry.nodes[0], entry)
         modules = modules_of(gm)
         heads = entry.geometry.get("heads", {})
-        for name, g in heads.items():
-            head = module_node(gm, name, entry)
-            size_in = shape_of(head.args[0])
-            if size_in is not None and list(conv_output_hw(size_in[2:], g)) != list(
-                entry.geometry["output_hw"]
-            ):
+        pooled = list(entry.geometry["output_hw"])
+        for name, g in heads.items():  # check every head before changing any
+            size_in = shape_of(module_node(gm, name, entry).args[0])
+            if size_in is not None and list(conv_output_hw(size_in[2:], g)) != pooled:
                 raise PlanError(
-                    f"plan entry {entry.id}: geometry of {name} does not give the pooled size {entry.geometry['output_hw']}"
+                    f"plan entry {entry.id}: geometry of {name} does not give the pooled size {pooled}"
                 )
-            set_module(
-                gm, name, restrided_conv(modules[name], tuple(g["stride"]), tuple(g["padding"]))
-            )
+        for name, g in heads.items():
+            new = restrided_conv(modules[name], tuple(g["stride"]), tuple(g["padding"]))
+            set_module(gm, name, new)
         remove_node(gm, pool_node)
         finish(gm)

@@ -69,17 +69,23 @@ def apply_plan(
                 f"plan entry {entry.id}: unknown merge kind {entry.kind!r}; known: {', '.join(MERGES)}"
             )
         propagate_shapes(gm, example)
-        if entry.exact and parity_gate:
-            before = copy.deepcopy(gm)
+        before = copy.deepcopy(gm) if entry.exact and parity_gate else None
+        try:
             merge.apply(gm, entry)
+        except PlanError:
+            if not report.skipped:
+                raise
+            # It relied on an entry that was skipped (e.g. fusing a branch whose head pool
+            # a learned merge would have removed): skip it too. Merges check before changing.
+            report.skipped.append(entry.id)
+            continue
+        if before is not None:
             with torch.no_grad():
                 err = relative_error(gm(example), before(example))
             if err > PARITY_TOLERANCE:
                 gm = before
                 report.reverted.append((entry.id, f"output changed by {err:.1e} of its scale"))
                 continue
-        else:
-            merge.apply(gm, entry)
         report.applied.append(entry.id)
     with torch.no_grad():
         out = gm(example)
