@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeprebirth import slim as slimming
+from deeprebirth import slimming
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.graph import example_input
 from deeprebirth.plan import PLAN_VERSION, Plan, PlanError, make_plan

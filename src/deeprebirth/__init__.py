@@ -10,13 +10,22 @@ from .data import get_dataset, get_loader
 from .errors import DeepRebirthError
 from .export import to_onnx
 from .graph import capture
+from .plan import Plan, make_plan
 from .profiling import plot_profile, profile
+from .profiling.bench import bench
+from .slimming import load, save, slim
 from .zoo import get_model, list_models, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DeepRebirthError",
+    "Plan",
+    "bench",
+    "load",
+    "make_plan",
+    "save",
+    "slim",
     "capture",
     "get_dataset",
     "get_loader",

@@ -43,7 +43,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model_from_args(args: argparse.Namespace):
     """Build the model the arguments name; returns (model, input_size, in_chans)."""
-    from .slim import input_shape_of, is_slimmed_dir, load
+    from .slimming import input_shape_of, is_slimmed_dir, load
     from .zoo import get_model, model_meta
 
     if is_slimmed_dir(args.model):
@@ -195,7 +195,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_slim(args: argparse.Namespace) -> int:
     from .plan import Plan, PlanError
-    from .slim import save, slim
+    from .slimming import save, slim
 
     plan = None
     if args.plan:
@@ -238,7 +238,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
 def load_for_bench(spec: str, config: dict, input_size: int | None):
     """A zoo model or a slimmed directory; returns (model, input_shape)."""
-    from .slim import input_shape_of, is_slimmed_dir, load
+    from .slimming import input_shape_of, is_slimmed_dir, load
     from .zoo import get_model, model_meta
 
     if is_slimmed_dir(spec):
@@ -258,7 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .plan import Plan
     from .profiling.bench import bench
     from .profiling.plot import RUNTIME_LABELS
-    from .slim import PLAN_FILE, is_slimmed_dir
+    from .slimming import PLAN_FILE, is_slimmed_dir
 
     config, size = {}, args.input_size
     for spec in (args.a, args.b):  # a zoo model is built like the slimmed one beside it
@@ -313,14 +313,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Profile BVLC GoogLeNet, slim it, and compare the two side by side."""
+    from .files import write_json
+    from .profiling.bench import bench
+    from .slimming import save, slim
     from .zoo import get_model
 
-    out = Path(args.out)
-    _log("profiling BVLC GoogLeNet (random weights; only speed is measured here)")
+    out_dir = Path(args.out)
+    console.print(
+        "[bold]1/3 profile[/bold] BVLC GoogLeNet (random weights: only speed is measured)"
+    )
     model = get_model("bvlc_googlenet")
     args.model = "bvlc_googlenet"
-    run_profile(args, model, 224, 3, out / "profile.json", out / "profile.png")
-    console.print(f"demo done: results in {out}/ (profile.json, profile.png)")
+    run_profile(args, model, 224, 3, out_dir / "profile.json", out_dir / "profile.png")
+    console.print(
+        "[bold]2/3 plan and slim[/bold] (no tuning yet: learned merges keep the original weights)"
+    )
+    result = slim(model, name="bvlc_googlenet", input_size=224)
+    print_plan(result.plan)
+    save(result, out_dir / "slim")
+    console.print("[bold]3/3 bench[/bold] original vs slimmed, interleaved")
+    r = bench(
+        model,
+        result.model,
+        input_shape=(1, 3, 224, 224),
+        runtimes=args.runtime,
+        threads=args.threads,
+        runs=args.runs,
+        labels=("bvlc_googlenet", "slimmed"),
+        log=_log,
+    )
+    write_json(out_dir / "bench.json", r)
+    for runtime, d in r["runtimes"].items():
+        out.print(
+            f"{runtime}: {d['a_ms']:.1f} ms -> {d['b_ms']:.1f} ms ({d['speedup']:.2f}x faster)"
+        )
+    m = r["memory"]
+    out.print(
+        f"peak activations: {m['a_mb']:.2f} MB -> {m['b_mb']:.2f} MB ({m['ratio']:.2f}x less)"
+    )
+    console.print(
+        f"demo done: results in {out_dir}/ (profile.json, profile.png, slim/, bench.json)"
+    )
     return 0
 
 
