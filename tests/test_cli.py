@@ -206,3 +206,60 @@ def test_slim_bad_inputs(capsys, tmp_path):
     )
     one_line_error(code, err, "torch.fx cannot trace")
     assert not (tmp_path / "s").exists()  # nothing written half-way
+
+
+def test_slim_with_tuning_and_evaluate(capsys, tmp_path):
+    from deeprebirth.evaluation import save_weights
+
+    teacher = get_model("user_models:tiny_cnn", num_classes=10)
+    weights = save_weights(
+        teacher,
+        tmp_path / "t.safetensors",
+        {"model": "user_models:tiny_cnn", "num_classes": 10, "in_chans": 3, "input_size": 16},
+    )
+    code, out, err = run_cli(
+        capsys,
+        "slim",
+        "user_models:tiny_cnn",
+        "--checkpoint",
+        str(weights),
+        "--data",
+        "synthetic",
+        "--max-batches",
+        "2",
+        "--finetune-batches",
+        "2",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
+    assert report["tuning"]["stages"][-1]["stage"] == "finetune"
+    assert {"teacher", "slimmed"} == set(report["accuracy"])
+    assert (tmp_path / "s" / "tune_log.jsonl").is_file() and not (tmp_path / "s.partial").exists()
+    for target in (str(weights), str(tmp_path / "s")):
+        code, out, err = run_cli(
+            capsys, "evaluate", target, "--data", "synthetic", "--json", str(tmp_path / "e.json")
+        )
+        assert code == 0, err
+        r = json.loads((tmp_path / "e.json").read_text())
+        assert r["n"] == 64 and 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_evaluate_bad_inputs(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys,
+        "evaluate",
+        "user_models:tiny_cnn",
+        "--num-classes",
+        "3",
+        "--input-size",
+        "16",
+        "--data",
+        "synthetic",
+    )
+    one_line_error(code, err, "3 outputs")
+    code, _, err = run_cli(
+        capsys, "evaluate", "user_models:tiny_cnn", "--data", str(tmp_path / "nope")
+    )
+    one_line_error(code, err, "does not exist")

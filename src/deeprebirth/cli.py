@@ -7,6 +7,8 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +52,17 @@ def load_model_from_args(args: argparse.Namespace):
         _, in_chans, size, _ = input_shape_of(args.model)
         return load(args.model), size, in_chans
     meta = model_meta(args.model)
+    if (
+        args.checkpoint is not None
+        and args.checkpoint.suffix == ".safetensors"
+        and args.checkpoint.is_file()
+    ):
+        from .evaluation import weights_meta
+
+        saved = weights_meta(args.checkpoint)  # files from save_weights describe their model
+        for key in ("num_classes", "in_chans", "input_size"):
+            if getattr(args, key, None) is None and key in saved:
+                setattr(args, key, int(saved[key]))
     config = {}
     if args.num_classes is not None:
         config["num_classes"] = args.num_classes
@@ -223,16 +236,117 @@ def cmd_slim(args: argparse.Namespace) -> int:
     for entry_id, why in rep.reverted:
         console.print(f"[yellow]reverted[/yellow] {entry_id}: {why}")
     learned = [e for e in result.plan.entries if not e.exact and e.id in rep.applied]
-    if learned:
+    if learned and (args.no_tune or not args.data):
         console.print(
-            f"[yellow]note:[/yellow] {len(learned)} learned merges start from the original weights; "
-            "layer-wise tuning is not implemented yet, so accuracy is not yet recovered"
+            f"[yellow]note:[/yellow] {len(learned)} learned merges keep the original weights "
+            "untuned (pass --data to tune them): the slimmed model is fast but not accurate"
         )
+    summary = {}
+    if args.data and not args.no_tune and learned:
+        summary["tuning"] = run_tuning(args, model, result, input_size, in_chans)
+    if args.data and not args.no_eval:
+        summary["accuracy"] = evaluate_pair(args, model, result.model, input_size, in_chans)
     out_dir = save(result, args.out)
+    partial = Path(f"{args.out}.partial")
+    if summary:
+        from .files import write_json
+
+        write_json(out_dir / "tune_report.json", summary)
+        if (partial / "tune_log.jsonl").is_file():
+            os.replace(partial / "tune_log.jsonl", out_dir / "tune_log.jsonl")
+    shutil.rmtree(partial, ignore_errors=True)
     console.print(
         f"slimmed: {len(rep.applied)} merges applied, {len(rep.reverted)} reverted, "
         f"{len(rep.skipped)} skipped -> {out_dir}/ (plan.json, model.safetensors)"
     )
+    return 0
+
+
+def run_tuning(args, teacher, result, input_size: int, in_chans: int) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .data import get_dataset, get_loader
+    from .slimming import tune
+    from .tuning import TuneConfig
+    from .tuning.trainer import config_dict
+
+    train = get_dataset(args.data, "train", input_size=input_size, in_chans=in_chans)
+    loader = get_loader(train, args.batch_size, shuffle=True)
+    config = TuneConfig(
+        max_batches=args.max_batches,
+        epochs_per_stage=args.epochs_per_stage,
+        lr=args.lr,
+        finetune_batches=args.finetune_batches,
+        use_labels=args.labels,
+        all_at_once=args.all_at_once,
+        budget_minutes=args.budget_minutes,
+    )
+    tasks: dict[str, int] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+
+        def progress(stage: str, step: int, total: int, loss: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"tune {stage}", total=total, loss=loss)
+            bar.update(tasks[stage], completed=step, loss=loss)
+
+        partial = f"{args.out}.partial"
+        records = tune(
+            result, teacher, loader, config, partial, resume=args.resume, progress=progress
+        )
+    return {"config": config_dict(config), "stages": records}
+
+
+def evaluate_pair(args, teacher, student, input_size: int, in_chans: int) -> dict:
+    from .data import get_dataset, get_loader
+    from .evaluation import evaluate
+
+    test = get_loader(get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans), 256)
+    acc = {"teacher": evaluate(teacher, test), "slimmed": evaluate(student, test)}
+    for who, r in acc.items():
+        out.print(
+            f"{who}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} test images)"
+        )
+    return acc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .data import get_dataset, get_loader, num_classes_of
+    from .evaluation import evaluate, load_model_file
+
+    path = Path(args.model)
+    if path.suffix == ".safetensors" and path.is_file():
+        model, input_size, in_chans = load_model_file(path)
+    else:
+        args.pretrained = False
+        model, input_size, in_chans = load_model_from_args(args)
+    input_size = args.input_size or input_size
+    ds = get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans)
+    classes = num_classes_of(ds)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"evaluating {args.model}", total=len(ds))
+        r = evaluate(
+            model, get_loader(ds, args.batch_size), on_batch=lambda n: bar.advance(task, n)
+        )
+    if classes is not None:
+        r["classes"] = classes
+    r["model"], r["data"] = args.model, args.data
+    out.print(
+        f"{args.model} on {args.data}: top-1 {100 * r['top1']:.2f}%  "
+        f"top-5 {100 * r['top5']:.2f}%  ({r['n']} images)"
+    )
+    if args.json:
+        from .files import write_json
+
+        _log(f"wrote {write_json(args.json, r)}")
     return 0
 
 
@@ -408,14 +522,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exact-only", action="store_true", help="apply only merges that keep the function"
     )
-    p.add_argument(
-        "--no-tune",
-        action="store_true",
-        default=True,
-        help="skip tuning (the default until tuning lands)",
-    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    t = p.add_argument_group("tuning (layer-wise, against the original; needs --data)")
+    t.add_argument(
+        "--data", help="images to tune on: fashion-mnist, an ImageFolder directory, synthetic"
+    )
+    t.add_argument("--no-tune", action="store_true", help="skip tuning")
+    t.add_argument(
+        "--no-eval", action="store_true", help="skip the before/after accuracy on the test split"
+    )
+    t.add_argument(
+        "--max-batches", type=positive_int, default=200, help="batches per stage (default 200)"
+    )
+    t.add_argument(
+        "--epochs-per-stage",
+        type=positive_int,
+        default=1,
+        help="passes over the data per stage, at most (default 1)",
+    )
+    t.add_argument(
+        "--finetune-batches",
+        type=int,
+        default=300,
+        help="whole-network distillation batches after the stages (default 300; 0: none)",
+    )
+    t.add_argument(
+        "--lr", type=float, default=1e-3, help="stage learning rate (Adam; default 1e-3)"
+    )
+    t.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
+    t.add_argument("--budget-minutes", type=float, help="wall-clock budget for all tuning")
+    t.add_argument(
+        "--labels",
+        action="store_true",
+        help="use labels (cross-entropy) in the final fine-tune; stages never do",
+    )
+    t.add_argument(
+        "--all-at-once",
+        action="store_true",
+        help="train all merged layers in one stage (for comparison)",
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from OUT.partial/"
+    )
     p.set_defaults(func=cmd_slim)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test split")
+    p.add_argument("model", help="zoo name, slimmed directory, or a weights file from deeprebirth")
+    p.add_argument(
+        "--data", required=True, help="fashion-mnist, an ImageFolder directory, or synthetic"
+    )
+    p.add_argument("--checkpoint", type=Path, help="weights for a zoo model")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--input-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--json", type=Path, help="write {top1, top5, n} (fractions) as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="two models side by side: latency, memory, MACs")
     p.add_argument("a", help="zoo name or slimmed directory (the baseline)")

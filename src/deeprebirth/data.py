@@ -90,9 +90,16 @@ def fashion_mnist_root(download: bool = False) -> Path:
     )
 
 
-def image_transform(input_size: int, in_chans: int, gray_source: bool) -> transforms.Compose:
-    """Resize to the model's input and match its channels; normalise."""
+def image_transform(
+    input_size: int, in_chans: int, gray_source: bool, augment: bool = False
+) -> transforms.Compose:
+    """Resize to the model's input and match its channels; normalise (and augment)."""
     steps: list = [transforms.Resize(input_size), transforms.CenterCrop(input_size)]
+    if augment:  # light, label-preserving: a flip and a shift of up to 1/8 of the side
+        steps += [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomCrop(input_size, padding=max(1, input_size // 8)),
+        ]
     if gray_source:
         mean, std = (FASHION_MNIST_MEAN,) * in_chans, (FASHION_MNIST_STD,) * in_chans
         if in_chans == 3:
@@ -130,6 +137,7 @@ def get_dataset(
     num_classes: int = 10,
     synthetic_size: int = 64,
     download: bool = False,
+    augment: bool = False,
 ) -> Dataset:
     """The data named by ``spec``, adapted to a model with the given input.
 
@@ -138,6 +146,7 @@ def get_dataset(
             (with ``train/`` and ``test/`` or ``val/`` sub-directories, or one class
             directory per class).
         split: ``"train"`` or ``"test"``.
+        augment: random flips and shifts (for training).
 
     Example:
         >>> ds = get_dataset("synthetic", input_size=32, in_chans=3)
@@ -147,7 +156,7 @@ def get_dataset(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if spec == FASHION_MNIST:
-        tf = image_transform(input_size, in_chans, gray_source=True)
+        tf = image_transform(input_size, in_chans, gray_source=True, augment=augment)
         return datasets.FashionMNIST(
             fashion_mnist_root(download), train=split == "train", transform=tf
         )
@@ -159,7 +168,7 @@ def get_dataset(
             transform=transforms.ToTensor(),
             random_offset=0 if split == "train" else 10**6,
         )
-    tf = image_transform(input_size, in_chans, gray_source=False)
+    tf = image_transform(input_size, in_chans, gray_source=False, augment=augment)
     return _image_folder(Path(spec), split, tf)
 
 

@@ -7,6 +7,7 @@ model, the plan and the weights: no pickles anywhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 from .errors import DeepRebirthError
-from .graph.capture import example_input
+from .graph.capture import capture, example_input
 from .plan import Plan, PlanError, make_plan
 from .transforms import SlimReport, apply_plan
 from .zoo import apply_state_dict, get_model
@@ -66,6 +67,50 @@ def slim(
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])
     gm, report = apply_plan(model, plan, example, exact_only=exact_only)
     return SlimResult(gm, plan, report)
+
+
+def tune(
+    result: SlimResult,
+    teacher: nn.Module,
+    loader,
+    config=None,
+    work_dir: str | Path = "tune.partial",
+    *,
+    resume: bool = False,
+    progress=None,
+    is_main: bool = True,
+    wrap=None,
+) -> list[dict]:
+    """Layer-wise tuning of ``result.model`` against ``teacher`` (see ``deeprebirth.tuning``).
+
+    Checkpoints go to ``work_dir`` after every stage; ``resume=True`` continues from there.
+    Returns one record per stage run (and one for the final fine-tune).
+    """
+    from .tuning import Stage, TuneConfig, Tuner, find_stages
+
+    config = config or TuneConfig()
+    teacher_gm = capture(copy.deepcopy(teacher)).eval()
+    example = torch.zeros(result.plan.input_shape)
+    stages = find_stages(result.plan, result.report.applied, teacher_gm, result.model, example)
+    if config.all_at_once and stages:
+        names = sorted({t for s in stages for t in s.trainable})
+        stages = [Stage("all_at_once", names, ["<output>"])]
+    tuner = Tuner(
+        teacher_gm,
+        result.model,
+        stages,
+        loader,
+        config,
+        work_dir,
+        progress=progress,
+        is_main=is_main,
+        wrap=wrap,
+    )
+    if resume:
+        tuner.resume()
+    records = tuner.run()
+    result.model.eval()
+    return records
 
 
 def save(result: SlimResult, out_dir: str | Path) -> Path:

@@ -219,6 +219,7 @@ class FuseParallel(Merge):
             fused.weight.copy_(torch.cat([c.weight for c in convs]))
             if first.bias is not None:
                 fused.bias.copy_(torch.cat([c.bias for c in convs]))
+        fused.fused_from = [n.target for n in nodes]  # lets tuning find the original layers
         fused_name = f"{nodes[0].target}_fused"
         set_module(gm, fused_name, fused)
         order = {n: i for i, n in enumerate(gm.graph.nodes)}

@@ -1,0 +1,266 @@
+"""Layer-wise fine-tuning against the original network, then a short distillation.
+
+Stage by stage (input side first), the layers a learned merge created are trained so that
+the slimmed network (the *student*, fed by its own already-tuned earlier layers) reproduces
+the original (the *teacher*, frozen) at the merge's block boundary. Then the whole student
+is fine-tuned with knowledge distillation (soft teacher logits; plus cross-entropy when
+labels are used). Stages need images only, no labels.
+
+A checkpoint is written after every stage; ``resume=True`` continues after the last one.
+A non-finite or exploding loss rolls the stage back and retries it at a smaller learning
+rate (a bounded number of times).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import fx, nn
+
+from ..errors import DeepRebirthError
+from ..files import write_json
+from .stages import Stage, trainable_parameters, truncate
+
+STATE_FILE, WEIGHTS_FILE, LOG_FILE = "state.json", "student.safetensors", "tune_log.jsonl"
+
+
+@dataclass
+class TuneConfig:
+    #: Batches per stage (at most); and epochs over the data per stage.
+    max_batches: int = 200
+    epochs_per_stage: int = 1
+    lr: float = 1e-3
+    #: Whole-network distillation after the stages (0 turns it off).
+    finetune_batches: int = 300
+    finetune_lr: float = 1e-4
+    temperature: float = 4.0
+    #: Use labels in the final fine-tune (cross-entropy beside distillation).
+    use_labels: bool = False
+    #: Train every merge at once (one stage, judged at the output) instead of layer-wise.
+    all_at_once: bool = False
+    #: Wall-clock budget in minutes for the whole tuning; None for no limit.
+    budget_minutes: float | None = None
+    max_retries: int = 3
+    #: A loss this many times the stage's first loss counts as exploding.
+    explode_factor: float = 1e3
+
+
+class Diverged(DeepRebirthError):
+    pass
+
+
+def _normalized_mse(student: tuple, teacher: tuple) -> torch.Tensor:
+    # Each boundary counts equally, whatever the scale of its features.
+    return sum(
+        F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
+        for s, t in zip(student, teacher, strict=True)
+    )
+
+
+def _batches(loader: Iterable, n: int, epochs: int):
+    """Up to ``n`` batches, cycling the loader for at most ``epochs`` passes."""
+    return itertools.islice(itertools.chain.from_iterable(loader for _ in range(epochs)), n)
+
+
+def _snapshot(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _restore(params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+
+
+class Tuner:
+    """Runs the stages and the final fine-tune, checkpointing into ``work_dir``."""
+
+    def __init__(
+        self,
+        teacher: fx.GraphModule,
+        student: fx.GraphModule,
+        stages: list[Stage],
+        loader: Iterable,
+        config: TuneConfig,
+        work_dir: str | Path,
+        *,
+        progress: Callable[[str, int, int, float], None] | None = None,
+        is_main: bool = True,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student = student
+        self.stages = stages
+        self.loader = loader
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.progress = progress or (lambda *a: None)
+        self.is_main = is_main
+        self.wrap = wrap or (lambda m: m)
+        self.deadline = time.time() + 60 * config.budget_minutes if config.budget_minutes else None
+        self.state = {"completed": [], "finetuned": False}
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def resume(self) -> list[str]:
+        """Load the last checkpoint; returns the stages already done."""
+        state_file = self.work_dir / STATE_FILE
+        if not state_file.is_file():
+            return []
+        self.state = json.loads(state_file.read_text())
+        weights = load_file(self.work_dir / WEIGHTS_FILE)
+        self.student.load_state_dict(weights)
+        return list(self.state["completed"])
+
+    def _checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.work_dir / f".{WEIGHTS_FILE}.tmp"
+        save_file({k: v.detach().contiguous() for k, v in self.student.state_dict().items()}, tmp)
+        tmp.replace(self.work_dir / WEIGHTS_FILE)
+        write_json(self.work_dir / STATE_FILE, self.state)  # written last: the commit point
+
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.work_dir / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _budget_share(self, remaining_parts: int) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.time()) / max(1, remaining_parts)
+
+    # --- the work ----------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        done = set(self.state["completed"])
+        records = []
+        todo = [s for s in self.stages if s.id not in done]
+        for i, stage in enumerate(todo):
+            parts = len(todo) - i + (1 if self.config.finetune_batches else 0)
+            records.append(self._run_stage(stage, self._budget_share(parts)))
+            self.state["completed"].append(stage.id)
+            self._checkpoint()
+        if self.config.finetune_batches and not self.state["finetuned"]:
+            records.append(self._finetune(self._budget_share(1)))
+            self.state["finetuned"] = True
+            self._checkpoint()
+        return records
+
+    def _train(self, name, params, loss_fn, batches, lr, seconds) -> dict:
+        """One optimisation run with rollback and retry on a non-finite or exploding loss."""
+        start_state = _snapshot(params)
+        for attempt in range(self.config.max_retries + 1):
+            opt = torch.optim.Adam(params, lr=lr)
+            t0, first, losses, steps = time.time(), None, [], 0
+            try:
+                for batch in _batches(self.loader, batches, self.config.epochs_per_stage):
+                    loss = loss_fn(batch)
+                    value = loss.item()
+                    first = value if first is None else first
+                    if not math.isfinite(value) or value > self.config.explode_factor * max(
+                        first, 1e-8
+                    ):
+                        raise Diverged(f"{name}: loss {value:.3g} (first {first:.3g})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    losses.append(value)
+                    steps += 1
+                    self.progress(name, steps, batches, value)
+                    if seconds is not None and time.time() - t0 > seconds:
+                        break
+            except Diverged as e:
+                _restore(params, start_state)
+                self._log(
+                    {
+                        "stage": name,
+                        "event": "rollback",
+                        "attempt": attempt,
+                        "lr": lr,
+                        "why": str(e),
+                    }
+                )
+                lr *= 0.1
+                continue
+            tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
+            record = {
+                "stage": name,
+                "steps": steps,
+                "lr": lr,
+                "retries": attempt,
+                "loss_first": first,
+                "loss_last": sum(tail) / len(tail),
+                "seconds": round(time.time() - t0, 2),
+            }
+            self._log(record)
+            return record
+        raise Diverged(f"stage {name} diverged {self.config.max_retries + 1} times; lower --lr")
+
+    def _run_stage(self, stage: Stage, seconds: float | None) -> dict:
+        student = truncate(self.student, stage.boundary)
+        teacher = truncate(self.teacher, stage.boundary)
+        for p in self.student.parameters():
+            p.requires_grad_(False)
+        params = trainable_parameters(self.student, stage.trainable)
+        for p in params:
+            p.requires_grad_(True)
+        model = self.wrap(student.train())
+
+        def loss_fn(batch):
+            x = batch[0]
+            with torch.no_grad():
+                target = teacher(x)
+            return _normalized_mse(model(x), target)
+
+        record = self._train(
+            stage.id, params, loss_fn, self.config.max_batches, self.config.lr, seconds
+        )
+        record["trainable"], record["boundary"] = stage.trainable, stage.boundary
+        self.student.eval()
+        return record
+
+    def _finetune(self, seconds: float | None) -> dict:
+        params = list(self.student.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        model = self.wrap(self.student.train())
+        T = self.config.temperature
+
+        def loss_fn(batch):
+            x, y = batch[0], batch[1]
+            with torch.no_grad():
+                soft = F.softmax(self.teacher(x) / T, dim=1)
+            logits = model(x)
+            loss = F.kl_div(F.log_softmax(logits / T, dim=1), soft, reduction="batchmean") * T * T
+            if self.config.use_labels:
+                loss = loss + F.cross_entropy(logits, y)
+            return loss
+
+        record = self._train(
+            "finetune",
+            params,
+            loss_fn,
+            self.config.finetune_batches,
+            self.config.finetune_lr,
+            seconds,
+        )
+        self.student.eval()
+        return record
+
+
+def config_dict(config: TuneConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,160 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deeprebirth import get_dataset, get_loader, get_model
+from deeprebirth.evaluation import evaluate
+from deeprebirth.graph import capture
+from deeprebirth.slimming import slim, tune
+from deeprebirth.tuning import TuneConfig, find_stages, truncate
+from deeprebirth.tuning import trainer as trainer_module
+
+
+def tiny_setup(num_classes=10):
+    teacher = get_model("user_models:tiny_cnn", num_classes=num_classes)
+    result = slim(teacher, name="user_models:tiny_cnn", input_size=16)
+    data = get_dataset(
+        "synthetic", "train", input_size=16, in_chans=3, synthetic_size=64, num_classes=num_classes
+    )
+    return teacher, result, get_loader(data, batch_size=16, shuffle=True)
+
+
+def boundary_error(teacher, result, stage, x):
+    with torch.no_grad():
+        s = truncate(result.model, stage.boundary)(x)
+        t = truncate(capture(teacher), stage.boundary)(x)
+    return sum(((a - b) ** 2).mean().item() for a, b in zip(s, t, strict=True))
+
+
+def test_stages_follow_the_graph_from_input_to_output():
+    teacher = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
+    result = slim(teacher, input_size=32, in_chans=1)
+    stages = find_stages(
+        result.plan,
+        result.report.applied,
+        capture(teacher),
+        result.model,
+        torch.zeros(1, 1, 32, 32),
+    )
+    assert stages[0].id == "streamline:conv1.conv" and stages[0].boundary == ["conv2_reduce.conv"]
+    order = {n.target: i for i, n in enumerate(result.model.graph.nodes) if n.op == "call_module"}
+    firsts = [order[s.trainable[0]] for s in stages]
+    assert firsts == sorted(firsts)
+    assert any("block_pool:pool3" in s.id for s in stages)
+
+
+def test_a_stage_lowers_the_reconstruction_error(tmp_path):
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    stages = find_stages(
+        result.plan,
+        result.report.applied,
+        capture(teacher),
+        result.model,
+        torch.zeros(1, 3, 16, 16),
+    )
+    x = next(iter(loader))[0]
+    before = [boundary_error(teacher, result, s, x) for s in stages]
+    records = tune(
+        result,
+        teacher,
+        loader,
+        TuneConfig(max_batches=40, epochs_per_stage=20, finetune_batches=0),
+        tmp_path,
+    )
+    after = [boundary_error(teacher, result, s, x) for s in stages]
+    assert len(records) == len(stages) >= 1
+    assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
+    log = [json.loads(line) for line in (tmp_path / "tune_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == [s.id for s in stages]
+
+
+def test_resume_after_an_interruption(tmp_path):
+    teacher = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
+    data = get_dataset(
+        "synthetic", "train", input_size=32, in_chans=1, synthetic_size=8, num_classes=10
+    )
+    loader = get_loader(data, batch_size=4)
+    config = TuneConfig(max_batches=1, finetune_batches=1)
+
+    def interrupt_in_third_stage(stage, step, total, loss):
+        if len(seen) == 2 and stage not in seen:
+            raise KeyboardInterrupt
+        seen.add(stage)
+
+    seen: set = set()
+    result = slim(teacher, input_size=32, in_chans=1)
+    with pytest.raises(KeyboardInterrupt):
+        tune(result, teacher, loader, config, tmp_path, progress=interrupt_in_third_stage)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert len(state["completed"]) == 2 and not state["finetuned"]
+
+    ran: list = []
+    fresh = slim(teacher, input_size=32, in_chans=1)
+    records = tune(
+        fresh, teacher, loader, config, tmp_path, resume=True, progress=lambda s, *a: ran.append(s)
+    )
+    assert state["completed"][0] not in ran and state["completed"][1] not in ran
+    final = json.loads((tmp_path / "state.json").read_text())
+    stages = find_stages(
+        fresh.plan, fresh.report.applied, capture(teacher), fresh.model, torch.zeros(1, 1, 32, 32)
+    )
+    assert final["completed"] == [s.id for s in stages] and final["finetuned"]
+    assert records[-1]["stage"] == "finetune"
+
+
+def test_nan_loss_rolls_back_and_retries(tmp_path, monkeypatch):
+    teacher, result, loader = tiny_setup()
+    real = trainer_module._normalized_mse
+    calls = {"n": 0}
+
+    def nan_once(s, t):
+        calls["n"] += 1
+        loss = real(s, t)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer_module, "_normalized_mse", nan_once)
+    records = tune(result, teacher, loader, TuneConfig(max_batches=3, finetune_batches=0), tmp_path)
+    assert records[0]["retries"] == 1 and records[0]["lr"] == pytest.approx(1e-4)
+    log = [json.loads(line) for line in (tmp_path / "tune_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "rollback" and "nan" in log[0]["why"]
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_divergence_is_reported(tmp_path, monkeypatch):
+    teacher, result, loader = tiny_setup()
+    monkeypatch.setattr(trainer_module, "_normalized_mse", lambda s, t: s[0].sum() * float("inf"))
+    with pytest.raises(trainer_module.Diverged, match="diverged"):
+        tune(
+            result,
+            teacher,
+            loader,
+            TuneConfig(max_batches=2, finetune_batches=0, max_retries=1),
+            tmp_path,
+        )
+
+
+class FixedLogits(nn.Module):
+    """Logits that rank class (i + k) % 3 k-th for the i-th image of each batch."""
+
+    def forward(self, x):
+        n = x.shape[0]
+        idx = torch.arange(n)
+        logits = torch.zeros(n, 3)
+        logits[idx, idx % 3] = 2.0
+        logits[idx, (idx + 1) % 3] = 1.0
+        return logits
+
+
+def test_evaluate_matches_a_hand_count():
+    x = torch.zeros(6, 1, 2, 2)
+    y = torch.tensor([0, 2, 2, 0, 1, 1])  # predicted top-1: 0 1 2 0 1 2 -> 4 hits
+    r = evaluate(FixedLogits(), [(x, y)])
+    assert r == {"top1": 4 / 6, "top5": 1.0, "n": 6}
+
+
+def test_evaluate_refuses_data_with_more_classes():
+    with pytest.raises(Exception, match="3 outputs but the data has class 5"):
+        evaluate(FixedLogits(), [(torch.zeros(2, 1, 2, 2), torch.tensor([0, 5]))])
