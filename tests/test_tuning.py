@@ -158,3 +158,30 @@ def test_evaluate_matches_a_hand_count():
 def test_evaluate_refuses_data_with_more_classes():
     with pytest.raises(Exception, match="3 outputs but the data has class 5"):
         evaluate(FixedLogits(), [(torch.zeros(2, 1, 2, 2), torch.tensor([0, 5]))])
+
+
+def test_torchrun_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from deeprebirth.evaluation import save_weights
+
+    weights = save_weights(
+        get_model("user_models:tiny_cnn", num_classes=10),
+        tmp_path / "t.safetensors",
+        {"model": "user_models:tiny_cnn", "num_classes": 10, "in_chans": 3, "input_size": 16},
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "deeprebirth", "slim", "user_models:tiny_cnn", "--checkpoint", str(weights),
+        "--data", "synthetic", "--max-batches", "2", "--finetune-batches", "2", "--device", "cpu",
+        "--out", str(tmp_path / "s"),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (run.stdout + run.stderr).count("merges applied") == 1  # rank 0 alone reports, writes
+    report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
+    assert report["tuning"]["stages"][-1]["stage"] == "finetune"

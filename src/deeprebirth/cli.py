@@ -207,6 +207,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_slim(args: argparse.Namespace) -> int:
+    import torch
+
+    from .tuning import distributed
+
+    ctx = distributed.setup(args.device)  # under torchrun: one of N processes
+    console.quiet = out.quiet = not ctx.is_main
     from .plan import Plan, PlanError
     from .slimming import save, slim
 
@@ -243,10 +249,14 @@ def cmd_slim(args: argparse.Namespace) -> int:
         )
     summary = {}
     if args.data and not args.no_tune and learned:
-        summary["tuning"] = run_tuning(args, model, result, input_size, in_chans)
+        summary["tuning"] = run_tuning(args, model, result, input_size, in_chans, ctx)
+        distributed.barrier(ctx)
+    if not ctx.is_main:  # rank 0 evaluates and writes
+        distributed.teardown(ctx)
+        return 0
     if args.data and not args.no_eval:
         summary["accuracy"] = evaluate_pair(args, model, result.model, input_size, in_chans)
-    out_dir = save(result, args.out)
+    out_dir = save(result, args.out, dtype=torch.float16 if args.fp16_weights else None)
     partial = Path(f"{args.out}.partial")
     if summary:
         from .files import write_json
@@ -255,6 +265,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         if (partial / "tune_log.jsonl").is_file():
             os.replace(partial / "tune_log.jsonl", out_dir / "tune_log.jsonl")
     shutil.rmtree(partial, ignore_errors=True)
+    distributed.teardown(ctx)
     console.print(
         f"slimmed: {len(rep.applied)} merges applied, {len(rep.reverted)} reverted, "
         f"{len(rep.skipped)} skipped -> {out_dir}/ (plan.json, model.safetensors)"
@@ -262,16 +273,16 @@ def cmd_slim(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tuning(args, teacher, result, input_size: int, in_chans: int) -> dict:
+def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .data import get_dataset, get_loader
+    from .data import get_dataset
     from .slimming import tune
-    from .tuning import TuneConfig
+    from .tuning import TuneConfig, distributed
     from .tuning.trainer import config_dict
 
     train = get_dataset(args.data, "train", input_size=input_size, in_chans=in_chans)
-    loader = get_loader(train, args.batch_size, shuffle=True)
+    loader = distributed.loader(train, args.batch_size, ctx)
     config = TuneConfig(
         max_batches=args.max_batches,
         epochs_per_stage=args.epochs_per_stage,
@@ -289,7 +300,7 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int) -> dict:
         TextColumn("loss {task.fields[loss]:.4f}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=not ctx.is_main) as bar:
 
         def progress(stage: str, step: int, total: int, loss: float) -> None:
             if stage not in tasks:
@@ -298,7 +309,16 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int) -> dict:
 
         partial = f"{args.out}.partial"
         records = tune(
-            result, teacher, loader, config, partial, resume=args.resume, progress=progress
+            result,
+            teacher,
+            loader,
+            config,
+            partial,
+            resume=args.resume,
+            progress=progress,
+            is_main=ctx.is_main,
+            wrap=distributed.wrapper(ctx),
+            device=ctx.device,
         )
     return {"config": config_dict(config), "stages": records}
 
@@ -523,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--exact-only", action="store_true", help="apply only merges that keep the function"
     )
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--fp16-weights", action="store_true", help="store the weights in float16 (half the size)"
+    )
     t = p.add_argument_group("tuning (layer-wise, against the original; needs --data)")
     t.add_argument(
         "--data", help="images to tune on: fashion-mnist, an ImageFolder directory, synthetic"
@@ -564,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from OUT.partial/"
     )
+    t.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_slim)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test split")

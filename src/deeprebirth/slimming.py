@@ -80,6 +80,7 @@ def tune(
     progress=None,
     is_main: bool = True,
     wrap=None,
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
     """Layer-wise tuning of ``result.model`` against ``teacher`` (see ``deeprebirth.tuning``).
 
@@ -109,12 +110,15 @@ def tune(
     if resume:
         tuner.resume()
     records = tuner.run()
-    result.model.eval()
+    result.model.cpu().eval()
     return records
 
 
-def save(result: SlimResult, out_dir: str | Path) -> Path:
-    """Write ``plan.json`` and ``model.safetensors`` to ``out_dir``, all or nothing."""
+def save(result: SlimResult, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``plan.json`` and ``model.safetensors`` to ``out_dir``, all or nothing.
+
+    ``dtype=torch.float16`` halves the file; ``load`` casts back to the model's dtype.
+    """
     out_dir = Path(out_dir)
     data = result.plan.to_dict()
     data["applied"] = result.report.applied
@@ -126,7 +130,10 @@ def save(result: SlimResult, out_dir: str | Path) -> Path:
         raise DeepRebirthError(f"cannot write to {out_dir.parent}: {e.strerror}") from e
     try:
         (tmp / PLAN_FILE).write_text(json.dumps(data, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        state = {
+            k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().contiguous()
+            for k, v in result.model.state_dict().items()
+        }
         save_file(state, tmp / WEIGHTS_FILE)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

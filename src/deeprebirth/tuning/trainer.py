@@ -96,11 +96,13 @@ class Tuner:
         progress: Callable[[str, int, int, float], None] | None = None,
         is_main: bool = True,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        device: torch.device | str = "cpu",
     ):
-        self.teacher = teacher.eval()
+        self.device = torch.device(device)
+        self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.student = student
+        self.student = student.to(self.device)
         self.stages = stages
         self.loader = loader
         self.config = config
@@ -119,7 +121,7 @@ class Tuner:
         if not state_file.is_file():
             return []
         self.state = json.loads(state_file.read_text())
-        weights = load_file(self.work_dir / WEIGHTS_FILE)
+        weights = load_file(self.work_dir / WEIGHTS_FILE, device=str(self.device))
         self.student.load_state_dict(weights)
         return list(self.state["completed"])
 
@@ -128,7 +130,8 @@ class Tuner:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.work_dir / f".{WEIGHTS_FILE}.tmp"
-        save_file({k: v.detach().contiguous() for k, v in self.student.state_dict().items()}, tmp)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.student.state_dict().items()}
+        save_file(state, tmp)
         tmp.replace(self.work_dir / WEIGHTS_FILE)
         write_json(self.work_dir / STATE_FILE, self.state)  # written last: the commit point
 
@@ -168,7 +171,7 @@ class Tuner:
             t0, first, losses, steps = time.time(), None, [], 0
             try:
                 for batch in _batches(self.loader, batches, self.config.epochs_per_stage):
-                    loss = loss_fn(batch)
+                    loss = loss_fn([t.to(self.device) for t in batch[:2]])
                     value = loss.item()
                     first = value if first is None else first
                     if not math.isfinite(value) or value > self.config.explode_factor * max(
