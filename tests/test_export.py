@@ -44,3 +44,52 @@ def test_export_batch_sizes(batch):
         np.testing.assert_allclose(
             _run(to_onnx(model, x), x), model(x).numpy(), rtol=1e-4, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_export_slimmed_round_trip(capsys, tmp_path, fmt, suffix):
+    from deeprebirth.cli import main
+
+    assert (
+        main(["slim", "user_models:tiny_cnn", "--input-size", "16", "--out", str(tmp_path / "s")])
+        == 0
+    )
+    target = tmp_path / f"m.{suffix}"
+    assert main(["export", str(tmp_path / "s"), "--format", fmt, "-o", str(target)]) == 0
+    assert target.is_file()
+    assert "parity with PyTorch" in capsys.readouterr().out
+
+
+def test_exported_slimmed_graph_has_no_removed_layers(tmp_path):
+    from deeprebirth.export import export
+    from deeprebirth.slimming import slim
+
+    result = slim(get_model("bvlc_googlenet", num_classes=10), input_size=32)
+    r = export(result.model, tmp_path / "m.onnx", "onnx", torch.randn(2, 3, 32, 32))
+    assert r["leftover_non_tensor"] == {}
+    assert not {"MaxPool", "LRN", "AveragePool"} & set(r["ops"])
+    assert r["relative_error"] < 1e-4
+
+
+def test_parity_failure_exits_nonzero_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    from deeprebirth.cli import main
+    from deeprebirth.export import check
+
+    class Off:
+        def __init__(self, session):
+            self.session = session
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+        def run(self, names, feed):
+            return [o + 1.0 for o in self.session.run(names, feed)]
+
+    real = check.ort_session
+    monkeypatch.setattr(check, "ort_session", lambda proto, threads: Off(real(proto, threads)))
+    code = main(
+        ["export", "user_models:tiny_cnn", "--input-size", "16", "-o", str(tmp_path / "m.onnx")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "differs from PyTorch by" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -13,7 +13,7 @@ from .graph import capture
 from .plan import Plan, make_plan
 from .profiling import plot_profile, profile
 from .profiling.bench import bench
-from .slimming import load, save, slim
+from .slimming import load, save, slim, tune
 from .zoo import get_model, list_models, register_model
 
 __version__ = "0.1.0"
@@ -26,6 +26,7 @@ __all__ = [
     "make_plan",
     "save",
     "slim",
+    "tune",
     "capture",
     "get_dataset",
     "get_loader",

@@ -370,6 +370,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .graph import example_input
+
+    model, input_size, in_chans = load_model_from_args(args)
+    if args.data:  # real images for the parity check
+        from .data import get_dataset, get_loader
+
+        ds = get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans)
+        inputs = next(iter(get_loader(ds, 8)))[0]
+    else:
+        inputs = example_input(2, in_chans, input_size)
+    r = export(model, args.output, args.format, inputs)
+    extra = r.get("leftover_non_tensor")
+    if extra:
+        console.print(
+            f"[yellow]warning:[/yellow] non-tensor layers left in the ONNX graph: {extra}"
+        )
+    out.print(
+        f"exported {args.model} -> {args.output} ({args.format}); parity with PyTorch: "
+        f"{r['relative_error']:.1e} of the output's scale on {r['inputs'][0]} "
+        f"{'real' if args.data else 'random'} inputs"
+    )
+    return 0
+
+
 def load_for_bench(spec: str, config: dict, input_size: int | None):
     """A zoo model or a slimmed directory; returns (model, input_shape)."""
     from .slimming import input_shape_of, is_slimmed_dir, load
@@ -589,6 +615,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_slim)
+
+    p = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
+    add_model_args(p)
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default="onnx",
+        help="onnx (default) or torchscript (deprecated upstream)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    p.add_argument("--data", help="check parity on real images from this data set")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test split")
     p.add_argument("model", help="zoo name, slimmed directory, or a weights file from deeprebirth")
