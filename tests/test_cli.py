@@ -263,3 +263,21 @@ def test_evaluate_bad_inputs(capsys, tmp_path):
         capsys, "evaluate", "user_models:tiny_cnn", "--data", str(tmp_path / "nope")
     )
     one_line_error(code, err, "does not exist")
+
+
+def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "slim", "user_models:tiny_cnn", "--input-size", "32", "--data", "synthetic",
+        "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "3", "--out", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "s"
+    data = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    for name in ("report_kinds.png", "report_accuracy_latency.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    for runtime in ("torch", "ort"):
+        assert f"{data['latency'][runtime]['slimmed']['median_ms']:.2f}" in md
+    assert f"{100 * data['accuracy']['slimmed']['top1']:.2f}" in md
+    assert "squeezenet1_1" in data["latency"]["ort"]  # 32x32 is enough for the references
+    assert "no energy figure" in md or "mJ" in md

@@ -266,6 +266,21 @@ def cmd_slim(args: argparse.Namespace) -> int:
             os.replace(partial / "tune_log.jsonl", out_dir / "tune_log.jsonl")
     shutil.rmtree(partial, ignore_errors=True)
     distributed.teardown(ctx)
+    if not args.no_report:
+        from .report import build_report, write_report
+
+        data = build_report(
+            model,
+            result.model,
+            result.plan.input_shape,
+            plan=result.plan,
+            slim_report=rep,
+            accuracy=summary.get("accuracy"),
+            command=" ".join(["deeprebirth", *sys.argv[1:]]),
+            runs=args.report_runs,
+            log=_log,
+        )
+        _log(f"wrote {write_report(data, out_dir)}")
     console.print(
         f"slimmed: {len(rep.applied)} merges applied, {len(rep.reverted)} reverted, "
         f"{len(rep.skipped)} skipped -> {out_dir}/ (plan.json, model.safetensors)"
@@ -614,6 +629,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted run from OUT.partial/"
     )
     t.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--no-report", action="store_true", help="skip DIR/report.md (it measures both models)"
+    )
+    p.add_argument(
+        "--report-runs",
+        type=positive_int,
+        default=20,
+        help="timed runs per model for the report (default 20)",
+    )
     p.set_defaults(func=cmd_slim)
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")

@@ -12,7 +12,36 @@ from ..graph.capture import capture, example_input
 from .machine import machine_info
 from .ort_runtime import ort_runner, ort_session
 from .stats import count_macs, count_params, peak_activation_bytes
-from .timing import measure_interleaved, pin_threads
+from .timing import Timing, measure_interleaved, pin_threads
+
+
+def latencies(
+    models: dict[str, tuple[nn.Module, torch.Tensor]],
+    *,
+    runtimes: Sequence[str] = ("torch", "ort"),
+    threads: int = 1,
+    runs: int = 30,
+    warmup: int = 5,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, dict[str, Timing]]:
+    """Latency of several models, each with its input, measured interleaved per runtime."""
+    pin_threads(threads)
+    out: dict[str, dict[str, Timing]] = {}
+    for runtime in runtimes:
+        if runtime == "torch":
+            log(f"PyTorch eager: {runs} interleaved runs of {len(models)} models")
+            fns = {k: (lambda m=m, x=x: m(x)) for k, (m, x) in models.items()}
+            with torch.inference_mode():
+                out[runtime] = measure_interleaved(fns, runs, warmup)
+        else:
+            log(f"ONNX Runtime: exporting {len(models)} models")
+            fns = {
+                k: ort_runner(ort_session(to_onnx(m, x), threads), x.numpy())
+                for k, (m, x) in models.items()
+            }
+            log(f"ONNX Runtime: {runs} interleaved runs")
+            out[runtime] = measure_interleaved(fns, runs, warmup)
+    return out
 
 
 def bench(
@@ -34,9 +63,16 @@ def bench(
         >>> r = bench(get_model("resnet18"), get_model("squeezenet1_1"), input_shape=(1, 3, 64, 64))  # doctest: +SKIP
         >>> r["runtimes"]["torch"]["speedup"]  # doctest: +SKIP
     """
-    pin_threads(threads)
     a, b = a.eval(), b.eval()
     x = example_input(input_shape[0], input_shape[1], input_shape[2])
+    timings = latencies(
+        {"a": (a, x), "b": (b, x)},
+        runtimes=runtimes,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        log=log,
+    )
     result: dict = {
         "a": labels[0],
         "b": labels[1],
@@ -44,28 +80,16 @@ def bench(
         "threads": threads,
         "runs": runs,
     }
-    result["runtimes"] = {}
-    for runtime in runtimes:
-        if runtime == "torch":
-            log(f"PyTorch eager: {runs} interleaved runs")
-            with torch.inference_mode():
-                t = measure_interleaved({"a": lambda: a(x), "b": lambda: b(x)}, runs, warmup)
-        else:
-            log("ONNX Runtime: exporting both")
-            xs = x.numpy()
-            fns = {
-                k: ort_runner(ort_session(to_onnx(m, x), threads), xs)
-                for k, m in (("a", a), ("b", b))
-            }
-            log(f"ONNX Runtime: {runs} interleaved runs")
-            t = measure_interleaved(fns, runs, warmup)
-        result["runtimes"][runtime] = {
+    result["runtimes"] = {
+        runtime: {
             "a_ms": t["a"].median_ms,
             "b_ms": t["b"].median_ms,
             "speedup": t["a"].median_ms / t["b"].median_ms,
             "a": t["a"].to_dict(),
             "b": t["b"].to_dict(),
         }
+        for runtime, t in timings.items()
+    }
     mem = {k: peak_activation_bytes(capture(m), x) / 2**20 for k, m in (("a", a), ("b", b))}
     result["memory"] = {"a_mb": mem["a"], "b_mb": mem["b"], "ratio": mem["a"] / mem["b"]}
     macs = {k: count_macs(m, x) for k, m in (("a", a), ("b", b))}

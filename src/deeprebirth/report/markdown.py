@@ -1,0 +1,238 @@
+"""The slimming report: ``DIR/report.md`` with its plots and ``DIR/report.json``.
+
+What a person reads after ``deeprebirth slim``: the plan applied; latency in each runtime,
+peak activation memory, MACs and parameters, original and slimmed side by side (measured
+interleaved in one process); where the time goes per layer kind before and after; accuracy
+before and after when data was given; reference networks measured the same way; energy
+where the machine exposes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..files import atomic_write_text, write_json
+from ..graph.capture import capture
+from ..graph.taxonomy import KINDS, is_tensor_kind
+from ..profiling.bench import latencies
+from ..profiling.machine import machine_info
+from ..profiling.plot import RUNTIME_LABELS
+from ..profiling.profile import profile
+from ..profiling.stats import count_macs, count_params, peak_activation_bytes
+from .energy import energy_note, energy_per_call_mj
+from .plots import plot_accuracy_latency, plot_kinds_before_after
+
+#: Reference networks measured beside every slimmed model (torchvision, random weights).
+REFERENCES = ("squeezenet1_1", "mobilenet_v2")
+
+
+def _costs(model: nn.Module, x: torch.Tensor) -> dict:
+    return {
+        "macs": count_macs(model, x),
+        "params": count_params(model),
+        "peak_activation_mb": peak_activation_bytes(capture(model), x) / 2**20,
+    }
+
+
+def build_report(
+    original: nn.Module,
+    slimmed: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    plan,
+    slim_report,
+    accuracy: dict | None = None,
+    references: Sequence[str] = REFERENCES,
+    runtimes: Sequence[str] = ("torch", "ort"),
+    threads: int = 1,
+    runs: int = 20,
+    command: str = "",
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Measure everything the report shows; returns it as a JSON-able dict."""
+    from ..zoo import get_model
+
+    _, c, h, _ = input_shape
+    x = torch.randn(1, c, h, h, generator=torch.Generator().manual_seed(0))
+    num_classes = slimmed(x).shape[1]
+    models = {"original": (original.eval(), x), "slimmed": (slimmed.eval(), x)}
+    skipped = []
+    for name in references:  # torchvision references take 3 channels
+        ref, x3 = get_model(name, num_classes=num_classes), x.expand(1, 3, h, h).contiguous()
+        try:
+            with torch.no_grad():
+                ref(x3)
+        except RuntimeError:
+            skipped.append(name)  # e.g. SqueezeNet needs more than 16x16
+            continue
+        models[name] = (ref, x3)
+    log("measuring latency: original, slimmed and references, interleaved")
+    timings = latencies(models, runtimes=runtimes, threads=threads, runs=runs, log=log)
+    log("profiling layer kinds before and after")
+    kw = dict(
+        runtimes=runtimes, threads=threads, input_size=h, in_chans=c, runs=5, warmup=2, layer_runs=5
+    )
+    before, after = profile(original, name="original", **kw), profile(slimmed, name="slimmed", **kw)
+    energy = {
+        k: energy_per_call_mj(lambda m=m, x=x: m(x)) for k, (m, x) in list(models.items())[:2]
+    }
+    return {
+        "command": command,
+        "machine": machine_info(),
+        "model": plan.model,
+        "input_shape": [1, c, h, h],
+        "threads": threads,
+        "plan": [
+            {
+                "id": e.id,
+                "kind": e.kind,
+                "exact": e.exact,
+                "macs_saved": e.macs_saved,
+                "status": "applied"
+                if e.id in slim_report.applied
+                else "reverted"
+                if e.id in dict(slim_report.reverted)
+                else "skipped",
+            }
+            for e in plan.entries
+        ],
+        "latency": {rt: {k: t.to_dict() for k, t in ts.items()} for rt, ts in timings.items()},
+        "costs": {k: _costs(m, xx) for k, (m, xx) in models.items()},
+        "by_kind": {
+            "original": {rt: d["by_kind"] for rt, d in before["runtimes"].items()},
+            "slimmed": {rt: d["by_kind"] for rt, d in after["runtimes"].items()},
+        },
+        "non_tensor_share": {
+            "original": {rt: d["non_tensor_share"] for rt, d in before["runtimes"].items()},
+            "slimmed": {rt: d["non_tensor_share"] for rt, d in after["runtimes"].items()},
+        },
+        "accuracy": accuracy,
+        "energy_mj": energy if any(v is not None for v in energy.values()) else None,
+        "energy_note": energy_note(),
+        "references_skipped": skipped,
+        "_profiles": (before, after),
+    }
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def write_report(data: dict, out_dir: str | Path) -> Path:
+    """Write ``report.md``, ``report.json`` and the two PNG plots into ``out_dir``."""
+    out_dir = Path(out_dir)
+    before, after = data.pop("_profiles")
+    plot_kinds_before_after(before, after, out_dir / "report_kinds.png")
+    runtime = "ort" if "ort" in data["latency"] else next(iter(data["latency"]))
+    acc = data.get("accuracy") or {}
+    points = [
+        {
+            "name": name,
+            "latency_ms": t["median_ms"],
+            "top1": acc.get({"original": "teacher"}.get(name, name), {}).get("top1"),
+        }
+        for name, t in data["latency"][runtime].items()
+    ]
+    plot_accuracy_latency(points, out_dir / "report_accuracy_latency.png", runtime)
+    write_json(out_dir / "report.json", data)
+
+    shape = "x".join(map(str, data["input_shape"]))
+    lines = [
+        f"# Slimming report: {data['model']}",
+        "",
+        f"Input {shape}, {data['threads']} thread(s), batch 1; measured {data['machine']['date']} on "
+        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), torch {data['machine']['torch']}, "
+        f"onnxruntime {data['machine']['onnxruntime']}. Latencies are medians of runs interleaved in one process.",
+        "",
+        f"Command: `{data['command']}`" if data["command"] else "",
+        "",
+        "## Original and slimmed, side by side",
+        "",
+        "| | original | slimmed | original / slimmed |",
+        "|---|---:|---:|---:|",
+    ]
+    for rt, ts in data["latency"].items():
+        a, b = ts["original"]["median_ms"], ts["slimmed"]["median_ms"]
+        lines.append(
+            f"| {RUNTIME_LABELS.get(rt, rt)} latency (ms) | {a:.2f} | {b:.2f} | {_ratio(a, b)} |"
+        )
+    ca, cb = data["costs"]["original"], data["costs"]["slimmed"]
+    lines += [
+        f"| peak activation memory (MB) | {ca['peak_activation_mb']:.2f} | {cb['peak_activation_mb']:.2f} | {_ratio(ca['peak_activation_mb'], cb['peak_activation_mb'])} |",
+        f"| MACs (M) | {ca['macs'] / 1e6:.1f} | {cb['macs'] / 1e6:.1f} | {_ratio(ca['macs'], cb['macs'])} |",
+        f"| parameters (M) | {ca['params'] / 1e6:.2f} | {cb['params'] / 1e6:.2f} | |",
+    ]
+    if acc:
+        t, s = acc["teacher"], acc["slimmed"]
+        lines += [
+            f"| top-1 on the test split (%) | {100 * t['top1']:.2f} | {100 * s['top1']:.2f} | {100 * (s['top1'] - t['top1']):+.2f} points |",
+            f"| top-5 on the test split (%) | {100 * t['top5']:.2f} | {100 * s['top5']:.2f} | {100 * (s['top5'] - t['top5']):+.2f} points |",
+        ]
+    else:
+        lines += ["", "No data was given, so accuracy was not measured."]
+    lines += ["", "## Where the time goes", "", "![time per layer kind](report_kinds.png)", ""]
+    for rt in data["by_kind"]["original"]:
+        lines += [
+            f"**{RUNTIME_LABELS.get(rt, rt)}** (ms per inference, sum of layers)",
+            "",
+            "| kind | original | slimmed |",
+            "|---|---:|---:|",
+        ]
+        bo, sl = data["by_kind"]["original"][rt], data["by_kind"]["slimmed"][rt]
+        for kind in KINDS:
+            if kind in bo or kind in sl:
+                tag = "" if is_tensor_kind(kind) else " (non-tensor)"
+                lines.append(
+                    f"| {kind}{tag} | {bo.get(kind, {}).get('ms', 0):.2f} | {sl.get(kind, {}).get('ms', 0):.2f} |"
+                )
+        nts = data["non_tensor_share"]
+        lines += [
+            f"| non-tensor share | {100 * nts['original'][rt]:.1f}% | {100 * nts['slimmed'][rt]:.1f}% |",
+            "",
+        ]
+    lines += [
+        "## Accuracy and latency, with reference networks",
+        "",
+        "![accuracy vs latency](report_accuracy_latency.png)",
+        "",
+    ]
+    lines += [
+        "| network | "
+        + " | ".join(f"{RUNTIME_LABELS.get(rt, rt)} ms" for rt in data["latency"])
+        + " | MACs (M) | params (M) |"
+    ]
+    lines += ["|---|" + "---:|" * (len(data["latency"]) + 2)]
+    for name in data["costs"]:
+        ms = " | ".join(f"{data['latency'][rt][name]['median_ms']:.2f}" for rt in data["latency"])
+        c = data["costs"][name]
+        lines.append(f"| {name} | {ms} | {c['macs'] / 1e6:.1f} | {c['params'] / 1e6:.2f} |")
+    lines += [
+        "",
+        "Reference networks have random weights here: their latency is measured, their accuracy is not.",
+    ]
+    if data["references_skipped"]:
+        lines.append(
+            f"Not measured (input {shape} too small for them): {', '.join(data['references_skipped'])}."
+        )
+    lines.append("")
+    lines += [
+        "## Plan applied",
+        "",
+        "| merge | kind | type | MACs saved (M) | status |",
+        "|---|---|---|---:|---|",
+    ]
+    for e in data["plan"]:
+        lines.append(
+            f"| {e['id']} | {e['kind']} | {'exact' if e['exact'] else 'learned'} | {e['macs_saved'] / 1e6:.1f} | {e['status']} |"
+        )
+    lines += ["", "## Energy", "", data["energy_note"]]
+    if data["energy_mj"]:
+        lines += [
+            "",
+            f"Original: {data['energy_mj']['original']:.1f} mJ, slimmed: {data['energy_mj']['slimmed']:.1f} mJ per inference (PyTorch eager).",
+        ]
+    return atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
