@@ -199,6 +199,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         example_input(1, in_chans, input_size),
         name=args.model,
         model_config=_model_config(args),
+        tucker=args.tucker,
+        rank_ratio=args.rank_ratio,
     )
     print_plan(plan)
     if args.output:
@@ -236,6 +238,8 @@ def cmd_slim(args: argparse.Namespace) -> int:
         in_chans=in_chans,
         model_config=_model_config(args),
         exact_only=args.exact_only,
+        tucker=args.tucker,
+        rank_ratio=args.rank_ratio,
     )
     print_plan(result.plan)
     rep = result.report
@@ -487,27 +491,109 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+TEACHER = (
+    Path(__file__).resolve().parents[2]
+    / "benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors"
+)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Profile BVLC GoogLeNet, slim it, and compare the two side by side."""
+    """The main job end to end: profile -> plan -> slim -> tune -> evaluate -> bench -> export -> report."""
+    from .data import FASHION_MNIST, fashion_mnist_root
+    from .errors import DataNotFoundError
+
+    out_dir = Path(args.out)
+    teacher = Path(args.teacher)
+    try:
+        fashion_mnist_root()
+        have_data = True
+    except DataNotFoundError as e:
+        console.print(f"[yellow]note:[/yellow] {e}; running the speed-only demo")
+        have_data = False
+    if not teacher.is_file():
+        console.print(
+            f"[yellow]note:[/yellow] no teacher weights at {teacher}; running the speed-only demo"
+        )
+    if not (have_data and teacher.is_file()):
+        return speed_only_demo(args, out_dir)
+
+    common = ["--checkpoint", str(teacher)]
+    console.print(
+        f"[bold]1/4 profile[/bold] the teacher: BVLC GoogLeNet trained on Fashion-MNIST ({teacher.name})"
+    )
+    code = main(
+        [
+            "profile",
+            "bvlc_googlenet",
+            *common,
+            "--runs",
+            str(args.runs),
+            "--threads",
+            str(args.threads),
+            "--json",
+            str(out_dir / "profile.json"),
+            "--plot",
+            str(out_dir / "profile.png"),
+        ]
+    )
+    console.print(
+        f"[bold]2/4 plan, slim, tune[/bold] layer-wise against the teacher (label-free, {args.budget_minutes:g} min budget), evaluate, report"
+    )
+    code = code or main(
+        [
+            "slim",
+            "bvlc_googlenet",
+            *common,
+            "--data",
+            FASHION_MNIST,
+            "--budget-minutes",
+            str(args.budget_minutes),
+            "--max-batches",
+            "100000",
+            "--finetune-batches",
+            "100000",
+            "--out",
+            str(out_dir / "slim"),
+        ]
+    )
+    console.print("[bold]3/4 export[/bold] the slimmed model to ONNX, checked on real images")
+    code = code or main(
+        ["export", str(out_dir / "slim"), "-o", str(out_dir / "slim.onnx"), "--data", FASHION_MNIST]
+    )
+    console.print("[bold]4/4 side by side[/bold]")
+    code = code or main(
+        [
+            "bench",
+            "bvlc_googlenet",
+            str(out_dir / "slim"),
+            "--runs",
+            str(args.runs),
+            "--threads",
+            str(args.threads),
+            "--json",
+            str(out_dir / "bench.json"),
+        ]
+    )
+    if code == 0:
+        console.print(
+            f"demo done: the report is {out_dir / 'slim' / 'report.md'}; also profile.json/png, bench.json, slim.onnx in {out_dir}/"
+        )
+    return code
+
+
+def speed_only_demo(args: argparse.Namespace, out_dir: Path) -> int:
+    """Without data or teacher: BVLC GoogLeNet with random weights, speed and memory only."""
     from .files import write_json
     from .profiling.bench import bench
     from .slimming import save, slim
     from .zoo import get_model
 
-    out_dir = Path(args.out)
-    console.print(
-        "[bold]1/3 profile[/bold] BVLC GoogLeNet (random weights: only speed is measured)"
-    )
     model = get_model("bvlc_googlenet")
     args.model = "bvlc_googlenet"
     run_profile(args, model, 224, 3, out_dir / "profile.json", out_dir / "profile.png")
-    console.print(
-        "[bold]2/3 plan and slim[/bold] (no tuning yet: learned merges keep the original weights)"
-    )
     result = slim(model, name="bvlc_googlenet", input_size=224)
     print_plan(result.plan)
     save(result, out_dir / "slim")
-    console.print("[bold]3/3 bench[/bold] original vs slimmed, interleaved")
     r = bench(
         model,
         result.model,
@@ -523,14 +609,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.print(
             f"{runtime}: {d['a_ms']:.1f} ms -> {d['b_ms']:.1f} ms ({d['speedup']:.2f}x faster)"
         )
-    m = r["memory"]
-    out.print(
-        f"peak activations: {m['a_mb']:.2f} MB -> {m['b_mb']:.2f} MB ({m['ratio']:.2f}x less)"
-    )
-    console.print(
-        f"demo done: results in {out_dir}/ (profile.json, profile.png, slim/, bench.json)"
-    )
+    console.print(f"speed-only demo done: results in {out_dir}/")
     return 0
+
+
+def add_tucker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tucker", action="store_true", help="also Tucker-2 decompose the remaining kxk convs"
+    )
+    p.add_argument(
+        "--rank-ratio",
+        type=float,
+        help="Tucker ranks as this share of the channels (default: EVBMF)",
+    )
 
 
 def add_timing_args(p: argparse.ArgumentParser) -> None:
@@ -573,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="find the merges (streamline, branch, exact) in a model")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, help="write the plan as JSON (editable)")
+    add_tucker_args(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("slim", help="apply a plan and save the slimmed model")
@@ -580,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plan", type=Path, help="a plan from `deeprebirth plan -o` (default: make one)"
     )
+    add_tucker_args(p)
     p.add_argument(
         "--exact-only", action="store_true", help="apply only merges that keep the function"
     )
@@ -684,6 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job, end to end, on the built-in defaults")
     add_timing_args(p)
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument(
+        "--teacher",
+        default=str(TEACHER),
+        help="teacher weights (default: the committed Fashion-MNIST GoogLeNet)",
+    )
+    p.add_argument("--budget-minutes", type=float, default=3.0, help="tuning budget (default 3)")
     p.set_defaults(func=cmd_demo)
     return parser
 

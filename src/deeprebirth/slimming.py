@@ -50,6 +50,8 @@ def slim(
     in_chans: int = 3,
     model_config: dict[str, Any] | None = None,
     exact_only: bool = False,
+    tucker: bool = False,
+    rank_ratio: float | None = None,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it.
 
@@ -62,7 +64,14 @@ def slim(
     model = model.eval()
     if plan is None:
         example = example_input(1, in_chans, input_size)
-        plan = make_plan(model, example, name=name, model_config=model_config)
+        plan = make_plan(
+            model,
+            example,
+            name=name,
+            model_config=model_config,
+            tucker=tucker,
+            rank_ratio=rank_ratio,
+        )
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])
     gm, report = apply_plan(model, plan, example, exact_only=exact_only)

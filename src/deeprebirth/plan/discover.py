@@ -19,6 +19,8 @@ def make_plan(
     *,
     name: str = "model",
     model_config: dict[str, Any] | None = None,
+    tucker: bool = False,
+    rank_ratio: float | None = None,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 
@@ -34,11 +36,14 @@ def make_plan(
     """
     from ..transforms.base import propagate_shapes
     from ..transforms.runner import PHASES
+    from ..transforms.tucker import Tucker
+
+    phases = [*PHASES, (Tucker(rank_ratio),)] if tucker else PHASES
 
     gm = capture(copy.deepcopy(model)).eval()
     entries = []
     macs = count_macs(gm, example)
-    for phase in PHASES:
+    for phase in phases:
         propagate_shapes(gm, example)
         found = [entry for merge in phase for entry in merge.find(gm)]
         for entry in found:

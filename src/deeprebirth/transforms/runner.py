@@ -14,6 +14,7 @@ from .base import Merge, propagate_shapes
 from .branch import BlockPool, BranchPool
 from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel
 from .streamline import Streamline
+from .tucker import Tucker
 
 #: Merges in the order they are found and applied. Later phases look at the graph the
 #: earlier ones left: batch-norm is folded before a streamline run is followed, branch
@@ -24,7 +25,9 @@ PHASES: tuple[tuple[Merge, ...], ...] = (
     (BlockPool(),),
     (FuseParallel(),),
 )
-MERGES: dict[str, Merge] = {m.kind: m for phase in PHASES for m in phase}
+#: Optional, after the merges: Tucker-2 decomposition of the remaining kxk convs.
+COMPRESSION_PHASE: tuple[Merge, ...] = (Tucker(),)
+MERGES: dict[str, Merge] = {m.kind: m for phase in (*PHASES, COMPRESSION_PHASE) for m in phase}
 
 #: An exact merge may change the output by at most this, relative to the output's scale.
 PARITY_TOLERANCE = 1e-4

@@ -30,15 +30,19 @@ def _module_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
 
 
-def _resolve(name: str, student: fx.GraphModule) -> str | None:
-    """The student module that now computes ``name`` (itself, or the conv it was fused into)."""
-    modules = dict(student.named_modules())
-    if name in modules:
-        return name
-    for fused_name, m in modules.items():
-        if name in getattr(m, "fused_from", ()):
-            return fused_name
-    return None
+def _resolve(name: str, student: fx.GraphModule) -> list[str]:
+    """The student layers that now compute ``name``: itself, the layers it was decomposed
+    into (``name.0``, ...), or the conv it was fused into."""
+    nodes = _module_nodes(student)
+    if name in nodes:
+        return [name]
+    parts = [t for t in nodes if t.startswith(f"{name}.")]
+    if parts:
+        return parts
+    for target in nodes:
+        if name in getattr(student.get_submodule(target), "fused_from", ()):
+            return [target]
+    return []
 
 
 def _seeds(entry: PlanEntry, teacher: fx.GraphModule) -> list[str]:
@@ -47,6 +51,8 @@ def _seeds(entry: PlanEntry, teacher: fx.GraphModule) -> list[str]:
         return [entry.nodes[0]]
     if entry.kind == "block_pool":
         return list(entry.geometry.get("heads", {}))
+    if entry.kind == "tucker":  # the conv is now three layers under its name
+        return [f"{entry.nodes[0]}.{i}" for i in range(3)]
     if entry.kind == "branch_pool":  # the branch's tensor layers take over the pool's job
         pool = _module_nodes(teacher).get(entry.nodes[0])
         return [u.target for u in pool.users if u.op == "call_module"] if pool else []
@@ -79,7 +85,7 @@ def find_stages(
     for entry in plan.entries:
         if entry.exact or entry.id not in applied:
             continue
-        starts = {s for name in _seeds(entry, teacher) if (s := _resolve(name, student))}
+        starts = {t for name in _seeds(entry, teacher) for t in _resolve(name, student)}
         if not starts:
             continue
         trainable, boundary, seen = [], [], set()

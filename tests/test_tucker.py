@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deeprebirth.errors import DeepRebirthError
+from deeprebirth.graph import capture, example_input
+from deeprebirth.slimming import slim
+from deeprebirth.transforms.tucker import evbmf_rank, tucker2_layers, tucker_ranks
+from deeprebirth.tuning import find_stages
+from deeprebirth.zoo import get_model
+
+
+@pytest.mark.parametrize(
+    "shape, rank, noise", [((50, 80), 5, 0.1), ((64, 576), 12, 0.05), ((100, 40), 8, 0.1)]
+)
+def test_evbmf_finds_the_known_rank(shape, rank, noise):
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(shape[0], rank)) @ rng.normal(size=(rank, shape[1]))
+    assert evbmf_rank(y + noise * rng.normal(size=shape)) == rank
+
+
+def test_evbmf_keeps_nothing_of_pure_noise():
+    assert evbmf_rank(np.random.default_rng(1).normal(size=(40, 60))) == 0
+
+
+def test_tucker_full_rank_is_exact_and_reduced_rank_is_bounded():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+    x = torch.randn(2, 6, 11, 11)
+    torch.testing.assert_close(tucker2_layers(conv, (8, 6))(x), conv(x), rtol=1e-4, atol=1e-5)
+    errors = []
+    for ranks in [(2, 2), (4, 3), (6, 5)]:
+        with torch.no_grad():
+            y = tucker2_layers(conv, ranks)(x)
+        errors.append(((y - conv(x)).norm() / conv(x).norm()).item())
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.6 and errors[0] < 1.0
+
+
+def test_rank_larger_than_the_layer_allows():
+    with pytest.raises(DeepRebirthError, match="do not fit a conv with 8 outputs"):
+        tucker2_layers(nn.Conv2d(6, 8, 3), (9, 6))
+    with pytest.raises(DeepRebirthError, match="rank ratio"):
+        tucker_ranks(torch.zeros(8, 6, 3, 3), rank_ratio=1.5)
+
+
+def test_slim_with_tucker_plans_decomposes_and_tunes():
+    model = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
+    result = slim(model, input_size=32, in_chans=1, tucker=True, rank_ratio=0.25)
+    tucker = [e for e in result.plan.entries if e.kind == "tucker"]
+    assert tucker and all(e.id in result.report.applied for e in tucker)
+    assert all(e.macs_saved > 0 for e in tucker)
+    x = example_input(2, 1, 32)
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 10)
+    name = tucker[0].nodes[0]
+    assert [type(m) for m in result.model.get_submodule(name)] == [nn.Conv2d] * 3
+    stages = find_stages(result.plan, result.report.applied, capture(model), result.model, x[:1])
+    assert any(name + ".1" in s.trainable for s in stages)
