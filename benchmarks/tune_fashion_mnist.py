@@ -3,7 +3,8 @@
 Runs, one after another, each with the same wall-clock budget for tuning:
   1. layer-wise, label-free (the default) -> the committed slimmed model;
   2. layer-wise, with labels in the final fine-tune;
-  3. all merges trained at once (one stage judged at the output), label-free.
+  3. all merges trained at once (one stage judged at the output), label-free;
+  4. slimmed + Tucker-2 (EVBMF ranks), layer-wise, label-free -> committed too.
 Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`, and the
 results go to benchmarks/results/fashion_mnist_googlenet.json (with command, date, machine).
 
@@ -25,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DR = str(ROOT / ".venv/bin/deeprebirth")
 TEACHER = "benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors"
 SLIMMED = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim"
+SLIMMED_TUCKER = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker"
 RESULTS = ROOT / "benchmarks/results/fashion_mnist_googlenet.json"
 
 p = argparse.ArgumentParser()
-p.add_argument("--budget-minutes", type=float, default=6.0)
+p.add_argument("--budget-minutes", type=float, default=5.0)
 args = p.parse_args()
 
 
@@ -90,12 +92,13 @@ results = {
     },
 }
 results["slimmed"] = slim(SLIMMED)
+results["slimmed_tucker"] = slim(SLIMMED_TUCKER, "--tucker")
 with tempfile.TemporaryDirectory() as tmp:
     results["slimmed_labels"] = slim(f"{tmp}/labels", "--labels")
     results["slimmed_all_at_once"] = slim(f"{tmp}/all", "--all-at-once")
     for key in ("slimmed_labels", "slimmed_all_at_once"):
         results[key]["path"] = None  # not kept
-for key in ("slimmed", "slimmed_labels", "slimmed_all_at_once"):
+for key in ("slimmed", "slimmed_tucker", "slimmed_labels", "slimmed_all_at_once"):
     results[key]["drop_points"] = 100 * (results["teacher"]["top1"] - results[key]["top1"])
 RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 summary = {
@@ -104,4 +107,5 @@ summary = {
     if isinstance(v, dict) and "top1" in v
 }
 print(json.dumps(summary, indent=2))
-shutil.rmtree(ROOT / f"{SLIMMED}.partial", ignore_errors=True)
+for path in (SLIMMED, SLIMMED_TUCKER):
+    shutil.rmtree(ROOT / f"{path}.partial", ignore_errors=True)

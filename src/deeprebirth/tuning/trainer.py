@@ -49,6 +49,8 @@ class TuneConfig:
     all_at_once: bool = False
     #: Wall-clock budget in minutes for the whole tuning; None for no limit.
     budget_minutes: float | None = None
+    #: Share of the budget kept for the final fine-tune (the stages split the rest).
+    finetune_share: float = 0.3
     max_retries: int = 3
     #: A loss this many times the stage's first loss counts as exploding.
     explode_factor: float = 1e3
@@ -141,10 +143,19 @@ class Tuner:
             with open(self.work_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _budget_share(self, remaining_parts: int) -> float | None:
+    def _budget_share(self, stages_left: int) -> float | None:
+        """Seconds for the next stage (``stages_left`` > 0) or for the fine-tune (0)."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - time.time()) / max(1, remaining_parts)
+        left = max(0.0, self.deadline - time.time())
+        if stages_left == 0:
+            return left
+        reserved = (
+            self.config.finetune_share * 60 * self.config.budget_minutes
+            if self.config.finetune_batches
+            else 0.0
+        )
+        return max(0.0, left - reserved) / stages_left
 
     # --- the work ----------------------------------------------------------------------
 
@@ -153,12 +164,11 @@ class Tuner:
         records = []
         todo = [s for s in self.stages if s.id not in done]
         for i, stage in enumerate(todo):
-            parts = len(todo) - i + (1 if self.config.finetune_batches else 0)
-            records.append(self._run_stage(stage, self._budget_share(parts)))
+            records.append(self._run_stage(stage, self._budget_share(len(todo) - i)))
             self.state["completed"].append(stage.id)
             self._checkpoint()
         if self.config.finetune_batches and not self.state["finetuned"]:
-            records.append(self._finetune(self._budget_share(1)))
+            records.append(self._finetune(self._budget_share(0)))
             self.state["finetuned"] = True
             self._checkpoint()
         return records
