@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import CheckpointError, DeepRebirthError
+from .files import publish
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def save_weights(
     os.close(fd)
     try:
         save_file(state, tmp, metadata={k: str(v) for k, v in meta.items()})
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,6 +10,19 @@ from pathlib import Path
 from .errors import DeepRebirthError
 
 
+def umask() -> int:
+    """The process's file-creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a temporary file normal permissions (mkstemp makes it 0600) and rename it."""
+    os.chmod(tmp, 0o666 & ~umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
     path = Path(path)
@@ -21,7 +34,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

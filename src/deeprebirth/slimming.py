@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 from .errors import DeepRebirthError
+from .files import umask
 from .graph.capture import capture, example_input
 from .plan import Plan, PlanError, make_plan
 from .transforms import SlimReport, apply_plan
@@ -144,6 +145,7 @@ def save(result: SlimResult, out_dir: str | Path, dtype: torch.dtype | None = No
             for k, v in result.model.state_dict().items()
         }
         save_file(state, tmp / WEIGHTS_FILE)
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
