@@ -1,14 +1,15 @@
 """The real benchmark: slim the Fashion-MNIST BVLC GoogLeNet teacher and tune it.
 
-Runs, one after another, each with the same wall-clock budget for tuning:
-  1. layer-wise, label-free (the default) -> the committed slimmed model;
-  2. layer-wise, with labels in the final fine-tune;
-  3. all merges trained at once (one stage judged at the output), label-free;
-  4. slimmed + Tucker-2 (EVBMF ranks), layer-wise, label-free -> committed too.
-Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`, and the
-results go to benchmarks/results/fashion_mnist_googlenet.json (with command, date, machine).
+Variants (each tuned within its own wall-clock budget, label-free unless said):
+  slimmed              layer-wise                      -> committed weights
+  slimmed_tucker       layer-wise, plus Tucker-2 (EVBMF ranks) -> committed weights
+  slimmed_labels       layer-wise, labels in the final fine-tune
+  slimmed_all_at_once  all merged layers trained at once, judged at the output
+Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`. Results
+are merged into benchmarks/results/fashion_mnist_googlenet.json: an entry records its budget,
+the command, the git commit and the machine, so variants from different runs stay apart.
 
-    .venv/bin/python benchmarks/tune_fashion_mnist.py [--budget-minutes 6]
+    .venv/bin/python benchmarks/tune_fashion_mnist.py [--variants slimmed,slimmed_labels] [--budget-minutes 5]
 """
 
 import argparse
@@ -25,12 +26,20 @@ from deeprebirth.profiling.machine import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 DR = str(ROOT / ".venv/bin/deeprebirth")
 TEACHER = "benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors"
-SLIMMED = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim"
-SLIMMED_TUCKER = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker"
 RESULTS = ROOT / "benchmarks/results/fashion_mnist_googlenet.json"
+VARIANTS = {  # name: (kept weights directory or None, extra slim flags)
+    "slimmed": ("benchmarks/weights/bvlc_googlenet_fashion_mnist_slim", []),
+    "slimmed_tucker": ("benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker", ["--tucker"]),
+    "slimmed_labels": (None, ["--labels"]),
+    "slimmed_all_at_once": (None, ["--all-at-once"]),
+}
 
 p = argparse.ArgumentParser()
+p.add_argument("--variants", default=",".join(VARIANTS))
 p.add_argument("--budget-minutes", type=float, default=5.0)
+p.add_argument(
+    "--extra", default="", help="more flags for every slim run, e.g. '--finetune-lr 3e-4'"
+)
 args = p.parse_args()
 
 
@@ -45,67 +54,58 @@ def evaluate(path: str) -> dict:
         return json.loads(Path(f.name).read_text())
 
 
-def slim(out: str, *extra: str) -> dict:
+def slim(out: str, flags: list[str]) -> dict:
     t0 = time.time()
-    run(
-        DR,
-        "slim",
-        "bvlc_googlenet",
-        "--checkpoint",
-        TEACHER,
-        "--data",
-        "fashion-mnist",
-        "--max-batches",
-        "100000",
-        "--finetune-batches",
-        "100000",
-        "--budget-minutes",
-        str(args.budget_minutes),
-        "--fp16-weights",
-        "--out",
-        out,
-        *extra,
-    )
+    cmd = [
+        DR, "slim", "bvlc_googlenet", "--checkpoint", TEACHER, "--data", "fashion-mnist",
+        "--max-batches", "100000", "--finetune-batches", "100000",
+        "--budget-minutes", str(args.budget_minutes), "--fp16-weights", "--out", out, *flags, *args.extra.split(),
+    ]  # fmt: skip
+    run(*cmd)
     report = json.loads((ROOT / out / "tune_report.json").read_text())
     acc = evaluate(out)
     return {
-        "path": out,
         "top1": acc["top1"],
         "top5": acc["top5"],
         "n": acc["n"],
+        "budget_minutes": args.budget_minutes,
+        "command": " ".join(["deeprebirth", *cmd[1:]]),
         "tune_minutes": sum(s["seconds"] for s in report["tuning"]["stages"]) / 60,
         "wall_minutes": (time.time() - t0) / 60,
         "stages": report["tuning"]["stages"],
     }
 
 
+commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+).stdout.strip()
+results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 teacher = evaluate(TEACHER)
-results = {
-    "command": " ".join(["python", *sys.argv]),
-    "budget_minutes": args.budget_minutes,
-    "machine": machine_info(),
-    "teacher": {
-        "path": TEACHER,
-        "top1": teacher["top1"],
-        "top5": teacher["top5"],
-        "n": teacher["n"],
-    },
+results["teacher"] = {
+    "path": TEACHER,
+    "top1": teacher["top1"],
+    "top5": teacher["top5"],
+    "n": teacher["n"],
 }
-results["slimmed"] = slim(SLIMMED)
-results["slimmed_tucker"] = slim(SLIMMED_TUCKER, "--tucker")
-with tempfile.TemporaryDirectory() as tmp:
-    results["slimmed_labels"] = slim(f"{tmp}/labels", "--labels")
-    results["slimmed_all_at_once"] = slim(f"{tmp}/all", "--all-at-once")
-    for key in ("slimmed_labels", "slimmed_all_at_once"):
-        results[key]["path"] = None  # not kept
-for key in ("slimmed", "slimmed_tucker", "slimmed_labels", "slimmed_all_at_once"):
-    results[key]["drop_points"] = 100 * (results["teacher"]["top1"] - results[key]["top1"])
-RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-summary = {
-    k: (v["top1"], v.get("drop_points"))
-    for k, v in results.items()
-    if isinstance(v, dict) and "top1" in v
-}
-print(json.dumps(summary, indent=2))
-for path in (SLIMMED, SLIMMED_TUCKER):
-    shutil.rmtree(ROOT / f"{path}.partial", ignore_errors=True)
+for name in args.variants.split(","):
+    kept, flags = VARIANTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = slim(kept or f"{tmp}/{name}", flags)
+    entry.update(
+        path=kept, git_commit=commit, machine=machine_info(), script=" ".join(["python", *sys.argv])
+    )
+    entry["drop_points"] = 100 * (results["teacher"]["top1"] - entry["top1"])
+    results[name] = entry
+    if kept:
+        shutil.rmtree(ROOT / f"{kept}.partial", ignore_errors=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # after every variant: nothing lost
+print(
+    json.dumps(
+        {
+            k: (v["top1"], v.get("drop_points"))
+            for k, v in results.items()
+            if isinstance(v, dict) and "top1" in v
+        },
+        indent=2,
+    )
+)

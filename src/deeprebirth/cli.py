@@ -307,6 +307,7 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
         epochs_per_stage=args.epochs_per_stage,
         lr=args.lr,
         finetune_batches=args.finetune_batches,
+        finetune_lr=args.finetune_lr,
         use_labels=args.labels,
         all_at_once=args.all_at_once,
         budget_minutes=args.budget_minutes,
@@ -704,7 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="whole-network distillation batches after the stages (default 300; 0: none)",
     )
     t.add_argument(
-        "--lr", type=float, default=1e-3, help="stage learning rate (Adam; default 1e-3)"
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="stage learning rate (Adam, cosine decay; default 1e-3)",
+    )
+    t.add_argument(
+        "--finetune-lr", type=float, default=1e-4, help="fine-tune learning rate (default 1e-4)"
     )
     t.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
     t.add_argument("--budget-minutes", type=float, help="wall-clock budget for all tuning")

@@ -173,14 +173,30 @@ class Tuner:
             self._checkpoint()
         return records
 
+    def _probe_loss(self, loss_fn, probe) -> float:
+        with torch.no_grad():
+            return loss_fn(probe).item()
+
     def _train(self, name, params, loss_fn, batches, lr, seconds) -> dict:
-        """One optimisation run with rollback and retry on a non-finite or exploding loss."""
+        """One optimisation run with rollback and retry on a non-finite or exploding loss.
+
+        The learning rate decays on a cosine over the run (by steps or by the time share,
+        whichever is further along). A run that leaves the loss on a fixed held-out batch
+        higher than it found it is undone: a stage never makes the student worse.
+        """
         start_state = _snapshot(params)
+        probe = [t.to(self.device) for t in next(iter(self.loader))[:2]]
+        probe_before = self._probe_loss(loss_fn, probe)
         for attempt in range(self.config.max_retries + 1):
             opt = torch.optim.Adam(params, lr=lr)
             t0, first, losses, steps = time.time(), None, [], 0
             try:
                 for batch in _batches(self.loader, batches, self.config.epochs_per_stage):
+                    done = steps / batches
+                    if seconds:
+                        done = max(done, (time.time() - t0) / seconds)
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
                     loss = loss_fn([t.to(self.device) for t in batch[:2]])
                     value = loss.item()
                     first = value if first is None else first
@@ -210,6 +226,10 @@ class Tuner:
                 lr *= 0.1
                 continue
             tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
+            probe_after = self._probe_loss(loss_fn, probe)
+            kept = probe_after <= probe_before
+            if not kept:
+                _restore(params, start_state)
             record = {
                 "stage": name,
                 "steps": steps,
@@ -217,6 +237,9 @@ class Tuner:
                 "retries": attempt,
                 "loss_first": first,
                 "loss_last": sum(tail) / len(tail),
+                "probe_before": probe_before,
+                "probe_after": probe_after,
+                "kept": kept,
                 "seconds": round(time.time() - t0, 2),
             }
             self._log(record)
