@@ -32,6 +32,7 @@ VARIANTS = {  # name: (kept weights directory or None, extra slim flags)
     "slimmed_tucker": ("benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker", ["--tucker"]),
     "slimmed_labels": (None, ["--labels"]),
     "slimmed_all_at_once": (None, ["--all-at-once"]),
+    "slimmed_label_free": (None, []),
 }
 
 p = argparse.ArgumentParser()

@@ -37,10 +37,6 @@ class SlimResult:
     plan: Plan
     report: SlimReport
 
-    @property
-    def example(self) -> torch.Tensor:
-        return torch.zeros(self.plan.input_shape)
-
 
 def slim(
     model: nn.Module,

@@ -1,6 +1,6 @@
 """Graph rewrites: exact merges, streamline merges, branch merges, and the runner."""
 
-from .base import Merge, PassResult, propagate_shapes
+from .base import Merge, propagate_shapes
 from .runner import MERGES, PARITY_TOLERANCE, PHASES, SlimReport, apply_plan, relative_error
 
 __all__ = [
@@ -8,7 +8,6 @@ __all__ = [
     "PARITY_TOLERANCE",
     "PHASES",
     "Merge",
-    "PassResult",
     "SlimReport",
     "apply_plan",
     "propagate_shapes",

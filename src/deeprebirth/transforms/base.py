@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..graph.taxonomy import node_kind
 from ..plan.plan import PlanEntry, PlanError
-
-
-@dataclass
-class PassResult:
-    """What a rewrite returns (as in torch.fx's pass infrastructure)."""
-
-    graph_module: fx.GraphModule
-    modified: bool
 
 
 class Merge:
@@ -50,10 +39,6 @@ def shape_of(node: fx.Node) -> tuple[int, ...] | None:
 
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
-
-
-def kind_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    return node_kind(node, modules)
 
 
 def module_node(gm: fx.GraphModule, target: str, entry: PlanEntry) -> fx.Node:
