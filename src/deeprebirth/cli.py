@@ -538,7 +538,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]
     )
     console.print(
-        f"[bold]2/4 plan, slim, tune[/bold] layer-wise against the teacher (label-free, {args.budget_minutes:g} min budget), evaluate, report"
+        f"[bold]2/4 plan, slim, tune[/bold] layer-wise against the teacher ({args.budget_minutes:g} min budget; labels in the final fine-tune), evaluate, report"
     )
     code = code or main(
         [
@@ -553,6 +553,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "100000",
             "--finetune-batches",
             "100000",
+            "--labels",
+            "--finetune-lr",
+            "3e-4",
             "--out",
             str(out_dir / "slim"),
         ]

@@ -25,6 +25,14 @@ class Merge:
     def apply(self, gm: fx.GraphModule, entry: PlanEntry) -> None:
         raise NotImplementedError
 
+    def entry(
+        self, anchor: str, nodes: list[str], geometry: dict | None = None, note: str = ""
+    ) -> PlanEntry:
+        """A plan entry of this merge's kind, named after its anchor layer."""
+        return PlanEntry(
+            f"{self.kind}:{anchor}", self.kind, self.exact, nodes, geometry or {}, note=note
+        )
+
 
 def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
     """Record each node's output shape in ``node.meta["tensor_meta"]``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from ..plan.plan import PlanEntry, PlanError
+from ..plan.plan import PlanError
 from .base import (
     Merge,
     conv_output_hw,
@@ -50,12 +50,8 @@ class BranchPool(Merge):
             if not all(isinstance(h, nn.Conv2d) for h in heads):
                 continue  # the branch's tensor layer must be there to take the pool's job
             entries.append(
-                PlanEntry(
-                    f"{self.kind}:{n.target}",
-                    self.kind,
-                    False,
-                    [n.target],
-                    note=f"{type(pool).__name__} at the head of a branch",
+                self.entry(
+                    n.target, [n.target], note=f"{type(pool).__name__} at the head of a branch"
                 )
             )
         return entries
@@ -147,10 +143,8 @@ class BlockPool(Merge):
             else:
                 geometry = {"heads": head_geometry, "output_hw": list(target)}
                 entries.append(
-                    PlanEntry(
-                        f"{self.kind}:{n.target}",
-                        self.kind,
-                        False,
+                    self.entry(
+                        n.target,
                         [n.target, *head_geometry],
                         geometry,
                         note=f"strides the {len(heads)} first convs of the block before it",

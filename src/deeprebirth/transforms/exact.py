@@ -34,13 +34,7 @@ class DropLayer(Merge):
     def find(self, gm):
         modules = modules_of(gm)
         return [
-            PlanEntry(
-                f"{self.kind}:{n.target}",
-                self.kind,
-                True,
-                [n.target],
-                note=type(modules[n.target]).__name__,
-            )
+            self.entry(n.target, [n.target], note=type(modules[n.target]).__name__)
             for n in gm.graph.nodes
             if n.op == "call_module" and type(modules[n.target]) in DROPPABLE
         ]
@@ -65,11 +59,7 @@ class FoldBatchNorm(Merge):
             if (type(modules[n.target]), type(modules[user.target])) in BN_FOLDS:
                 bn = modules[user.target]
                 if bn.track_running_stats and bn.running_mean is not None:
-                    entries.append(
-                        PlanEntry(
-                            f"{self.kind}:{n.target}", self.kind, True, [n.target, user.target]
-                        )
-                    )
+                    entries.append(self.entry(n.target, [n.target, user.target]))
         return entries
 
     def apply(self, gm, entry):
@@ -112,15 +102,7 @@ class AvgPoolConv(Merge):
             ):
                 k, s = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
                 geometry = {"kernel": list(k), "stride": list(s), "padding": [0, 0]}
-                entries.append(
-                    PlanEntry(
-                        f"{self.kind}:{user.target}",
-                        self.kind,
-                        True,
-                        [n.target, user.target],
-                        geometry,
-                    )
-                )
+                entries.append(self.entry(user.target, [n.target, user.target], geometry))
         return entries
 
     def apply(self, gm, entry):
@@ -178,9 +160,7 @@ class FuseParallel(Merge):
                         "padding": list(pair(conv.padding)),
                         "out_channels": [modules[m].out_channels for m in names],
                     }
-                    entries.append(
-                        PlanEntry(f"{self.kind}:{names[0]}", self.kind, True, names, geometry)
-                    )
+                    entries.append(self.entry(names[0], names, geometry))
         return entries
 
     def apply(self, gm, entry):

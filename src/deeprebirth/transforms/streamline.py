@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..plan.plan import PlanEntry, PlanError
+from ..plan.plan import PlanError
 from .base import (
     Merge,
     conv_output_hw,
@@ -107,16 +107,7 @@ class Streamline(Merge):
             }
             names = [n.target] + [r.target if r.op == "call_module" else r.name for r in run]
             removed = ", ".join(r.target for r in absorbed)
-            entries.append(
-                PlanEntry(
-                    f"{self.kind}:{n.target}",
-                    self.kind,
-                    False,
-                    names,
-                    geometry,
-                    note=f"removes {removed}",
-                )
-            )
+            entries.append(self.entry(n.target, names, geometry, note=f"removes {removed}"))
         return entries
 
     def apply(self, gm, entry):

@@ -17,7 +17,6 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from ..errors import DeepRebirthError
-from ..plan.plan import PlanEntry
 from .base import Merge, finish, module_node, modules_of, pair, set_module, shape_of
 
 #: A decomposition is proposed only if it keeps at most this share of the conv's MACs.
@@ -144,10 +143,8 @@ class Tucker(Merge):
                 continue  # not worth three layers
             method = f"ratio {self.rank_ratio}" if self.rank_ratio else "evbmf"
             entries.append(
-                PlanEntry(
-                    f"{self.kind}:{n.target}",
-                    self.kind,
-                    False,
+                self.entry(
+                    n.target,
                     [n.target],
                     {"ranks": [r_out, r_in], "method": method},
                     note=f"{100 * after / before:.0f}% of the MACs",
