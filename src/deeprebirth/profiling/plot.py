@@ -14,6 +14,16 @@ from ..graph.taxonomy import KINDS, is_tensor_kind  # noqa: E402
 RUNTIME_LABELS = {"torch": "PyTorch eager", "ort": "ONNX Runtime"}
 
 
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write as PNG (creating the directory) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_profile(result: dict, path: str | Path) -> Path:
     """Bar chart of the time per layer kind, one panel per runtime; tensor kinds in blue."""
     runtimes = result["runtimes"]
@@ -33,9 +43,4 @@ def plot_profile(result: dict, path: str | Path) -> Path:
         )
     shape = "x".join(str(s) for s in result["input_shape"])
     fig.suptitle(f"{result['model']} ({shape}, {result['threads']} thread(s)); orange = non-tensor")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

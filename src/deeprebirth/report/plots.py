@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..graph.taxonomy import KINDS  # noqa: E402
-from ..profiling.plot import RUNTIME_LABELS  # noqa: E402
+from ..profiling.plot import RUNTIME_LABELS, save_figure  # noqa: E402
 
 
 def plot_kinds_before_after(before: dict, after: dict, path: str | Path) -> Path:
@@ -30,11 +30,7 @@ def plot_kinds_before_after(before: dict, after: dict, path: str | Path) -> Path
         ax.set_ylabel("ms per inference (sum of layers)")
     axes[0][-1].legend(fontsize=8, loc="upper right")
     fig.suptitle("time per layer kind, before and after slimming")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_accuracy_latency(points: list[dict], path: str | Path, runtime: str = "ort") -> Path:
@@ -66,8 +62,4 @@ def plot_accuracy_latency(points: list[dict], path: str | Path, runtime: str = "
     ax.set_xlabel(f"{RUNTIME_LABELS.get(runtime, runtime)} latency (ms, median)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy vs latency")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
