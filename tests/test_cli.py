@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from deeprebirth import data
@@ -281,3 +282,22 @@ def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
     assert f"{100 * data['accuracy']['slimmed']['top1']:.2f}" in md
     assert "squeezenet1_1" in data["latency"]["ort"]  # 32x32 is enough for the references
     assert "no energy figure" in md or "mJ" in md
+
+
+def test_slim_tucker_all_at_once_budget_fp16(capsys, tmp_path):
+    from safetensors import safe_open
+
+    code, _, err = run_cli(
+        capsys, "slim", "user_models:tiny_cnn", "--input-size", "16", "--tucker", "--rank-ratio", "0.25",
+        "--data", "synthetic", "--all-at-once", "--budget-minutes", "0.05", "--fp16-weights",
+        "--no-report", "--no-eval", "--out", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "s"
+    plan = json.loads((out / "plan.json").read_text())
+    assert any(e["kind"] == "tucker" and e["id"] in plan["applied"] for e in plan["entries"])
+    stages = json.loads((out / "tune_report.json").read_text())["tuning"]["stages"]
+    assert [s["stage"] for s in stages] == ["all_at_once", "finetune"]
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())  # noqa: SIM118 (not a dict)
+    assert not (out / "report.md").exists()
