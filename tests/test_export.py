@@ -93,3 +93,93 @@ def test_parity_failure_exits_nonzero_and_writes_nothing(capsys, tmp_path, monke
     err = capsys.readouterr().err
     assert code == 2 and "differs from PyTorch by" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _slimmed_tiny(tmp_path, capsys):
+    from deeprebirth.cli import main
+
+    out = tmp_path / "s"
+    assert main(["slim", "user_models:tiny_cnn", "--input-size", "16", "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+@pytest.mark.parametrize("fmt, int8_op", [("qoperator", "QLinearConv"), ("qdq", "QuantizeLinear")])
+def test_int8_export_stays_close_to_float(capsys, tmp_path, fmt, int8_op):
+    import json
+
+    from deeprebirth.cli import main
+    from deeprebirth.data import get_dataset, get_loader
+    from deeprebirth.evaluation import evaluate
+    from deeprebirth.export import INT8_TOLERANCE, OnnxModel
+    from deeprebirth.slimming import load
+
+    slimmed = _slimmed_tiny(tmp_path, capsys)
+    target = tmp_path / "int8.onnx"
+    args = ["export", str(slimmed), "--int8", "--int8-format", fmt, "--data", "synthetic"]
+    assert main([*args, "--calibration-images", "64", "-o", str(target)]) == 0
+    assert "int8 ONNX" in capsys.readouterr().out
+    int8 = OnnxModel(target)
+    assert int8_op in {n.op_type for n in int8.proto.graph.node}
+    # The stated bound: outputs within INT8_TOLERANCE of the float model's scale, and
+    # top-1 accuracy on the same images within 10 points of the float model's.
+    float_model = load(slimmed)
+    x, _ = next(iter(get_loader(get_dataset("synthetic", input_size=16), 64)))
+    with torch.no_grad():
+        ref = float_model(x)
+    err = ((int8(x) - ref).abs().max() / ref.abs().max()).item()
+    assert err <= INT8_TOLERANCE
+    loader = get_loader(get_dataset("synthetic", input_size=16), 16)
+    assert abs(evaluate(int8, loader)["top1"] - evaluate(float_model, loader)["top1"]) <= 0.10
+    # evaluate and bench take the .onnx file itself
+    assert (
+        main(["evaluate", str(target), "--data", "synthetic", "--json", str(tmp_path / "e.json")])
+        == 0
+    )
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 64
+
+
+def test_int8_needs_data(capsys, tmp_path):
+    from deeprebirth.cli import main
+
+    code = main(["export", "user_models:tiny_cnn", "--int8", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code != 0 and "--int8 needs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_file_evaluates_like_its_model_and_benches(capsys, tmp_path):
+    import json
+
+    from deeprebirth.cli import main
+    from deeprebirth.data import get_dataset, get_loader
+    from deeprebirth.evaluation import evaluate
+    from deeprebirth.export import OnnxModel
+    from deeprebirth.slimming import load
+
+    slimmed = _slimmed_tiny(tmp_path, capsys)
+    f = tmp_path / "m.onnx"
+    assert main(["export", str(slimmed), "-o", str(f)]) == 0
+    loader = get_loader(get_dataset("synthetic", input_size=16), 16)
+    assert evaluate(OnnxModel(f), loader) == evaluate(load(slimmed), loader)
+    out = tmp_path / "b.json"
+    args = ["bench", "user_models:tiny_cnn", str(f), "--input-size", "16", "--runs", "2"]
+    assert main([*args, "--json", str(out)]) == 0  # torch is skipped for the ONNX file
+    r = json.loads(out.read_text())
+    assert set(r["runtimes"]) == {"ort"} and r["runtimes"]["ort"]["speedup"] > 0
+    assert r["memory"] is None
+    capsys.readouterr()
+    assert main([*args, "--runtime", "torch"]) != 0
+    assert "use --runtime ort" in capsys.readouterr().err
+
+
+def test_onnx_file_with_fixed_batch_runs_any_batch(tmp_path):
+    from deeprebirth.export import OnnxModel
+
+    model = get_model("user_models:tiny_cnn")
+    to_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "b1.onnx")  # batch fixed to 1
+    onnx_model = OnnxModel(tmp_path / "b1.onnx")
+    assert onnx_model.fixed_batch == 1 and onnx_model.input_shape == [1, 3, 16, 16]
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(x), model(x), rtol=1e-4, atol=1e-5)

@@ -229,7 +229,13 @@ def cmd_slim(args: argparse.Namespace) -> int:
         if args.input_size is None:
             args.input_size = plan.input_shape[2]
     model, input_size, in_chans = load_model_from_args(args)
-    _log("planning" if plan is None else f"applying {args.plan}")
+    selection = None
+    if args.latency_budget is not None:
+        if plan is not None or args.exact_only:
+            raise DeepRebirthError("--latency-budget makes the plan: drop --plan/--exact-only")
+        selection = select_for_budget(args, model, input_size, in_chans)
+        plan = selection.plan
+    _log("planning" if plan is None else f"applying {args.plan or 'the selected plan'}")
     result = slim(
         model,
         plan,
@@ -247,9 +253,10 @@ def cmd_slim(args: argparse.Namespace) -> int:
         console.print(f"[yellow]reverted[/yellow] {entry_id}: {why}")
     learned = [e for e in result.plan.entries if not e.exact and e.id in rep.applied]
     if learned and (args.no_tune or not args.data):
+        how = "--no-tune" if args.data else "pass --data to tune them"
         console.print(
             f"[yellow]note:[/yellow] {len(learned)} learned merges keep the original weights "
-            "untuned (pass --data to tune them): the slimmed model is fast but not accurate"
+            f"untuned ({how}): the slimmed model is fast but not accurate"
         )
     summary = {}
     if args.data and not args.no_tune and learned:
@@ -270,6 +277,10 @@ def cmd_slim(args: argparse.Namespace) -> int:
             os.replace(partial / "tune_log.jsonl", out_dir / "tune_log.jsonl")
     shutil.rmtree(partial, ignore_errors=True)
     distributed.teardown(ctx)
+    if selection is not None:
+        from .files import write_json
+
+        _log(f"wrote {write_json(out_dir / 'selection.json', selection.to_dict())}")
     if not args.no_report:
         from .report import build_report, write_report
 
@@ -280,6 +291,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
             plan=result.plan,
             slim_report=rep,
             accuracy=summary.get("accuracy"),
+            selection=selection.to_dict() if selection is not None else None,
             command=" ".join(["deeprebirth", *sys.argv[1:]]),
             runs=args.report_runs,
             log=_log,
@@ -290,6 +302,87 @@ def cmd_slim(args: argparse.Namespace) -> int:
         f"{len(rep.skipped)} skipped -> {out_dir}/ (plan.json, model.safetensors)"
     )
     return 0
+
+
+def select_for_budget(args, model, input_size: int, in_chans: int):
+    """The plan meeting --latency-budget on --runtime at the least estimated error."""
+    from itertools import islice
+
+    from rich.table import Table
+
+    from .graph import example_input
+    from .plan import make_plan
+    from .plan.select import RANK_RATIOS, reconstruction_error, select_plan
+    from .profiling.bench import latencies
+    from .transforms import apply_plan
+
+    example = example_input(1, in_chans, input_size)
+    config = _model_config(args)
+    _log("finding every merge and Tucker rank to choose from")
+    plan = make_plan(model, example, name=args.model, model_config=config)
+    tucker_plans = [
+        make_plan(model, example, name=args.model, model_config=config, tucker=True, rank_ratio=r)
+        for r in (None, *RANK_RATIOS)
+    ]
+    if args.data:
+        from .data import get_dataset, get_loader
+
+        ds = get_dataset(args.data, "train", input_size=input_size, in_chans=in_chans)
+        batches = [x for x, _ in islice(get_loader(ds, 16), 4)]
+    else:
+        _log("no --data: what each option costs in accuracy is estimated on random inputs")
+        batches = [example_input(16, in_chans, input_size) for _ in range(4)]
+    selection = select_plan(
+        model,
+        example,
+        plan,
+        args.latency_budget,
+        tucker_plans=tucker_plans,
+        batches=batches,
+        runtime=args.runtime,
+        threads=args.threads,
+        runs=args.selection_runs,
+        log=_log,
+    )
+    # Check the prediction, and compare with the fixed plan (every learned merge).
+    selected, _ = apply_plan(model, selection.plan, example)
+    fixed, _ = apply_plan(model, plan, example)
+    _log(f"measuring the selected plan on {args.runtime}")
+    t = latencies(
+        {
+            k: (m, example)
+            for k, m in (("original", model), ("selected", selected), ("fixed", fixed))
+        },
+        runtimes=[args.runtime],
+        threads=args.threads,
+        runs=args.selection_runs,
+    )[args.runtime]
+    selection.extra = {
+        "original_ms": t["original"].median_ms,
+        "measured_ms": t["selected"].median_ms,
+        "fixed_plan_ms": t["fixed"].median_ms,
+        "error": reconstruction_error(selected, model, batches),
+        "fixed_plan_error": reconstruction_error(fixed, model, batches),
+    }
+    table = Table(title=f"selected for {args.latency_budget:.2f} ms on {args.runtime}")
+    for col in ("option", "saves ms", "error"):
+        table.add_column(col, justify="left" if col == "option" else "right")
+    for o in selection.options:
+        if o.key in selection.chosen:
+            table.add_row(o.key, f"{o.saving_ms:.2f}", f"{o.cost:.2e}")
+    out.print(table)
+    x = selection.extra
+    out.print(
+        f"predicted {selection.predicted_ms:.2f} ms, measured {x['measured_ms']:.2f} ms "
+        f"(original {x['original_ms']:.2f} ms, every merge {x['fixed_plan_ms']:.2f} ms); "
+        f"output error {x['error']:.2e} vs {x['fixed_plan_error']:.2e} with every merge"
+    )
+    if x["measured_ms"] > args.latency_budget:
+        console.print(
+            f"[yellow]note:[/yellow] measured {x['measured_ms']:.2f} ms is over the budget: "
+            "savings did not add up as the table predicts (timing noise or interactions)"
+        )
+    return selection
 
 
 def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> dict:
@@ -361,10 +454,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data import get_dataset, get_loader, num_classes_of
     from .evaluation import evaluate, load_model_file
+    from .export import OnnxModel, is_onnx_file
 
     path = Path(args.model)
     if path.suffix == ".safetensors" and path.is_file():
         model, input_size, in_chans = load_model_file(path)
+    elif is_onnx_file(path):
+        model = OnnxModel(path)
+        input_size, in_chans = model.input_size, model.in_chans
+        if args.input_size not in (None, input_size):
+            raise DeepRebirthError(f"{path} takes {input_size}x{input_size} inputs")
     else:
         args.pretrained = False
         model, input_size, in_chans = load_model_from_args(args)
@@ -394,14 +493,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
     from .graph import example_input
 
+    if args.int8 and (args.format != "onnx" or not args.data):
+        raise DeepRebirthError("--int8 needs --format onnx and --data (calibration images)")
     model, input_size, in_chans = load_model_from_args(args)
     if args.data:  # real images for the parity check
         from .data import get_dataset, get_loader
 
         ds = get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans)
-        inputs = next(iter(get_loader(ds, 8)))[0]
+        inputs = next(iter(get_loader(ds, 64 if args.int8 else 8)))[0]
     else:
         inputs = example_input(2, in_chans, input_size)
+    if args.int8:
+        return export_int8_cli(args, model, inputs, input_size, in_chans)
     r = export(model, args.output, args.format, inputs)
     extra = r.get("leftover_non_tensor")
     if extra:
@@ -416,13 +519,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_int8_cli(args, model, inputs, input_size: int, in_chans: int) -> int:
+    from itertools import islice
+
+    from .data import get_dataset, get_loader
+    from .export import export_int8
+
+    calibration_set = get_dataset(args.data, "train", input_size=input_size, in_chans=in_chans)
+    loader = get_loader(calibration_set, 64)  # the first images: the same ones every run
+    batches = list(islice((x for x, _ in loader), -(-args.calibration_images // 64)))
+    _log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
+    r = export_int8(model, args.output, inputs, batches, args.int8_format)
+    out.print(
+        f"exported {args.model} -> {args.output} (int8 ONNX, {args.int8_format}); against "
+        f"PyTorch float on {r['inputs'][0]} real test images: top-1 unchanged on "
+        f"{100 * r['top1_agreement']:.1f}%, error {r['relative_error']:.1e} of the output's scale"
+    )
+    return 0
+
+
 def load_for_bench(spec: str, config: dict, input_size: int | None):
-    """A zoo model or a slimmed directory; returns (model, input_shape)."""
+    """A zoo model, a slimmed directory, a weights file or an ONNX file; (model, input_shape)."""
+    from .evaluation import load_model_file
+    from .export import OnnxModel, is_onnx_file
     from .slimming import input_shape_of, is_slimmed_dir, load
     from .zoo import get_model, model_meta
 
     if is_slimmed_dir(spec):
         return load(spec), input_shape_of(spec)
+    if is_onnx_file(spec):
+        model = OnnxModel(spec)
+        return model, model.input_shape
+    if spec.endswith(".safetensors") and Path(spec).is_file():
+        model, size, in_chans = load_model_file(spec)
+        return model, [1, in_chans, size, size]
     meta = model_meta(spec)
     in_chans = config.get("in_chans", meta["in_chans"])
     size = input_size or meta["input_size"]
@@ -434,6 +564,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
+    from .export import is_onnx_file
     from .files import write_json
     from .plan import Plan
     from .profiling.bench import bench
@@ -447,6 +578,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             config, size = plan.model_config, size or plan.input_shape[2]
     a, shape_a = load_for_bench(args.a, config, size)
     b, shape_b = load_for_bench(args.b, config, size)
+    onnx_files = [spec for spec in (args.a, args.b) if is_onnx_file(spec)]
+    if onnx_files and "torch" in args.runtime:
+        if args.runtime == ["torch"]:
+            raise DeepRebirthError(f"{onnx_files[0]} is an ONNX file: use --runtime ort")
+        _log(f"{', '.join(onnx_files)}: an ONNX file, timed in ONNX Runtime only")
+        args.runtime = [r for r in args.runtime if r != "torch"]
     if shape_a[1:] != shape_b[1:]:
         raise DeepRebirthError(
             f"{args.a} takes input {shape_a[1:]} but {args.b} takes {shape_b[1:]}"
@@ -476,16 +613,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{d['speedup']:.2f}x",
         )
     m = r["memory"]
-    table.add_row(
-        "peak activations MB", f"{m['a_mb']:.2f}", f"{m['b_mb']:.2f}", f"{m['ratio']:.2f}x"
-    )
-    table.add_row(
-        "GMACs",
-        f"{r['macs']['a'] / 1e9:.3f}",
-        f"{r['macs']['b'] / 1e9:.3f}",
-        f"{r['macs']['ratio']:.2f}x",
-    )
-    table.add_row("params M", f"{r['params']['a'] / 1e6:.2f}", f"{r['params']['b'] / 1e6:.2f}", "")
+    if m is not None:  # not known for ONNX files
+        table.add_row(
+            "peak activations MB", f"{m['a_mb']:.2f}", f"{m['b_mb']:.2f}", f"{m['ratio']:.2f}x"
+        )
+        table.add_row(
+            "GMACs",
+            f"{r['macs']['a'] / 1e9:.3f}",
+            f"{r['macs']['b'] / 1e9:.3f}",
+            f"{r['macs']['ratio']:.2f}x",
+        )
+        table.add_row(
+            "params M", f"{r['params']['a'] / 1e6:.2f}", f"{r['params']['b'] / 1e6:.2f}", ""
+        )
     out.print(table)
     if args.json:
         _log(f"wrote {write_json(args.json, r)}")
@@ -732,6 +872,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted run from OUT.partial/"
     )
     t.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
+    b = p.add_argument_group("plan selection under a latency budget")
+    b.add_argument(
+        "--latency-budget",
+        type=float,
+        metavar="MS",
+        help="choose the merges and Tucker ranks that reach MS ms (batch 1) at the least error",
+    )
+    b.add_argument(
+        "--runtime", choices=("ort", "torch"), default="ort", help="where to measure (default ort)"
+    )
+    b.add_argument("--threads", type=positive_int, default=1, help="threads (default 1)")
+    b.add_argument(
+        "--selection-runs",
+        type=positive_int,
+        default=15,
+        help="interleaved timed runs per option (default 15)",
+    )
     p.add_argument(
         "--no-report", action="store_true", help="skip DIR/report.md (it measures both models)"
     )
@@ -752,11 +909,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx (default) or torchscript (deprecated upstream)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file")
-    p.add_argument("--data", help="check parity on real images from this data set")
+    p.add_argument(
+        "--data", help="real images from this data set: the parity check, int8 calibration"
+    )
+    from .export.int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS
+
+    q = p.add_argument_group("int8 (ONNX Runtime static quantization; needs --data)")
+    q.add_argument("--int8", action="store_true", help="write an int8 ONNX model")
+    q.add_argument(
+        "--int8-format",
+        choices=tuple(INT8_FORMATS),
+        default=DEFAULT_INT8_FORMAT,
+        help=f"quantized operators or QDQ pairs (default {DEFAULT_INT8_FORMAT}, the faster here)",
+    )
+    q.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=512,
+        help="training images that fix the activation ranges (default 512)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test split")
-    p.add_argument("model", help="zoo name, slimmed directory, or a weights file from deeprebirth")
+    p.add_argument(
+        "model",
+        help="zoo name, slimmed directory, weights file from deeprebirth, or .onnx file (run in ONNX Runtime)",
+    )
     p.add_argument(
         "--data", required=True, help="fashion-mnist, an ImageFolder directory, or synthetic"
     )
@@ -769,8 +947,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="two models side by side: latency, memory, MACs")
-    p.add_argument("a", help="zoo name or slimmed directory (the baseline)")
-    p.add_argument("b", help="zoo name or slimmed directory")
+    p.add_argument(
+        "a", help="zoo name, slimmed directory, weights file or .onnx file (the baseline)"
+    )
+    p.add_argument("b", help="zoo name, slimmed directory, weights file or .onnx file")
     p.add_argument(
         "--input-size", type=positive_int, help="input size for zoo models (default: theirs)"
     )

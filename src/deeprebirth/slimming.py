@@ -174,7 +174,12 @@ def load(path: str | Path) -> fx.GraphModule:
     applied = set(data.get("applied", [e.id for e in plan.entries if e.enabled]))
     for entry in plan.entries:
         entry.enabled = entry.id in applied
-    base = get_model(plan.model, **plan.model_config)
+    # The base is a zoo model, or another slimmed directory (e.g. Tucker on a tuned model).
+    base = (
+        load(plan.model)
+        if is_slimmed_dir(plan.model)
+        else get_model(plan.model, **plan.model_config)
+    )
     example = example_input(*plan.input_shape[:2], plan.input_shape[2])
     gm, _ = apply_plan(base, plan, example, parity_gate=False)
     if not (path / WEIGHTS_FILE).is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -12,10 +13,13 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..profiling.ort_runtime import ort_session
+from .int8 import DEFAULT_INT8_FORMAT, quantize_int8
 from .onnx import to_onnx
 
 #: Largest accepted output difference, relative to the output's scale.
 PARITY_TOLERANCE = 1e-4
+#: The same for an int8 model, whose rounding is expected: a bound on gross errors.
+INT8_TOLERANCE = 0.15
 FORMATS = ("onnx", "torchscript")
 #: Non-tensor layers a plan removes, as ONNX op types, with the module types they come from.
 REMOVABLE_OPS = {
@@ -82,5 +86,50 @@ def export(
         raise ParityError(
             f"{fmt} export differs from PyTorch by {err:.2e} of the output's scale "
             f"(tolerance {PARITY_TOLERANCE:.0e}); nothing written"
+        )
+    return report
+
+
+def export_int8(
+    model: nn.Module,
+    path: str | Path,
+    inputs: torch.Tensor,
+    calibration: Iterable[torch.Tensor],
+    fmt: str = DEFAULT_INT8_FORMAT,
+    threads: int = 1,
+) -> dict:
+    """Export ``model`` to ONNX, quantize it to int8 with ``calibration`` batches, check it.
+
+    The check runs the int8 model in ONNX Runtime on ``inputs`` (real images, ideally) and
+    compares with PyTorch in float: the relative error must stay within ``INT8_TOLERANCE``,
+    and the share of images whose top-1 class is unchanged is reported.
+
+    Raises:
+        ParityError: when the int8 model is off by more than ``INT8_TOLERANCE``.
+    """
+    path = Path(path)
+    model = model.eval()
+    with torch.no_grad():
+        reference = model(inputs)
+    proto = to_onnx(model, inputs)
+    quantize_int8(proto, path, (b.numpy() for b in calibration), fmt)
+    quantized = onnx.load(str(path))
+    session = ort_session(quantized, threads)
+    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
+    err = _relative_error(out, reference)
+    report = {
+        "format": "onnx",
+        "int8": fmt,
+        "path": str(path),
+        "inputs": list(inputs.shape),
+        "ops": dict(Counter(n.op_type for n in quantized.graph.node)),
+        "relative_error": err,
+        "top1_agreement": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
+    }
+    if err > INT8_TOLERANCE or out.shape != reference.shape:
+        path.unlink(missing_ok=True)
+        raise ParityError(
+            f"int8 model differs from PyTorch by {err:.2e} of the output's scale "
+            f"(tolerance {INT8_TOLERANCE}); nothing written"
         )
     return report

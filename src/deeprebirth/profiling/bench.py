@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import DeepRebirthError
 from ..export.onnx import to_onnx
+from ..export.onnx_file import OnnxModel
 from ..graph.capture import capture, example_input
 from .machine import machine_info
 from .ort_runtime import ort_runner, ort_session
@@ -24,7 +26,13 @@ def latencies(
     warmup: int = 5,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, dict[str, Timing]]:
-    """Latency of several models, each with its input, measured interleaved per runtime."""
+    """Latency of several models, each with its input, measured interleaved per runtime.
+
+    An :class:`OnnxModel` (an exported file) runs as it is in ONNX Runtime; it has no
+    PyTorch eager latency.
+    """
+    if "torch" in runtimes and any(isinstance(m, OnnxModel) for m, _ in models.values()):
+        raise DeepRebirthError("ONNX files run only in ONNX Runtime (--runtime ort)")
     pin_threads(threads)
     out: dict[str, dict[str, Timing]] = {}
     for runtime in runtimes:
@@ -34,14 +42,31 @@ def latencies(
             with torch.inference_mode():
                 out[runtime] = measure_interleaved(fns, runs, warmup)
         else:
-            log(f"ONNX Runtime: exporting {len(models)} models")
+            log(f"ONNX Runtime: preparing {len(models)} models")
             fns = {
-                k: ort_runner(ort_session(to_onnx(m, x), threads), x.numpy())
+                k: ort_runner(
+                    ort_session(m.proto if isinstance(m, OnnxModel) else to_onnx(m, x), threads),
+                    x.numpy(),
+                )
                 for k, (m, x) in models.items()
             }
             log(f"ONNX Runtime: {runs} interleaved runs")
             out[runtime] = measure_interleaved(fns, runs, warmup)
     return out
+
+
+def costs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict:
+    """Peak activation memory, MACs and parameters of two PyTorch models (None for ONNX files)."""
+    if isinstance(a, OnnxModel) or isinstance(b, OnnxModel):
+        return {"memory": None, "macs": None, "params": None}
+    mem = {k: peak_activation_bytes(capture(m), x) / 2**20 for k, m in (("a", a), ("b", b))}
+    macs = {k: count_macs(m, x) for k, m in (("a", a), ("b", b))}
+    params = {k: count_params(m) for k, m in (("a", a), ("b", b))}
+    return {
+        "memory": {"a_mb": mem["a"], "b_mb": mem["b"], "ratio": mem["a"] / mem["b"]},
+        "macs": {"a": macs["a"], "b": macs["b"], "ratio": macs["a"] / macs["b"]},
+        "params": {"a": params["a"], "b": params["b"]},
+    }
 
 
 def bench(
@@ -57,6 +82,8 @@ def bench(
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
     """Latency of ``a`` and ``b`` measured interleaved (speedup = a_ms / b_ms), plus memory.
+
+    ``a`` or ``b`` may be an :class:`OnnxModel` (ONNX Runtime only; no memory or MACs).
 
     Example:
         >>> from deeprebirth import get_model
@@ -90,11 +117,6 @@ def bench(
         }
         for runtime, t in timings.items()
     }
-    mem = {k: peak_activation_bytes(capture(m), x) / 2**20 for k, m in (("a", a), ("b", b))}
-    result["memory"] = {"a_mb": mem["a"], "b_mb": mem["b"], "ratio": mem["a"] / mem["b"]}
-    macs = {k: count_macs(m, x) for k, m in (("a", a), ("b", b))}
-    params = {k: count_params(m) for k, m in (("a", a), ("b", b))}
-    result["macs"] = {"a": macs["a"], "b": macs["b"], "ratio": macs["a"] / macs["b"]}
-    result["params"] = {"a": params["a"], "b": params["b"]}
+    result.update(costs(a, b, x))
     result["machine"] = machine_info()
     return result

@@ -46,6 +46,7 @@ def build_report(
     plan,
     slim_report,
     accuracy: dict | None = None,
+    selection: dict | None = None,
     references: Sequence[str] = REFERENCES,
     runtimes: Sequence[str] = ("torch", "ort"),
     threads: int = 1,
@@ -111,6 +112,7 @@ def build_report(
             "slimmed": {rt: d["non_tensor_share"] for rt, d in after["runtimes"].items()},
         },
         "accuracy": accuracy,
+        "selection": selection,
         "energy_mj": energy if any(v is not None for v in energy.values()) else None,
         "energy_note": energy_note(),
         "references_skipped": skipped,
@@ -120,6 +122,41 @@ def build_report(
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
+
+
+def _selection_lines(sel: dict) -> list[str]:
+    x = sel.get("extra", {})
+    lines = [
+        "",
+        f"## Selection under a latency budget of {sel['budget_ms']:.2f} ms ({RUNTIME_LABELS.get(sel['runtime'], sel['runtime'])})",
+        "",
+        "Each option was applied alone to the exact-only model and measured on the runtime "
+        "(the lookup table); its cost is the output's relative squared error before tuning. "
+        "The cheapest set whose savings reach the budget was found by dynamic programming; "
+        "when the measured choice missed the budget, more savings were asked of the table.",
+        "",
+        f"Exact merges only: {sel['base_ms']:.2f} ms. Predicted with the chosen options: "
+        f"{sel['predicted_ms']:.2f} ms; measured: {x.get('measured_ms', float('nan')):.2f} ms "
+        f"(original {x.get('original_ms', float('nan')):.2f} ms; every merge, the fixed plan: "
+        f"{x.get('fixed_plan_ms', float('nan')):.2f} ms). Output error: "
+        f"{x.get('error', float('nan')):.2e} chosen vs {x.get('fixed_plan_error', float('nan')):.2e} fixed plan.",
+        "",
+    ]
+    for i, r in enumerate(sel.get("rounds", []), 1):
+        lines.append(
+            f"- round {i}: asked the table for {r['need_ms']:.3f} ms of savings; predicted "
+            f"{r['predicted_ms']:.3f} ms, measured {r['measured_ms']:.3f} ms"
+        )
+    lines += [
+        "",
+        "| option | saves (ms) | error | chosen |",
+        "|---|---:|---:|:---:|",
+    ]
+    for o in sorted(sel["options"], key=lambda o: -o["saving_ms"]):
+        lines.append(
+            f"| {o['key']} | {o['saving_ms']:.3f} | {o['cost']:.2e} | {'yes' if o['chosen'] else ''} |"
+        )
+    return lines
 
 
 def write_report(data: dict, out_dir: str | Path) -> Path:
@@ -229,6 +266,8 @@ def write_report(data: dict, out_dir: str | Path) -> Path:
         lines.append(
             f"| {e['id']} | {e['kind']} | {'exact' if e['exact'] else 'learned'} | {e['macs_saved'] / 1e6:.1f} | {e['status']} |"
         )
+    if data.get("selection"):
+        lines += _selection_lines(data["selection"])
     lines += ["", "## Energy", "", data["energy_note"]]
     if data["energy_mj"]:
         lines += [

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Plan selection under a latency budget (issue: "beyond the merge"), on the Fashion-MNIST
+# BVLC GoogLeNet teacher at its trained size (32x32), ONNX Runtime, 1 thread.
+# Step 1 measures the fixed plan's latency (every learned merge, what `slim` does by
+# default); step 2 asks `slim --latency-budget` for that latency, choosing among the
+# merges and Tucker-2 decompositions at three ranks by measured saving and reconstruction
+# error (no tuning, so the errors compare the plans themselves). Writes
+# benchmarks/results/select_budget_googlenet/ (selection.json, plan.json, report.md, log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DR=${DR:-.venv/bin/deeprebirth}
+TEACHER=benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors
+OUT=benchmarks/results/select_budget_googlenet
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$DR" slim bvlc_googlenet --checkpoint "$TEACHER" --no-tune --no-report --out "$work/fixed" > /dev/null
+"$DR" bench bvlc_googlenet "$work/fixed" --runtime ort --threads 1 --runs 50 --json "$work/fixed.json" > /dev/null
+budget=$(python3 -c "import json; print(round(json.load(open('$work/fixed.json'))['runtimes']['ort']['b_ms'], 4))")
+echo "fixed plan: $budget ms in ONNX Runtime; selecting for that budget"
+mkdir -p "$OUT"
+"$DR" slim bvlc_googlenet --checkpoint "$TEACHER" --data fashion-mnist --no-tune \
+  --latency-budget "$budget" --runtime ort --threads 1 --selection-runs 30 \
+  --out "$work/selected" 2>&1 | tee "$OUT/log.txt"
+cp "$work/selected/selection.json" "$work/selected/plan.json" "$work/selected/report.md" "$OUT/"
+cp "$work/fixed.json" "$OUT/fixed_plan_bench.json"

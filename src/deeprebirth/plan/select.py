@@ -1,0 +1,402 @@
+"""Plan selection under a latency budget, measured on the target runtime.
+
+1. **Options.** Every learned plan entry (streamline, branch and block merges) and every
+   Tucker-2 decomposition at each of a few ranks. Entries that only apply on top of
+   another (a block merge needs its branch's head pool gone) form one group with it, so
+   each *group* offers mutually exclusive options: off, or one of its closed subsets /
+   ranks. Exact merges are always applied: they cost no accuracy.
+2. **Lookup table.** Each option is applied alone to the exact-only model; its latency is
+   measured on the target runtime, interleaved with all the others and the base in one
+   run; the saving is base minus option. The table is cached on disk per model, input,
+   runtime, threads, CPU and library versions.
+3. **Cost.** The option's reconstruction error at the network output, before tuning:
+   ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches.
+4. **Choice.** Savings and costs are taken as additive, and the cheapest set reaching
+   the budget is found by dynamic programming over the groups (a multiple-choice
+   knapsack on savings in 1/``resolution`` steps of what is needed, rounded down so the
+   prediction errs on the slow side). Greedy by saving per cost is simpler but can miss
+   the optimum when one expensive option replaces several cheap ones; the DP cannot, on
+   its grid, and costs microseconds at these sizes.
+
+5. **Correction.** Savings are not exactly additive (small layers are dominated by per-op
+   overheads, and merged neighbours interact), so the choice is measured (relative to the
+   base beside it); when it misses the budget, the saving asked of the table is scaled up
+   by predicted/achieved and the choice made again (at most ``correction_rounds``).
+
+The prediction, every round's measurement and the table are all reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DeepRebirthError
+from .plan import Plan, PlanEntry
+
+#: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
+RANK_RATIOS = (0.25, 0.5)
+
+
+class BudgetError(DeepRebirthError):
+    pass
+
+
+@dataclass
+class Option:
+    """One way to configure a group: the entries it enables."""
+
+    key: str
+    group: str
+    entries: list[PlanEntry]
+    saving_ms: float = 0.0
+    cost: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "group": self.group,
+            "entries": [e.id if e.kind != "tucker" else _tucker_key(e) for e in self.entries],
+            "saving_ms": self.saving_ms,
+            "cost": self.cost,
+        }
+
+
+@dataclass
+class Selection:
+    plan: Plan
+    chosen: list[str]
+    options: list[Option]
+    runtime: str
+    budget_ms: float
+    base_ms: float
+    predicted_ms: float
+    cost: float
+    #: Each round: what was asked of the table, what it predicted, what was measured.
+    rounds: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("plan", "options")}
+        d["options"] = [o.to_dict() | {"chosen": o.key in self.chosen} for o in self.options]
+        return d
+
+
+def _tucker_key(entry: PlanEntry) -> str:
+    r = entry.geometry.get("ranks")
+    return f"{entry.id}@{r[0]}x{r[1]}" if r else entry.id
+
+
+def choose(
+    groups: dict[str, list[Option]], need_ms: float, resolution: int = 400
+) -> tuple[list[Option], float]:
+    """The cheapest options, at most one per group, whose savings sum to at least ``need_ms``.
+
+    Savings are rounded down to steps of ``need_ms / resolution``. Returns the chosen
+    options and their total cost.
+
+    Raises:
+        BudgetError: when no choice saves enough; the message gives the most it can save.
+    """
+    if need_ms <= 0:
+        return [], 0.0
+    step = need_ms / resolution
+    best = sum(max((o.saving_ms for o in opts), default=0.0) for opts in groups.values())
+    inf = float("inf")
+    # cost[s]: least cost reaching s steps (capped at `resolution`); picks[s]: the options.
+    cost = [0.0] + [inf] * resolution
+    picks: list[tuple[Option, ...]] = [()] * (resolution + 1)
+    for opts in groups.values():
+        new_cost, new_picks = cost[:], picks[:]
+        for o in opts:
+            gain = int(o.saving_ms / step + 1e-9)
+            if gain <= 0:
+                continue
+            for s in range(resolution + 1):
+                if cost[s] == inf:
+                    continue
+                t = min(resolution, s + gain)
+                if cost[s] + o.cost < new_cost[t]:
+                    new_cost[t], new_picks[t] = cost[s] + o.cost, (*picks[s], o)
+        cost, picks = new_cost, new_picks
+    if cost[resolution] == inf:
+        raise BudgetError(
+            f"no plan saves {need_ms:.2f} ms: the most the options save together is about "
+            f"{best:.2f} ms"
+        )
+    return list(picks[resolution]), cost[resolution]
+
+
+# --- building the options ----------------------------------------------------------------
+
+
+def _applies(model, plan: Plan, example, entries: Sequence[PlanEntry]) -> bool:
+    from ..transforms import apply_plan
+
+    _, report = apply_plan(model, with_entries(plan, entries), example)
+    return all(e.id in report.applied for e in entries)
+
+
+def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
+    """``plan`` with its exact entries and the ``chosen`` learned ones enabled (Tucker last)."""
+    ids = {e.id: e for e in chosen}
+    entries = []
+    for e in plan.entries:
+        if e.kind == "tucker":
+            continue
+        e = copy.copy(e)
+        e.enabled = e.exact or e.id in ids
+        entries.append(e)
+    entries += [copy.copy(e) for e in chosen if e.kind == "tucker"]
+    return Plan(plan.model, plan.input_shape, entries, plan.model_config)
+
+
+def build_options(
+    model: nn.Module,
+    example: torch.Tensor,
+    plan: Plan,
+    tucker_plans: Sequence[Plan] = (),
+) -> list[Option]:
+    """Options from the learned entries of ``plan`` and the Tucker entries of ``tucker_plans``.
+
+    A learned entry that does not apply alone is grouped with the earlier learned entries
+    it needs (found by trial: the fewest earlier entries with which it applies).
+    """
+    learned = [e for e in plan.entries if not e.exact and e.kind != "tucker"]
+    needs: dict[str, list[PlanEntry]] = {}
+    for i, e in enumerate(learned):
+        if _applies(model, plan, example, [e]):
+            needs[e.id] = []
+            continue
+        required = list(learned[:i])
+        if not _applies(model, plan, example, [*required, e]):
+            continue  # cannot apply at all: not an option
+        for r in list(required):  # drop what it does not need
+            trial = [x for x in required if x is not r]
+            if _applies(model, plan, example, [*trial, e]):
+                required = trial
+        needs[e.id] = required
+    # Groups: connected components of the "needs" relation.
+    group_of = {e.id: e.id for e in learned if e.id in needs}
+
+    def root(k: str) -> str:
+        while group_of[k] != k:
+            k = group_of[k]
+        return k
+
+    for k, reqs in needs.items():
+        for r in reqs:
+            group_of[root(k)] = root(r.id)
+    members: dict[str, list[PlanEntry]] = {}
+    for e in learned:
+        if e.id in needs:
+            members.setdefault(root(e.id), []).append(e)
+    options = []
+    for g, entries in members.items():
+        for n in range(1, len(entries) + 1):
+            for subset in itertools.combinations(entries, n):
+                ids = {e.id for e in subset}
+                if all(r.id in ids for e in subset for r in needs[e.id]):
+                    key = "+".join(e.id for e in subset)
+                    options.append(Option(key, g, list(subset)))
+    seen = set()
+    for tp in tucker_plans:
+        for e in tp.entries:
+            if e.kind == "tucker" and _tucker_key(e) not in seen:
+                seen.add(_tucker_key(e))
+                options.append(Option(_tucker_key(e), e.id, [e]))
+    return options
+
+
+def group_options(options: Sequence[Option]) -> dict[str, list[Option]]:
+    groups: dict[str, list[Option]] = {}
+    for o in options:
+        groups.setdefault(o.group, []).append(o)
+    return groups
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruction_error(
+    model: nn.Module, reference: nn.Module, batches: Sequence[torch.Tensor]
+) -> float:
+    """``||model(x) - reference(x)||^2 / ||reference(x)||^2`` summed over ``batches``."""
+    num = den = 0.0
+    for x in batches:
+        ref = reference(x)
+        num += (model(x) - ref).pow(2).sum().item()
+        den += ref.pow(2).sum().item()
+    return num / max(den, 1e-12)
+
+
+def _cache_file(key: dict) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deeprebirth"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "latency" / f"{digest}.json"
+
+
+def measure_options(
+    model: nn.Module,
+    example: torch.Tensor,
+    plan: Plan,
+    options: Sequence[Option],
+    batches: Sequence[torch.Tensor],
+    *,
+    runtime: str = "ort",
+    threads: int = 1,
+    runs: int = 15,
+    use_cache: bool = True,
+    log: Callable[[str], None] = lambda msg: None,
+) -> float:
+    """Fill in each option's saving and cost; returns the base (exact-only) latency in ms."""
+    from ..files import write_json
+    from ..profiling.bench import latencies
+    from ..profiling.machine import machine_info
+    from ..transforms import apply_plan
+
+    machine = machine_info()
+    key = {
+        "model": plan.model,
+        "config": plan.model_config,
+        "input": list(example.shape),
+        "runtime": runtime,
+        "threads": threads,
+        "cpu": machine["cpu"],
+        "torch": machine["torch"],
+        "onnxruntime": machine["onnxruntime"],
+        "options": sorted(o.key for o in options),
+    }
+    cache = _cache_file(key)
+    table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
+    base, _ = apply_plan(model, with_entries(plan, []), example)
+    built = {}
+    for i, o in enumerate(options):
+        log(f"option {i + 1}/{len(options)}: {o.key}")
+        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
+        o.cost = reconstruction_error(built[o.key], model, batches)
+    if table is None:
+        log(f"measuring {len(options) + 1} models on {runtime} ({runs} interleaved runs)")
+        models = {"base": (base, example), **{k: (m, example) for k, m in built.items()}}
+        t = latencies(models, runtimes=[runtime], threads=threads, runs=runs)[runtime]
+        table = {k: v.median_ms for k, v in t.items()}
+        write_json(cache, {"key": key, **table})
+    else:
+        log(f"latency table from the cache: {cache}")
+    for o in options:
+        o.saving_ms = table["base"] - table[o.key]
+    return table["base"]
+
+
+def select_plan(
+    model: nn.Module,
+    example: torch.Tensor,
+    plan: Plan,
+    budget_ms: float,
+    *,
+    tucker_plans: Sequence[Plan] = (),
+    batches: Sequence[torch.Tensor] = (),
+    runtime: str = "ort",
+    threads: int = 1,
+    runs: int = 15,
+    use_cache: bool = True,
+    correction_rounds: int = 3,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Selection:
+    """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error.
+
+    The choice is measured; when it misses the budget (savings are not quite additive),
+    the target is raised in proportion and the choice made again, up to
+    ``correction_rounds`` times in all.
+
+    Raises:
+        BudgetError: the budget is below what any plan reaches (says the best reachable).
+    """
+    batches = list(batches) or [example]
+    options = build_options(model, example, plan, tucker_plans)
+    base_ms = measure_options(
+        model,
+        example,
+        plan,
+        options,
+        batches,
+        runtime=runtime,
+        threads=threads,
+        runs=runs,
+        use_cache=use_cache,
+        log=log,
+    )
+    groups = group_options(options)
+    best = sum(max((o.saving_ms for o in g), default=0.0) for g in groups.values())
+    need = base_ms - budget_ms
+    out_of_reach = BudgetError(
+        f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges give "
+        f"{base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms"
+    )
+    if need > best:
+        raise out_of_reach
+    rounds, tried = [], []
+    for _ in range(max(1, correction_rounds)):
+        try:
+            picked, cost = choose(groups, need)
+        except BudgetError:
+            if not tried:
+                raise out_of_reach from None
+            break  # asked for more than the table holds: keep what was tried
+        predicted = sum(o.saving_ms for o in picked)
+        measured = _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms)
+        rounds.append(
+            {"need_ms": need, "predicted_ms": base_ms - predicted, "measured_ms": measured}
+        )
+        tried.append((picked, cost, predicted, measured))
+        log(
+            f"round {len(rounds)}: predicted {base_ms - predicted:.3f} ms, measured {measured:.3f} ms"
+        )
+        achieved = base_ms - measured
+        if measured <= budget_ms or need >= best or achieved <= 0:
+            break
+        # Savings did not add up as the table says: ask for proportionally more.
+        need = min(best, need * predicted / achieved)
+    # The first choice within budget is the cheapest (each round asks for more); else the fastest.
+    within = [t for t in tried if t[3] <= budget_ms]
+    picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
+    chosen_entries = [e for o in picked for e in o.entries]
+    return Selection(
+        plan=with_entries(plan, chosen_entries),
+        chosen=[o.key for o in picked],
+        options=options,
+        runtime=runtime,
+        budget_ms=budget_ms,
+        base_ms=base_ms,
+        predicted_ms=base_ms - predicted,
+        cost=cost,
+        rounds=rounds,
+    )
+
+
+def _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms) -> float:
+    """Latency of the chosen plan, as a share of the base measured beside it, times base_ms."""
+    from ..profiling.bench import latencies
+    from ..transforms import apply_plan
+
+    base, _ = apply_plan(model, with_entries(plan, []), example)
+    chosen, _ = apply_plan(
+        model, with_entries(plan, [e for o in picked for e in o.entries]), example
+    )
+    t = latencies(
+        {"base": (base, example), "chosen": (chosen, example)},
+        runtimes=[runtime],
+        threads=threads,
+        runs=runs,
+    )[runtime]
+    return base_ms * t["chosen"].median_ms / t["base"].median_ms

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+from test_cli import one_line_error
+
+from deeprebirth.cli import main
+from deeprebirth.graph import example_input
+from deeprebirth.plan import make_plan
+from deeprebirth.plan.select import BudgetError, Option, build_options, choose, with_entries
+from deeprebirth.zoo import get_model
+
+
+def opt(key, group, saving, cost):
+    return Option(key, group, [], saving_ms=saving, cost=cost)
+
+
+def test_choose_finds_the_optimum_where_greedy_does_not():
+    # Greedy by saving per cost takes b (3.0 per unit) then a (1.67): cost 4.0.
+    # The optimum is b + c: saves 5.5 >= 5 at cost 2.9.
+    groups = {
+        "a": [opt("a", "a", 5.0, 3.0)],
+        "b": [opt("b", "b", 3.0, 1.0)],
+        "c": [opt("c", "c", 2.5, 1.9)],
+    }
+    picked, cost = choose(groups, need_ms=5.0)
+    assert sorted(o.key for o in picked) == ["b", "c"]
+    assert cost == pytest.approx(2.9)
+
+
+def test_choose_takes_at_most_one_option_per_group():
+    # Two ranks of one decomposition: both together would be cheapest, but only one may go.
+    groups = {
+        "t": [opt("t@4", "t", 2.0, 0.1), opt("t@2", "t", 3.0, 0.3)],
+        "m": [opt("m", "m", 2.0, 1.0)],
+    }
+    picked, cost = choose(groups, need_ms=4.0)
+    assert sorted(o.key for o in picked) == ["m", "t@4"] and cost == pytest.approx(1.1)
+    picked, _ = choose(groups, need_ms=3.0)
+    assert [o.key for o in picked] == ["t@2"]
+    assert choose(groups, need_ms=0.0) == ([], 0.0)
+
+
+def test_choose_says_what_is_reachable():
+    groups = {"a": [opt("a", "a", 1.0, 1.0)], "b": [opt("b", "b", 0.5, 1.0)]}
+    with pytest.raises(BudgetError, match="1.50 ms"):
+        choose(groups, need_ms=2.0)
+
+
+def test_options_cover_learned_merges_and_tucker_ranks():
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    plan = make_plan(model, x)
+    tucker = [make_plan(model, x, tucker=True, rank_ratio=r) for r in (None, 0.5)]
+    options = build_options(model, x, plan, tucker)
+    learned = {e.id for e in plan.entries if not e.exact}
+    assert learned <= {o.key for o in options}
+    assert all(o.group == o.entries[0].id for o in options)
+    assert any(o.key.startswith("tucker:") for o in options)
+    # with_entries: exact entries on, the chosen learned one on, nothing else
+    one = next(o for o in options if o.key in learned)
+    chosen = with_entries(plan, one.entries)
+    assert {e.id for e in chosen.entries if e.enabled} == {
+        e.id for e in plan.entries if e.exact
+    } | {one.key}
+
+
+def _slim_budget(tmp_path, budget):
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
+    return main([*args, "--latency-budget", str(budget), "--out", str(tmp_path / "s")])
+
+
+def test_unreachable_budget_is_one_line_and_writes_nothing(capsys, tmp_path):
+    code = _slim_budget(tmp_path, 1e-6)
+    one_line_error(code, capsys.readouterr().err, "out of reach")
+    assert not (tmp_path / "s").exists()
+
+
+def test_generous_budget_needs_no_learned_merge(capsys, tmp_path):
+    assert _slim_budget(tmp_path, 1e6) == 0
+    sel = json.loads((tmp_path / "s" / "selection.json").read_text())
+    assert sel["chosen"] == [] and sel["options"]
+    assert {"measured_ms", "fixed_plan_ms", "error", "fixed_plan_error"} <= set(sel["extra"])
+    assert sel["extra"]["error"] <= sel["extra"]["fixed_plan_error"]
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert all(e["exact"] for e in plan["entries"] if e["enabled"])
+    assert "Selection under a latency budget" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
+    import deeprebirth.plan.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 2.0, 1.0), opt("b", "b", 2.0, 2.0), opt("c", "c", 2.0, 3.0)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: 10.0)  # base: 10 ms
+    # Each option really saves half of what the table says.
+    monkeypatch.setattr(
+        sel,
+        "_measure_choice",
+        lambda m, x, p, picked, *a: 10.0 - sum(o.saving_ms for o in picked) / 2,
+    )
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0)
+    assert [r["measured_ms"] for r in s.rounds] == [9.0, 8.0]
+    assert sorted(s.chosen) == ["a", "b"] and s.cost == 3.0
+    # When even everything misses the budget, the fastest choice is kept and reported.
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=5.0)
+    assert s.rounds[-1]["measured_ms"] == 7.0 and sorted(s.chosen) == ["a", "b", "c"]
