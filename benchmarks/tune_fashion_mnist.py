@@ -2,11 +2,11 @@
 
 Variants (each tuned within its own wall-clock budget, label-free unless said):
   slimmed              layer-wise                      -> committed weights
-  slimmed_tucker       layer-wise, plus Tucker-2 (EVBMF ranks) -> committed weights
+  slimmed_tucker_from_teacher  layer-wise, merges plus Tucker-2 (EVBMF ranks) at once -> committed
   slimmed_labels       layer-wise, labels in the final fine-tune
   slimmed_all_at_once  all merged layers trained at once, judged at the output
-  slimmed_then_tucker  Tucker-2 on the committed tuned slimmed model, tuned against it (the
-                       paper's order: slim, then decompose) -> committed weights
+  slimmed_tucker       Tucker-2 (EVBMF ranks) on the committed tuned slimmed model, tuned
+                       against it (the paper's order: slim, then decompose) -> committed weights
 Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`. Results
 are merged into benchmarks/results/fashion_mnist_googlenet.json: an entry records its budget,
 the command, the git commit and the machine, so variants from different runs stay apart.
@@ -33,11 +33,14 @@ BASE = ["bvlc_googlenet", "--checkpoint", TEACHER]
 SLIM = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim"
 VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model to slim])
     "slimmed": ("benchmarks/weights/bvlc_googlenet_fashion_mnist_slim", []),
-    "slimmed_tucker": ("benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker", ["--tucker"]),
+    "slimmed_tucker_from_teacher": (
+        "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_tucker",
+        ["--tucker"],
+    ),
     "slimmed_labels": (None, ["--labels"]),
     "slimmed_all_at_once": (None, ["--all-at-once"]),
     "slimmed_label_free": (None, []),
-    "slimmed_then_tucker": (
+    "slimmed_tucker": (
         "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_then_tucker",
         ["--tucker", "--labels", "--finetune-lr", "3e-4"],
         [SLIM],

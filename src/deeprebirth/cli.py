@@ -920,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-format",
         choices=tuple(INT8_FORMATS),
         default=DEFAULT_INT8_FORMAT,
-        help=f"quantized operators or QDQ pairs (default {DEFAULT_INT8_FORMAT}, the faster here)",
+        help=f"QDQ pairs or quantized operators (default {DEFAULT_INT8_FORMAT})",
     )
     q.add_argument(
         "--calibration-images",

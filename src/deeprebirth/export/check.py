@@ -37,6 +37,23 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
+def _ort_output(proto: onnx.ModelProto, inputs: torch.Tensor, threads: int) -> torch.Tensor:
+    session = ort_session(proto, threads)
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
+
+
+def _gate(path: Path, out: torch.Tensor, ref: torch.Tensor, tolerance: float, what: str) -> float:
+    """The relative error of ``out``; above ``tolerance``, ``path`` is removed and it raises."""
+    err = _relative_error(out, ref)
+    if err > tolerance or out.shape != ref.shape:
+        path.unlink(missing_ok=True)
+        raise ParityError(
+            f"{what} differs from PyTorch by {err:.2e} of the output's scale "
+            f"(tolerance {tolerance:g}); nothing written"
+        )
+    return err
+
+
 def leftover_layers(proto: onnx.ModelProto, model: nn.Module) -> dict[str, int]:
     """ONNX pooling/LRN nodes beyond those the PyTorch model still has (should be none)."""
     ops = Counter(n.op_type for n in proto.graph.node)
@@ -66,8 +83,7 @@ def export(
     report: dict = {"format": fmt, "path": str(path), "inputs": list(inputs.shape)}
     if fmt == "onnx":
         proto = to_onnx(model, inputs, path)
-        session = ort_session(proto, threads)
-        out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
+        out = _ort_output(proto, inputs, threads)
         report["ops"] = dict(Counter(n.op_type for n in proto.graph.node))
         report["leftover_non_tensor"] = leftover_layers(proto, model)
     else:
@@ -79,14 +95,7 @@ def export(
             reloaded = torch.jit.load(str(path))
         with torch.no_grad():
             out = reloaded(inputs)
-    err = _relative_error(out, reference)
-    report["relative_error"] = err
-    if err > PARITY_TOLERANCE or out.shape != reference.shape:
-        path.unlink(missing_ok=True)
-        raise ParityError(
-            f"{fmt} export differs from PyTorch by {err:.2e} of the output's scale "
-            f"(tolerance {PARITY_TOLERANCE:.0e}); nothing written"
-        )
+    report["relative_error"] = _gate(path, out, reference, PARITY_TOLERANCE, f"{fmt} export")
     return report
 
 
@@ -114,22 +123,13 @@ def export_int8(
     proto = to_onnx(model, inputs)
     quantize_int8(proto, path, (b.numpy() for b in calibration), fmt)
     quantized = onnx.load(str(path))
-    session = ort_session(quantized, threads)
-    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
-    err = _relative_error(out, reference)
-    report = {
+    out = _ort_output(quantized, inputs, threads)
+    return {
         "format": "onnx",
         "int8": fmt,
         "path": str(path),
         "inputs": list(inputs.shape),
         "ops": dict(Counter(n.op_type for n in quantized.graph.node)),
-        "relative_error": err,
+        "relative_error": _gate(path, out, reference, INT8_TOLERANCE, "int8 model"),
         "top1_agreement": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
     }
-    if err > INT8_TOLERANCE or out.shape != reference.shape:
-        path.unlink(missing_ok=True)
-        raise ParityError(
-            f"int8 model differs from PyTorch by {err:.2e} of the output's scale "
-            f"(tolerance {INT8_TOLERANCE}); nothing written"
-        )
-    return report

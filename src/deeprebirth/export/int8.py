@@ -2,11 +2,14 @@
 
 Static quantization fixes each activation's int8 scale from calibration images (min/max
 over a few hundred of them), so inference needs no run-time range computation. Two
-layouts are supported; which is faster depends on the CPU and ORT build, so measure
-(``benchmarks/int8_formats.py``) rather than assume:
+layouts are supported:
 
-* ``qoperator``: quantized kernels (``QLinearConv``, ``QLinearAdd`` ...) in the graph;
-* ``qdq``: QuantizeLinear/DequantizeLinear pairs around float ops, fused by ORT at load.
+* ``qdq`` (the default): QuantizeLinear/DequantizeLinear pairs around float ops, which ORT
+  fuses into int8 kernels at load; the layout mobile execution providers (NNAPI, QNN,
+  XNNPACK) take;
+* ``qoperator``: quantized kernels (``QLinearConv`` ...) written into the graph.
+
+On this project's CPU both ran equally fast (``benchmarks/paper_table.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ INT8_FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
 #: slimmed GoogLeNet lost all accuracy (quantized Split/ReduceMean), and these four carry
 #: nearly all of the time.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Concat"]
-#: The layout ``export --int8`` uses unless told otherwise (the faster one on our CPU).
-DEFAULT_INT8_FORMAT = "qoperator"
+#: The layout ``export --int8`` uses unless told otherwise.
+DEFAULT_INT8_FORMAT = "qdq"
 
 
 class _Batches(CalibrationDataReader):
