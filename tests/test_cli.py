@@ -301,3 +301,28 @@ def test_slim_tucker_all_at_once_budget_fp16(capsys, tmp_path):
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())  # noqa: SIM118 (not a dict)
     assert not (out / "report.md").exists()
+
+
+def test_slim_a_slimmed_directory_and_load_it_from_anywhere(capsys, tmp_path, monkeypatch):
+    import shutil
+
+    from deeprebirth.plan import PlanError
+    from deeprebirth.slimming import load
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["slim", "user_models:tiny_cnn", "--input-size", "16", "--out", "runs/a"]) == 0
+    args = ["slim", "runs/a", "--tucker", "--rank-ratio", "0.5", "--no-report", "--out", "runs/b"]
+    assert main(args) == 0
+    assert json.loads((work / "runs/b/plan.json").read_text())["model"] == "runs/a"
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        here = load("runs/b")(x)
+    monkeypatch.chdir(tmp_path)  # "runs/a" no longer resolves from here: found beside b
+    with torch.no_grad():
+        torch.testing.assert_close(load(work / "runs/b")(x), here)
+    shutil.rmtree(work / "runs/a")
+    with pytest.raises(PlanError, match="neither a known model nor a slimmed directory"):
+        load(work / "runs/b")
+    capsys.readouterr()

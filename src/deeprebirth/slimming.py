@@ -25,7 +25,7 @@ from .files import umask
 from .graph.capture import capture, example_input
 from .plan import Plan, PlanError, make_plan
 from .transforms import SlimReport, apply_plan
-from .zoo import apply_state_dict, get_model
+from .zoo import apply_state_dict, get_model, list_models
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -174,18 +174,26 @@ def load(path: str | Path) -> fx.GraphModule:
     applied = set(data.get("applied", [e.id for e in plan.entries if e.enabled]))
     for entry in plan.entries:
         entry.enabled = entry.id in applied
-    # The base is a zoo model, or another slimmed directory (e.g. Tucker on a tuned model).
-    base = (
-        load(plan.model)
-        if is_slimmed_dir(plan.model)
-        else get_model(plan.model, **plan.model_config)
-    )
+    base = _base_model(plan, path)
     example = example_input(*plan.input_shape[:2], plan.input_shape[2])
     gm, _ = apply_plan(base, plan, example, parity_gate=False)
     if not (path / WEIGHTS_FILE).is_file():
         raise PlanError(f"{path} has no {WEIGHTS_FILE}")
     apply_state_dict(gm, load_file(path / WEIGHTS_FILE), source=str(path / WEIGHTS_FILE))
     return gm.eval()
+
+
+def _base_model(plan: Plan, path: Path) -> nn.Module:
+    """A zoo model, or another slimmed directory (e.g. Tucker on a tuned slimmed model),
+    found as written or, when it was written relative to elsewhere, beside ``path``."""
+    if ":" in plan.model or plan.model in list_models():
+        return get_model(plan.model, **plan.model_config)
+    for candidate in (Path(plan.model), path.parent / Path(plan.model).name):
+        if is_slimmed_dir(candidate):
+            return load(candidate)
+    raise PlanError(
+        f"{path}: its base model {plan.model!r} is neither a known model nor a slimmed directory"
+    )
 
 
 def input_shape_of(path: str | Path) -> list[int]:
