@@ -45,6 +45,8 @@ from .plan import Plan, PlanEntry
 
 #: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
 RANK_RATIOS = (0.25, 0.5)
+#: Largest group of interdependent merges whose every subset is an option (2^n - 1 of them).
+MAX_GROUP_SUBSETS = 4
 
 
 class BudgetError(DeepRebirthError):
@@ -202,12 +204,17 @@ def build_options(
             members.setdefault(root(e.id), []).append(e)
     options = []
     for g, entries in members.items():
-        for n in range(1, len(entries) + 1):
-            for subset in itertools.combinations(entries, n):
-                ids = {e.id for e in subset}
-                if all(r.id in ids for e in subset for r in needs[e.id]):
-                    key = "+".join(e.id for e in subset)
-                    options.append(Option(key, g, list(subset)))
+        if len(entries) <= MAX_GROUP_SUBSETS:
+            subsets = [
+                s for n in range(1, len(entries) + 1) for s in itertools.combinations(entries, n)
+            ]
+        else:  # too many subsets to measure: the prefixes in plan order
+            subsets = [entries[:n] for n in range(1, len(entries) + 1)]
+        for subset in subsets:
+            ids = {e.id for e in subset}
+            if all(r.id in ids for e in subset for r in needs[e.id]):
+                key = "+".join(e.id for e in subset)
+                options.append(Option(key, g, list(subset)))
     seen = set()
     for tp in tucker_plans:
         for e in tp.entries:
