@@ -7,6 +7,7 @@ Variants (each tuned within its own wall-clock budget, label-free unless said):
   slimmed_all_at_once  all merged layers trained at once, judged at the output
   slimmed_long         the committed slimmed recipe (labels, fine-tune lr 3e-4), run with
                        --budget-minutes 30 -> committed weights
+  slimmed_long_2ep     the same with --epochs-per-stage 2 -> committed weights
   slimmed_tucker       Tucker-2 (EVBMF ranks) on the committed tuned slimmed model, tuned
                        against it (the paper's order: slim, then decompose) -> committed weights
 Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`. Results
@@ -45,6 +46,10 @@ VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model 
     "slimmed_long": (  # the committed recipe with the whole 30-minute allowance (--budget-minutes 30)
         "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_long",
         ["--labels", "--finetune-lr", "3e-4"],
+    ),
+    "slimmed_long_2ep": (  # the same with two epochs per stage, so stages can use the budget
+        "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_long_2ep",
+        ["--labels", "--finetune-lr", "3e-4", "--epochs-per-stage", "2"],
     ),
     "slimmed_tucker": (
         "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_then_tucker",
