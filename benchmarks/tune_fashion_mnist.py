@@ -8,6 +8,8 @@ Variants (each tuned within its own wall-clock budget, label-free unless said):
   slimmed_long         the committed slimmed recipe (labels, fine-tune lr 3e-4), run with
                        --budget-minutes 30 -> committed weights
   slimmed_long_2ep     the same with --epochs-per-stage 2 -> committed weights
+  slimmed_long_ft3     the same, with 45% of the budget and up to 3 passes for the fine-tune
+                       -> committed weights
   slimmed_tucker       Tucker-2 (EVBMF ranks) on the committed tuned slimmed model, tuned
                        against it (the paper's order: slim, then decompose) -> committed weights
 Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`. Results
@@ -50,6 +52,10 @@ VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model 
     "slimmed_long_2ep": (  # the same with two epochs per stage, so stages can use the budget
         "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_long_2ep",
         ["--labels", "--finetune-lr", "3e-4", "--epochs-per-stage", "2"],
+    ),
+    "slimmed_long_ft3": (  # stages one pass each; the fine-tune gets 45% and up to 3 passes
+        "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_long_ft3",
+        ["--labels", "--finetune-lr", "3e-4", "--finetune-epochs", "3", "--finetune-share", "0.45"],
     ),
     "slimmed_tucker": (
         "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_then_tucker",

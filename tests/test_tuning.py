@@ -185,3 +185,10 @@ def test_torchrun_two_processes(tmp_path):
     assert (run.stdout + run.stderr).count("merges applied") == 1  # rank 0 alone reports, writes
     report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
     assert report["tuning"]["stages"][-1]["stage"] == "finetune"
+
+
+def test_finetune_passes_are_capped_by_finetune_epochs(tmp_path):
+    teacher, result, loader = tiny_setup()  # 64 images in batches of 16: 4 per pass
+    config = TuneConfig(max_batches=1, finetune_batches=100, finetune_epochs=2)
+    records = tune(result, teacher, loader, config, tmp_path)
+    assert records[-1]["stage"] == "finetune" and records[-1]["steps"] == 2 * len(loader)

@@ -90,6 +90,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
+    return value
+
+
 # --- subcommands -----------------------------------------------------------------------
 
 
@@ -400,6 +407,8 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
         epochs_per_stage=args.epochs_per_stage,
         lr=args.lr,
         finetune_batches=args.finetune_batches,
+        finetune_epochs=args.finetune_epochs,
+        finetune_share=args.finetune_share,
         finetune_lr=args.finetune_lr,
         use_labels=args.labels,
         all_at_once=args.all_at_once,
@@ -846,6 +855,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=300,
         help="whole-network distillation batches after the stages (default 300; 0: none)",
+    )
+    t.add_argument(
+        "--finetune-epochs",
+        type=positive_int,
+        default=1,
+        help="passes over the data in the fine-tune, at most (default 1)",
+    )
+    t.add_argument(
+        "--finetune-share",
+        type=share,
+        default=0.3,
+        help="share of --budget-minutes kept for the fine-tune (default 0.3)",
     )
     t.add_argument(
         "--lr",

@@ -41,6 +41,8 @@ class TuneConfig:
     lr: float = 1e-3
     #: Whole-network distillation after the stages (0 turns it off).
     finetune_batches: int = 300
+    #: Passes over the data in the final fine-tune, at most.
+    finetune_epochs: int = 1
     finetune_lr: float = 1e-4
     temperature: float = 4.0
     #: Use labels in the final fine-tune (cross-entropy beside distillation).
@@ -177,7 +179,7 @@ class Tuner:
         with torch.no_grad():
             return loss_fn(probe).item()
 
-    def _train(self, name, params, loss_fn, batches, lr, seconds) -> dict:
+    def _train(self, name, params, loss_fn, batches, epochs, lr, seconds) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
         The learning rate decays on a cosine over the run (by steps or by the time share,
@@ -191,7 +193,7 @@ class Tuner:
             opt = torch.optim.Adam(params, lr=lr)
             t0, first, losses, steps = time.time(), None, [], 0
             try:
-                for batch in _batches(self.loader, batches, self.config.epochs_per_stage):
+                for batch in _batches(self.loader, batches, epochs):
                     done = steps / batches
                     if seconds:
                         done = max(done, (time.time() - t0) / seconds)
@@ -263,7 +265,13 @@ class Tuner:
             return _normalized_mse(model(x), target)
 
         record = self._train(
-            stage.id, params, loss_fn, self.config.max_batches, self.config.lr, seconds
+            stage.id,
+            params,
+            loss_fn,
+            self.config.max_batches,
+            self.config.epochs_per_stage,
+            self.config.lr,
+            seconds,
         )
         record["trainable"], record["boundary"] = stage.trainable, stage.boundary
         self.student.eval()
@@ -291,6 +299,7 @@ class Tuner:
             params,
             loss_fn,
             self.config.finetune_batches,
+            self.config.finetune_epochs,
             self.config.finetune_lr,
             seconds,
         )
