@@ -12,6 +12,8 @@ Variants (each tuned within its own wall-clock budget, label-free unless said):
                        -> committed weights
   slimmed_tucker       Tucker-2 (EVBMF ranks) on the committed tuned slimmed model, tuned
                        against it (the paper's order: slim, then decompose) -> committed weights
+  slimmed_tucker_pw    the same on the slimmed_long_ft3 model, with the 1x1 convs also
+                       factored (rank 0.33 of their channels), 20-minute budget -> committed
 Each slimmed model is re-evaluated from its saved files with `deeprebirth evaluate`. Results
 are merged into benchmarks/results/fashion_mnist_googlenet.json: an entry records its budget,
 the command, the git commit and the machine, so variants from different runs stay apart.
@@ -63,6 +65,14 @@ VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model 
         [SLIM],
     ),
 }
+
+SLIM_FT3 = "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_long_ft3"
+VARIANTS["slimmed_tucker_pw"] = (
+    "benchmarks/weights/bvlc_googlenet_fashion_mnist_slim_ft3_tucker_pw",
+    ["--tucker", "--pointwise-rank-ratio", "0.33", "--labels", "--finetune-lr", "3e-4",
+     "--finetune-epochs", "3", "--finetune-share", "0.4"],
+    [SLIM_FT3],
+)  # fmt: skip
 
 p = argparse.ArgumentParser()
 p.add_argument("--variants", default=",".join(VARIANTS))

@@ -5,6 +5,7 @@ from torch import nn
 
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.graph import capture, example_input
+from deeprebirth.plan import make_plan
 from deeprebirth.slimming import slim
 from deeprebirth.transforms.tucker import evbmf_rank, tucker2_layers, tucker_ranks
 from deeprebirth.tuning import find_stages
@@ -37,6 +38,24 @@ def test_tucker_full_rank_is_exact_and_reduced_rank_is_bounded():
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.6 and errors[0] < 1.0
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_1x1_conv_becomes_two_layers_exact_at_full_rank_optimal_below(stride):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 8, 1, stride=stride)
+    x = torch.randn(2, 12, 9, 9)
+    full = tucker2_layers(conv, (8, 12))
+    assert len(full) == 2 and full[0].out_channels == 8 and full[0].stride == (stride, stride)
+    torch.testing.assert_close(full(x), conv(x), rtol=1e-4, atol=1e-5)
+    low = tucker2_layers(conv, (3, 3))
+    assert [m.weight.shape[:2] for m in low] == [(3, 12), (8, 3)]
+    # rank 3 of the weight matrix: the truncated SVD is the best approximation there is
+    w = conv.weight[:, :, 0, 0].detach()
+    u, s, vh = torch.linalg.svd(w)
+    best = (u[:, :3] * s[:3]) @ vh[:3]
+    got = (low[1].weight[:, :, 0, 0] @ low[0].weight[:, :, 0, 0]).detach()
+    torch.testing.assert_close(got, best, rtol=1e-4, atol=1e-5)
+
+
 def test_rank_larger_than_the_layer_allows():
     with pytest.raises(DeepRebirthError, match="do not fit a conv with 8 outputs"):
         tucker2_layers(nn.Conv2d(6, 8, 3), (9, 6))
@@ -46,14 +65,26 @@ def test_rank_larger_than_the_layer_allows():
 
 def test_slim_with_tucker_plans_decomposes_and_tunes():
     model = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
-    result = slim(model, input_size=32, in_chans=1, tucker=True, rank_ratio=0.25)
+    result = slim(
+        model, input_size=32, in_chans=1, tucker=True, rank_ratio=0.25, pointwise_ratio=0.25
+    )
     tucker = [e for e in result.plan.entries if e.kind == "tucker"]
     assert tucker and all(e.id in result.report.applied for e in tucker)
     assert all(e.macs_saved > 0 for e in tucker)
     x = example_input(2, 1, 32)
     with torch.no_grad():
         assert result.model(x).shape == (2, 10)
-    name = tucker[0].nodes[0]
+    name = next(e.nodes[0] for e in tucker if e.geometry["layers"] == 3)
     assert [type(m) for m in result.model.get_submodule(name)] == [nn.Conv2d] * 3
+    pointwise = [e for e in tucker if e.geometry["layers"] == 2]  # the fused 1x1 heads among them
+    assert pointwise and all(len(result.model.get_submodule(e.nodes[0])) == 2 for e in pointwise)
     stages = find_stages(result.plan, result.report.applied, capture(model), result.model, x[:1])
     assert any(name + ".1" in s.trainable for s in stages)
+    assert any(pointwise[0].nodes[0] + ".1" in s.trainable for s in stages)
+
+
+def test_1x1_convs_are_left_alone_without_a_pointwise_ratio():
+    model = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
+    plan = make_plan(model, example_input(1, 1, 32), tucker=True, rank_ratio=0.25)
+    tucker = [e for e in plan.entries if e.kind == "tucker"]
+    assert tucker and all(e.geometry["layers"] == 3 for e in tucker)

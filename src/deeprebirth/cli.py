@@ -90,6 +90,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def rank_share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value}")
+    return value
+
+
 def share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -208,6 +215,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         model_config=_model_config(args),
         tucker=args.tucker,
         rank_ratio=args.rank_ratio,
+        pointwise_ratio=args.pointwise_rank_ratio,
     )
     print_plan(plan)
     if args.output:
@@ -253,6 +261,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         exact_only=args.exact_only,
         tucker=args.tucker,
         rank_ratio=args.rank_ratio,
+        pointwise_ratio=args.pointwise_rank_ratio,
     )
     print_plan(result.plan)
     rep = result.report
@@ -772,8 +781,14 @@ def add_tucker_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rank-ratio",
-        type=float,
+        type=rank_share,
         help="Tucker ranks as this share of the channels (default: EVBMF)",
+    )
+    p.add_argument(
+        "--pointwise-rank-ratio",
+        type=rank_share,
+        metavar="R",
+        help="with --tucker, also factor the 1x1 convs, at rank R x channels (default: leave them)",
     )
 
 

@@ -49,6 +49,7 @@ def slim(
     exact_only: bool = False,
     tucker: bool = False,
     rank_ratio: float | None = None,
+    pointwise_ratio: float | None = None,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it.
 
@@ -68,6 +69,7 @@ def slim(
             model_config=model_config,
             tucker=tucker,
             rank_ratio=rank_ratio,
+            pointwise_ratio=pointwise_ratio,
         )
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])

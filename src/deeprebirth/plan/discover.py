@@ -21,11 +21,14 @@ def make_plan(
     model_config: dict[str, Any] | None = None,
     tucker: bool = False,
     rank_ratio: float | None = None,
+    pointwise_ratio: float | None = None,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 
     Merges are found phase by phase (see ``transforms.PHASES``) on the graph the previous
-    phases produced; each entry records the MACs it removes when applied in order.
+    phases produced; each entry records the MACs it removes when applied in order. With
+    ``tucker``, the kxk convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``),
+    and the 1x1 convs too when ``pointwise_ratio`` is given (at that share of channels).
 
     Example:
         >>> from deeprebirth import get_model
@@ -38,7 +41,7 @@ def make_plan(
     from ..transforms.runner import PHASES
     from ..transforms.tucker import Tucker
 
-    phases = [*PHASES, (Tucker(rank_ratio),)] if tucker else PHASES
+    phases = [*PHASES, (Tucker(rank_ratio, pointwise_ratio),)] if tucker else PHASES
 
     gm = capture(copy.deepcopy(model)).eval()
     entries = []

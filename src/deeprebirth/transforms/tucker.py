@@ -2,9 +2,11 @@
 
 A kxk conv C_in -> C_out becomes 1x1 (C_in -> R_in) -> kxk (R_in -> R_out) -> 1x1
 (R_out -> C_out), with factors from tensorly's partial Tucker (HOSVD-initialised HOOI) on
-the output and input channel modes. Ranks come from empirical variational Bayesian matrix
+the output and input channel modes. For a 1x1 conv the same decomposition is a low-rank
+matrix product, so its core is folded into one factor: two 1x1 layers through
+min(R_out, R_in) channels. Ranks come from empirical variational Bayesian matrix
 factorisation (EVBMF) of the two mode unfoldings, or from a fixed ratio of the channels.
-The three layers are learned afterwards like any learned merge (full rank is exact).
+The layers are learned afterwards like any learned merge (full rank is exact).
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
     if rank_ratio is not None:
         if not 0 < rank_ratio <= 1:
             raise DeepRebirthError(f"rank ratio must be in (0, 1], not {rank_ratio}")
-        return max(1, round(c_out * rank_ratio)), max(1, round(c_in * rank_ratio))
+        k = weight[0, 0].numel()  # an unfolding's rank is at most its shorter side
+        return (
+            max(1, min(round(c_out * rank_ratio), c_in * k)),
+            max(1, min(round(c_in * rank_ratio), c_out * k)),
+        )
     w = weight.detach().cpu().numpy()
     r_out = evbmf_rank(w.reshape(c_out, -1))  # mode-0 unfolding
     r_in = evbmf_rank(np.moveaxis(w, 1, 0).reshape(c_in, -1))  # mode-1 unfolding
@@ -85,7 +91,7 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
 
 
 def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
-    """The three layers replacing ``conv`` at ranks (R_out, R_in)."""
+    """The layers replacing ``conv`` at ranks (R_out, R_in): three, or two for a 1x1 conv."""
     r_out, r_in = ranks
     if not (1 <= r_out <= conv.out_channels and 1 <= r_in <= conv.in_channels):
         raise DeepRebirthError(
@@ -97,6 +103,8 @@ def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
     (core, (u_out, u_in)), _ = partial_tucker(
         weight, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=50
     )
+    if pair(conv.kernel_size) == (1, 1):
+        return _low_rank_layers(conv, core[:, :, 0, 0], u_out, u_in)
     first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
     middle = nn.Conv2d(
         r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False
@@ -112,19 +120,55 @@ def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
     return nn.Sequential(first, middle, last)
 
 
+def _low_rank_layers(conv: nn.Conv2d, core, u_out, u_in) -> nn.Sequential:
+    """W = U_out G U_in^T as two 1x1 layers, G folded into the factor on its narrower side."""
+    if core.shape[0] <= core.shape[1]:  # R_out <= R_in: C_in -> R_out -> C_out
+        a, b = core @ u_in.t(), u_out
+    else:  # C_in -> R_in -> C_out
+        a, b = u_in.t(), u_out @ core
+    first = nn.Conv2d(conv.in_channels, a.shape[0], 1, conv.stride, conv.padding, bias=False)
+    last = nn.Conv2d(a.shape[0], conv.out_channels, 1, bias=conv.bias is not None)
+    dtype = conv.weight.dtype
+    with torch.no_grad():
+        first.weight.copy_(a[:, :, None, None].to(dtype))
+        last.weight.copy_(b[:, :, None, None].to(dtype))
+        if conv.bias is not None:
+            last.bias.copy_(conv.bias)
+    return nn.Sequential(first, last)
+
+
+def decomposed_macs(conv: nn.Conv2d, ranks: tuple[int, int], hw_in: int, hw_out: int) -> int:
+    """MACs of :func:`tucker2_layers` for ``conv`` at ``ranks`` and these output sizes."""
+    r_out, r_in = ranks
+    if pair(conv.kernel_size) == (1, 1):
+        return min(r_out, r_in) * (conv.in_channels + conv.out_channels) * hw_out
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    return (
+        conv.in_channels * r_in * hw_in
+        + r_in * r_out * k * hw_out
+        + r_out * conv.out_channels * hw_out
+    )
+
+
 class Tucker(Merge):
     kind, exact = "tucker", False
 
-    def __init__(self, rank_ratio: float | None = None):
+    def __init__(self, rank_ratio: float | None = None, pointwise_ratio: float | None = None):
         self.rank_ratio = rank_ratio
+        #: 1x1 convs are decomposed only when this is set, at this share of their channels.
+        self.pointwise_ratio = pointwise_ratio
 
     def find(self, gm):
         modules = modules_of(gm)
         entries = []
         for n in gm.graph.nodes:
             conv = modules.get(n.target) if n.op == "call_module" else None
-            if type(conv) is not nn.Conv2d or conv.groups != 1 or pair(conv.kernel_size) == (1, 1):
+            if type(conv) is not nn.Conv2d or conv.groups != 1:
                 continue
+            pointwise = pair(conv.kernel_size) == (1, 1)
+            if pointwise and self.pointwise_ratio is None:
+                continue
+            ratio = self.pointwise_ratio if pointwise else self.rank_ratio
             out = shape_of(n)
             if out is None:
                 continue
@@ -132,21 +176,18 @@ class Tucker(Merge):
             size_in = shape_of(n.args[0])
             hw_in = size_in[2] * size_in[3]
             k = conv.kernel_size[0] * conv.kernel_size[1]
-            r_out, r_in = tucker_ranks(conv.weight, self.rank_ratio)
+            r_out, r_in = tucker_ranks(conv.weight, ratio)
             before = conv.in_channels * conv.out_channels * k * hw_out
-            after = (
-                conv.in_channels * r_in * hw_in
-                + r_in * r_out * k * hw_out
-                + r_out * conv.out_channels * hw_out
-            )
+            after = decomposed_macs(conv, (r_out, r_in), hw_in, hw_out)
             if after > MAX_COST_SHARE * before:
-                continue  # not worth three layers
-            method = f"ratio {self.rank_ratio}" if self.rank_ratio else "evbmf"
+                continue  # not worth the extra layers
+            layers = 2 if pointwise else 3
+            method = f"ratio {ratio}" if ratio else "evbmf"
             entries.append(
                 self.entry(
                     n.target,
                     [n.target],
-                    {"ranks": [r_out, r_in], "method": method},
+                    {"ranks": [r_out, r_in], "method": method, "layers": layers},
                     note=f"{100 * after / before:.0f}% of the MACs",
                 )
             )
@@ -159,7 +200,7 @@ class Tucker(Merge):
         set_module(gm, entry.nodes[0], layers)
         with gm.graph.inserting_before(node):  # one graph node per layer, as everywhere
             x = node.args[0]
-            for i in range(3):
+            for i in range(len(layers)):
                 x = gm.graph.call_module(f"{entry.nodes[0]}.{i}", (x,))
         node.replace_all_uses_with(x)
         gm.graph.erase_node(node)

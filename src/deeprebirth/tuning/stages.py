@@ -51,8 +51,8 @@ def _seeds(entry: PlanEntry, teacher: fx.GraphModule) -> list[str]:
         return [entry.nodes[0]]
     if entry.kind == "block_pool":
         return list(entry.geometry.get("heads", {}))
-    if entry.kind == "tucker":  # the conv is now three layers under its name
-        return [f"{entry.nodes[0]}.{i}" for i in range(3)]
+    if entry.kind == "tucker":  # the conv is now three layers (two for a 1x1) under its name
+        return [f"{entry.nodes[0]}.{i}" for i in range(entry.geometry.get("layers", 3))]
     if entry.kind == "branch_pool":  # the branch's tensor layers take over the pool's job
         pool = _module_nodes(teacher).get(entry.nodes[0])
         return [u.target for u in pool.users if u.op == "call_module"] if pool else []
