@@ -47,8 +47,8 @@ TEACHER = f"{W}/bvlc_googlenet_fashion_mnist_teacher.safetensors"
 INT8_FILE = f"{W}/bvlc_googlenet_fashion_mnist_slim_tucker_int8.onnx"
 GOOGLENET_ROWS = {  # row: (label, file or directory, how it is built at 224)
     "original": ("BVLC GoogLeNet (teacher)", TEACHER),
-    "slimmed": ("slimmed", f"{W}/bvlc_googlenet_fashion_mnist_slim"),
-    "slimmed_tucker": ("slimmed + Tucker", f"{W}/bvlc_googlenet_fashion_mnist_slim_then_tucker"),
+    "slimmed": ("slimmed", f"{W}/bvlc_googlenet_fashion_mnist_slim_long_ft3"),
+    "slimmed_tucker": ("slimmed + Tucker", f"{W}/bvlc_googlenet_fashion_mnist_slim_ft3_tucker_pw"),
 }
 REFERENCES = {
     "squeezenet1_1": ("SqueezeNet 1.1", f"{W}/squeezenet1_1_fashion_mnist.safetensors"),
