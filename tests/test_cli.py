@@ -326,3 +326,32 @@ def test_slim_a_slimmed_directory_and_load_it_from_anywhere(capsys, tmp_path, mo
     with pytest.raises(PlanError, match="neither a known model nor a slimmed directory"):
         load(work / "runs/b")
     capsys.readouterr()
+
+
+def test_tucker_options_need_tucker_and_valid_shares(capsys):
+    code, _, err = run_cli(capsys, "plan", "user_models:tiny_cnn", "--pointwise-rank-ratio", "0.5")
+    one_line_error(code, err, "--pointwise-rank-ratio needs --tucker")
+    for flag, value in [("--pointwise-rank-ratio", "0"), ("--finetune-share", "1.5")]:
+        with pytest.raises(SystemExit) as e:
+            main(["slim", "user_models:tiny_cnn", flag, value, "--out", "x"])
+        assert e.value.code == 2
+
+
+def test_plan_with_pointwise_tucker_factors_the_1x1_convs(capsys, tmp_path):
+    args = [
+        "--input-size",
+        "16",
+        "--tucker",
+        "--rank-ratio",
+        "0.5",
+        "--pointwise-rank-ratio",
+        "0.25",
+    ]
+    code, _, err = run_cli(
+        capsys, "plan", "user_models:tiny_cnn", *args, "-o", str(tmp_path / "p.json")
+    )
+    assert code == 0, err
+    tucker = [
+        e for e in json.loads((tmp_path / "p.json").read_text())["entries"] if e["kind"] == "tucker"
+    ]
+    assert any(e["geometry"]["layers"] == 2 for e in tucker), tucker

@@ -206,6 +206,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .graph import example_input
     from .plan import make_plan
 
+    check_tucker_args(args)
     model, input_size, in_chans = load_model_from_args(args)
     _log(f"tracing {args.model} and finding merges at {input_size}x{input_size}")
     plan = make_plan(
@@ -228,6 +229,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
     from .tuning import distributed
 
+    check_tucker_args(args)
     ctx = distributed.setup(args.device)  # under torchrun: one of N processes
     console.quiet = out.quiet = not ctx.is_main
     from .plan import Plan, PlanError
@@ -773,6 +775,12 @@ def speed_only_demo(args: argparse.Namespace, out_dir: Path) -> int:
         )
     console.print(f"speed-only demo done: results in {out_dir}/")
     return 0
+
+
+def check_tucker_args(args: argparse.Namespace) -> None:
+    for flag in ("rank_ratio", "pointwise_rank_ratio"):
+        if getattr(args, flag) is not None and not args.tucker:
+            raise DeepRebirthError(f"--{flag.replace('_', '-')} needs --tucker")
 
 
 def add_tucker_args(p: argparse.ArgumentParser) -> None:
