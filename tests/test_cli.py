@@ -267,9 +267,18 @@ def test_evaluate_bad_inputs(capsys, tmp_path):
 
 
 def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
+    from deeprebirth.evaluation import save_weights
+    from deeprebirth.zoo import get_model
+
+    trained = save_weights(  # a "trained" reference: a weights file that names its model
+        get_model("squeezenet1_1", num_classes=10),
+        tmp_path / "squeezenet.safetensors",
+        {"model": "squeezenet1_1", "num_classes": 10, "in_chans": 3, "input_size": 32},
+    )
     code, _, err = run_cli(
         capsys, "slim", "user_models:tiny_cnn", "--input-size", "32", "--data", "synthetic",
-        "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "3", "--out", str(tmp_path / "s"),
+        "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "3",
+        "--references", f"{trained},mobilenet_v2", "--out", str(tmp_path / "s"),
     )  # fmt: skip
     assert code == 0, err
     out = tmp_path / "s"
@@ -281,7 +290,19 @@ def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
         assert f"{data['latency'][runtime]['slimmed']['median_ms']:.2f}" in md
     assert f"{100 * data['accuracy']['slimmed']['top1']:.2f}" in md
     assert "squeezenet1_1" in data["latency"]["ort"]  # 32x32 is enough for the references
+    assert data["references_trained"] == ["squeezenet1_1"]
+    assert f"{100 * data['accuracy']['squeezenet1_1']['top1']:.2f} |" in md
+    assert "random weights (latency only, accuracy not measured): mobilenet_v2" in md
     assert "no energy figure" in md or "mJ" in md
+
+
+def test_slim_checks_references_before_any_work(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "slim", "user_models:tiny_cnn", "--references", "squeezenet1_1,nosuchnet",
+        "--out", str(tmp_path / "s"),
+    )  # fmt: skip
+    one_line_error(code, err, "nosuchnet")
+    assert not (tmp_path / "s").exists()
 
 
 def test_slim_tucker_all_at_once_budget_fp16(capsys, tmp_path):

@@ -230,6 +230,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
     from .tuning import distributed
 
     check_tucker_args(args)
+    references = check_references(args)
     ctx = distributed.setup(args.device)  # under torchrun: one of N processes
     console.quiet = out.quiet = not ctx.is_main
     from .plan import Plan, PlanError
@@ -302,6 +303,8 @@ def cmd_slim(args: argparse.Namespace) -> int:
     if not args.no_report:
         from .report import build_report, write_report
 
+        if args.data and not args.no_eval:
+            summary["accuracy"].update(evaluate_references(args, references, input_size))
         data = build_report(
             model,
             result.model,
@@ -310,6 +313,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
             slim_report=rep,
             accuracy=summary.get("accuracy"),
             selection=selection.to_dict() if selection is not None else None,
+            references=references,
             command=" ".join(["deeprebirth", *sys.argv[1:]]),
             runs=args.report_runs,
             log=_log,
@@ -454,6 +458,41 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
             device=ctx.device,
         )
     return {"config": config_dict(config), "stages": records}
+
+
+def check_references(args) -> list[str]:
+    """--references as a list, each a zoo name or a weights file that loads (checked now,
+    before any tuning, so a typo costs nothing)."""
+    from .report import REFERENCES, reference_model
+
+    if args.no_report:
+        return []
+    refs = [r for r in args.references.split(",") if r] if args.references else list(REFERENCES)
+    for ref in refs:
+        reference_model(ref, num_classes=10)
+    return refs
+
+
+def evaluate_references(args, references: list[str], input_size: int) -> dict:
+    """Top-1/top-5 of the trained references (weights files) on the test split; a reference
+    that does not fit the data is reported and left out (the slimmed model is saved by now)."""
+    from .data import get_dataset, get_loader
+    from .evaluation import evaluate
+    from .report import reference_model
+
+    acc = {}
+    for ref in references:
+        name, model, ref_chans, trained = reference_model(ref, num_classes=10)
+        if not trained:
+            continue
+        try:
+            data = get_dataset(args.data, "test", input_size=input_size, in_chans=ref_chans)
+            acc[name] = evaluate(model, get_loader(data, 256))
+        except DeepRebirthError as e:
+            console.print(f"[yellow]note:[/yellow] reference {ref} not evaluated: {e}")
+            continue
+        out.print(f"{name} (reference): top-1 {100 * acc[name]['top1']:.2f}%")
+    return acc
 
 
 def evaluate_pair(args, teacher, student, input_size: int, in_chans: int) -> dict:
@@ -662,6 +701,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end: profile -> plan -> slim -> tune -> evaluate -> bench -> export -> report."""
     from .data import FASHION_MNIST, fashion_mnist_root
     from .errors import DataNotFoundError
+    from .report import REFERENCES
 
     out_dir = Path(args.out)
     teacher = Path(args.teacher)
@@ -679,6 +719,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return speed_only_demo(args, out_dir)
 
     common = ["--checkpoint", str(teacher)]
+    references = []  # SqueezeNet 1.1 and MobileNetV2 trained with the teacher's recipe, if there
+    for name in REFERENCES:
+        trained = teacher.with_name(f"{name}_fashion_mnist.safetensors")
+        references.append(str(trained) if trained.is_file() else name)
     console.print(
         f"[bold]1/4 profile[/bold] the teacher: BVLC GoogLeNet trained on Fashion-MNIST ({teacher.name})"
     )
@@ -716,6 +760,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--labels",
             "--finetune-lr",
             "3e-4",
+            "--references",
+            ",".join(references),
             "--out",
             str(out_dir / "slim"),
         ]
@@ -941,6 +987,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=20,
         help="timed runs per model for the report (default 20)",
+    )
+    p.add_argument(
+        "--references",
+        metavar="LIST",
+        help="reference networks in the report, comma-separated: zoo names (random weights, "
+        "latency only) or weights files written by deeprebirth (trained: accuracy measured too); "
+        "default squeezenet1_1,mobilenet_v2",
     )
     p.set_defaults(func=cmd_slim)
 

@@ -30,6 +30,18 @@ from .plots import plot_accuracy_latency, plot_kinds_before_after
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 
 
+def reference_model(ref: str, num_classes: int) -> tuple[str, nn.Module, int, bool]:
+    """``(name, model, in_chans, trained)`` for a reference: a zoo name (random weights) or a
+    weights file written by deeprebirth (trained; it names its model)."""
+    from ..evaluation import load_model_file, weights_meta
+    from ..zoo import get_model
+
+    if Path(ref).is_file():
+        model, _, in_chans = load_model_file(ref)
+        return weights_meta(ref)["model"], model, in_chans, True
+    return ref, get_model(ref, num_classes=num_classes), 3, False
+
+
 def _costs(model: nn.Module, x: torch.Tensor) -> dict:
     return {
         "macs": count_macs(model, x),
@@ -54,23 +66,28 @@ def build_report(
     command: str = "",
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
-    """Measure everything the report shows; returns it as a JSON-able dict."""
-    from ..zoo import get_model
+    """Measure everything the report shows; returns it as a JSON-able dict.
 
+    ``references``: zoo names (random weights: latency only) or weights files written by
+    deeprebirth (trained: their accuracy, when in ``accuracy``, is shown too).
+    """
     _, c, h, _ = input_shape
     x = torch.randn(1, c, h, h, generator=torch.Generator().manual_seed(0))
     num_classes = slimmed(x).shape[1]
     models = {"original": (original.eval(), x), "slimmed": (slimmed.eval(), x)}
-    skipped = []
-    for name in references:  # torchvision references take 3 channels
-        ref, x3 = get_model(name, num_classes=num_classes), x.expand(1, 3, h, h).contiguous()
+    skipped, trained = [], []
+    for spec in references:  # torchvision references take 3 channels: the image repeated
+        name, ref, ref_chans, is_trained = reference_model(spec, num_classes)
+        xr = x if ref_chans == c else x[:, :1].expand(1, ref_chans, h, h).contiguous()
         try:
             with torch.no_grad():
-                ref(x3)
+                ref.eval()(xr)
         except RuntimeError:
             skipped.append(name)  # e.g. SqueezeNet needs more than 16x16
             continue
-        models[name] = (ref, x3)
+        models[name] = (ref, xr)
+        if is_trained:
+            trained.append(name)
     log("measuring latency: original, slimmed and references, interleaved")
     timings = latencies(models, runtimes=runtimes, threads=threads, runs=runs, log=log)
     log("profiling layer kinds before and after")
@@ -116,6 +133,7 @@ def build_report(
         "energy_mj": energy if any(v is not None for v in energy.values()) else None,
         "energy_note": energy_note(),
         "references_skipped": skipped,
+        "references_trained": trained,
         "_profiles": (before, after),
     }
 
@@ -237,20 +255,32 @@ def write_report(data: dict, out_dir: str | Path) -> Path:
         "![accuracy vs latency](report_accuracy_latency.png)",
         "",
     ]
+    acc = data.get("accuracy") or {}
     lines += [
         "| network | "
         + " | ".join(f"{RUNTIME_LABELS.get(rt, rt)} ms" for rt in data["latency"])
-        + " | MACs (M) | params (M) |"
+        + " | MACs (M) | params (M) | top-1 (%) |"
     ]
-    lines += ["|---|" + "---:|" * (len(data["latency"]) + 2)]
+    lines += ["|---|" + "---:|" * (len(data["latency"]) + 3)]
     for name in data["costs"]:
         ms = " | ".join(f"{data['latency'][rt][name]['median_ms']:.2f}" for rt in data["latency"])
         c = data["costs"][name]
-        lines.append(f"| {name} | {ms} | {c['macs'] / 1e6:.1f} | {c['params'] / 1e6:.2f} |")
-    lines += [
-        "",
-        "Reference networks have random weights here: their latency is measured, their accuracy is not.",
-    ]
+        top1 = acc.get({"original": "teacher"}.get(name, name), {}).get("top1")
+        top1 = "—" if top1 is None else f"{100 * top1:.2f}"
+        lines.append(
+            f"| {name} | {ms} | {c['macs'] / 1e6:.1f} | {c['params'] / 1e6:.2f} | {top1} |"
+        )
+    trained = data.get("references_trained", [])
+    untrained = [n for n in data["costs"] if n not in ("original", "slimmed", *trained)]
+    lines.append("")
+    if trained:
+        lines.append(
+            f"Trained reference networks (from weights files; top-1 on the same test split): {', '.join(trained)}."
+        )
+    if untrained:
+        lines.append(
+            f"Reference networks with random weights (latency only, accuracy not measured): {', '.join(untrained)}."
+        )
     if data["references_skipped"]:
         lines.append(
             f"Not measured (input {shape} too small for them): {', '.join(data['references_skipped'])}."

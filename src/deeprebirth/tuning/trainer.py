@@ -182,19 +182,23 @@ class Tuner:
     def _train(self, name, params, loss_fn, batches, epochs, lr, seconds) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
-        The learning rate decays on a cosine over the run (by steps or by the time share,
-        whichever is further along). A run that leaves the loss on a fixed held-out batch
+        The learning rate decays on a cosine over the run (by steps, capped by ``batches``
+        and ``epochs`` passes, or by the time share, whichever is further along). A run that leaves the loss on a fixed held-out batch
         higher than it found it is undone: a stage never makes the student worse.
         """
         start_state = _snapshot(params)
         probe = [t.to(self.device) for t in next(iter(self.loader))[:2]]
+        try:  # the run ends at whichever cap comes first: batches, passes or time
+            planned = min(batches, epochs * len(self.loader))
+        except TypeError:  # a loader without a length
+            planned = batches
         probe_before = self._probe_loss(loss_fn, probe)
         for attempt in range(self.config.max_retries + 1):
             opt = torch.optim.Adam(params, lr=lr)
             t0, first, losses, steps = time.time(), None, [], 0
             try:
                 for batch in _batches(self.loader, batches, epochs):
-                    done = steps / batches
+                    done = steps / planned
                     if seconds:
                         done = max(done, (time.time() - t0) / seconds)
                     for group in opt.param_groups:
