@@ -192,3 +192,20 @@ def test_finetune_passes_are_capped_by_finetune_epochs(tmp_path):
     config = TuneConfig(max_batches=1, finetune_batches=100, finetune_epochs=2)
     records = tune(result, teacher, loader, config, tmp_path)
     assert records[-1]["stage"] == "finetune" and records[-1]["steps"] == 2 * len(loader)
+
+
+def test_the_learning_rate_anneals_by_the_end_of_the_passes(tmp_path, monkeypatch):
+    teacher, result, loader = tiny_setup()
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    config = TuneConfig(max_batches=10_000, epochs_per_stage=2, finetune_batches=0)
+    tune(result, teacher, loader, config, tmp_path)
+    first_stage = seen[: 2 * len(loader)]  # the passes end the run long before 10,000 batches
+    assert first_stage[0] == pytest.approx(config.lr)
+    assert first_stage[-1] < 0.1 * config.lr
