@@ -6,6 +6,8 @@ Variants (each tuned within the wall-clock budget given by --budget-minutes):
                        passes; run with --budget-minutes 30 -> committed weights
   slimmed_all_at_once_recipe  the same recipe, all merged layers trained in one stage
   slimmed_label_free_recipe   the same recipe without labels anywhere
+  slimmed_clean, slimmed_all_at_once_clean   the two above rerun after the fix that ends the
+                       learning-rate decay with the last pass, each alone on the machine
   slimmed_tucker       the paper's order: Tucker-2 (EVBMF ranks) of the kxk convs and the 1x1
                        convs factored at rank 0.33 of their channels, on the committed
                        slimmed model, tuned against it; run with --budget-minutes 20 -> committed
@@ -54,6 +56,8 @@ VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model 
          "--finetune-epochs", "3", "--finetune-share", "0.4"],
         [SLIM],
     ),
+    "slimmed_clean": (f"{W}_slim_v2", ["--labels", *RECIPE]),  # rerun: annealing fix, alone
+    "slimmed_all_at_once_clean": (None, ["--labels", *RECIPE, "--all-at-once"]),
     "slimmed_15min": (f"{W}_slim", OLD),
     "slimmed_long": (f"{W}_slim_long", OLD),
     "slimmed_long_2ep": (f"{W}_slim_long_2ep", [*OLD, "--epochs-per-stage", "2"]),
