@@ -4,14 +4,14 @@ Variants (each tuned within the wall-clock budget given by --budget-minutes):
   slimmed              the committed recipe: layer-wise stages (one pass each), then a
                        fine-tune with labels (lr 3e-4) given 45% of the budget and up to 3
                        passes; run with --budget-minutes 30 -> committed weights
-  slimmed_all_at_once_recipe  the same recipe, all merged layers trained in one stage
-  slimmed_label_free_recipe   the same recipe without labels anywhere
-  slimmed_clean, slimmed_all_at_once_clean   the two above rerun after the fix that ends the
-                       learning-rate decay with the last pass, each alone on the machine
+  slimmed_all_at_once_30min  the same recipe, all merged layers trained in one stage
+  slimmed_ft3          the committed recipe's first run, before the learning-rate fix and
+                       beside other work on the machine -> committed weights (slimmed_tucker's base)
   slimmed_tucker       the paper's order: Tucker-2 (EVBMF ranks) of the kxk convs and the 1x1
-                       convs factored at rank 0.33 of their channels, on the committed
-                       slimmed model, tuned against it; run with --budget-minutes 20 -> committed
+                       convs factored at rank 0.33 of their channels, on slimmed_ft3, tuned
+                       against it; run with --budget-minutes 20 -> committed weights
 Earlier variants, kept for their recorded results:
+  slimmed_all_at_once_recipe  slimmed_all_at_once_30min before the learning-rate fix
   slimmed_15min        layer-wise, labels, fine-tune lr 3e-4, 15 minutes -> committed weights
   slimmed_long         the same with 30 minutes (the fine-tune stopped after one pass)
   slimmed_long_2ep     the same with --epochs-per-stage 2
@@ -43,21 +43,20 @@ TEACHER = "benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors"
 RESULTS = ROOT / "benchmarks/results/fashion_mnist_googlenet.json"
 BASE = ["bvlc_googlenet", "--checkpoint", TEACHER]
 W = "benchmarks/weights/bvlc_googlenet_fashion_mnist"
-SLIM = f"{W}_slim_long_ft3"  # the committed slimmed model
-RECIPE = ["--finetune-lr", "3e-4", "--finetune-epochs", "3", "--finetune-share", "0.45"]
+SLIM_FT3 = f"{W}_slim_long_ft3"  # the base of the committed slimmed + Tucker model
+RECIPE = ["--labels", "--finetune-lr", "3e-4", "--finetune-epochs", "3", "--finetune-share", "0.45"]
 OLD = ["--labels", "--finetune-lr", "3e-4"]
 VARIANTS = {  # name: (kept weights directory or None, extra slim flags[, model to slim])
-    "slimmed": (SLIM, ["--labels", *RECIPE]),
-    "slimmed_all_at_once_recipe": (None, ["--labels", *RECIPE, "--all-at-once"]),
-    "slimmed_label_free_recipe": (None, RECIPE),
+    "slimmed": (f"{W}_slim_v2", RECIPE),
+    "slimmed_all_at_once_30min": (None, [*RECIPE, "--all-at-once"]),
+    "slimmed_ft3": (SLIM_FT3, RECIPE),
     "slimmed_tucker": (
         f"{W}_slim_ft3_tucker_pw",
         ["--tucker", "--pointwise-rank-ratio", "0.33", "--labels", "--finetune-lr", "3e-4",
          "--finetune-epochs", "3", "--finetune-share", "0.4"],
-        [SLIM],
+        [SLIM_FT3],
     ),
-    "slimmed_clean": (f"{W}_slim_v2", ["--labels", *RECIPE]),  # rerun: annealing fix, alone
-    "slimmed_all_at_once_clean": (None, ["--labels", *RECIPE, "--all-at-once"]),
+    "slimmed_all_at_once_recipe": (None, [*RECIPE, "--all-at-once"]),
     "slimmed_15min": (f"{W}_slim", OLD),
     "slimmed_long": (f"{W}_slim_long", OLD),
     "slimmed_long_2ep": (f"{W}_slim_long_2ep", [*OLD, "--epochs-per-stage", "2"]),
