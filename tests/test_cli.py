@@ -296,6 +296,27 @@ def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
     assert "no energy figure" in md or "mJ" in md
 
 
+def test_a_reference_that_does_not_fit_the_data_loses_no_work(capsys, tmp_path):
+    from deeprebirth.evaluation import save_weights
+    from deeprebirth.zoo import get_model
+
+    three_classes = save_weights(
+        get_model("user_models:tiny_cnn", num_classes=3),
+        tmp_path / "tiny3.safetensors",
+        {"model": "user_models:tiny_cnn", "num_classes": 3, "in_chans": 3, "input_size": 16},
+    )
+    code, _, err = run_cli(
+        capsys, "slim", "user_models:tiny_cnn", "--input-size", "16", "--data", "synthetic",
+        "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "2",
+        "--references", str(three_classes), "--out", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "s" / "model.safetensors").is_file()
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert "user_models:tiny_cnn" in report["latency"]["ort"]  # measured, but not evaluated
+    assert set(report["accuracy"]) == {"teacher", "slimmed"}
+
+
 def test_slim_checks_references_before_any_work(capsys, tmp_path):
     code, _, err = run_cli(
         capsys, "slim", "user_models:tiny_cnn", "--references", "squeezenet1_1,nosuchnet",

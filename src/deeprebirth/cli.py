@@ -482,9 +482,9 @@ def evaluate_references(args, references: list[str], input_size: int) -> dict:
 
     acc = {}
     for ref in references:
-        name, model, ref_chans, trained = reference_model(ref, num_classes=10)
-        if not trained:
+        if not Path(ref).is_file():  # a zoo name: random weights, nothing to evaluate
             continue
+        name, model, ref_chans, _ = reference_model(ref, num_classes=10)
         try:
             data = get_dataset(args.data, "test", input_size=input_size, in_chans=ref_chans)
             acc[name] = evaluate(model, get_loader(data, 256))
