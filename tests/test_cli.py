@@ -266,15 +266,18 @@ def test_evaluate_bad_inputs(capsys, tmp_path):
     one_line_error(code, err, "does not exist")
 
 
-def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
+def saved_reference(tmp_path, model: str, num_classes: int, input_size: int):
+    """A "trained" reference network: a weights file that names its model."""
     from deeprebirth.evaluation import save_weights
     from deeprebirth.zoo import get_model
 
-    trained = save_weights(  # a "trained" reference: a weights file that names its model
-        get_model("squeezenet1_1", num_classes=10),
-        tmp_path / "squeezenet.safetensors",
-        {"model": "squeezenet1_1", "num_classes": 10, "in_chans": 3, "input_size": 32},
-    )
+    meta = {"model": model, "num_classes": num_classes, "in_chans": 3, "input_size": input_size}
+    path = tmp_path / f"reference_{num_classes}.safetensors"
+    return save_weights(get_model(model, num_classes=num_classes), path, meta)
+
+
+def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
+    trained = saved_reference(tmp_path, "squeezenet1_1", num_classes=10, input_size=32)
     code, _, err = run_cli(
         capsys, "slim", "user_models:tiny_cnn", "--input-size", "32", "--data", "synthetic",
         "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "3",
@@ -297,14 +300,7 @@ def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
 
 
 def test_a_reference_that_does_not_fit_the_data_loses_no_work(capsys, tmp_path):
-    from deeprebirth.evaluation import save_weights
-    from deeprebirth.zoo import get_model
-
-    three_classes = save_weights(
-        get_model("user_models:tiny_cnn", num_classes=3),
-        tmp_path / "tiny3.safetensors",
-        {"model": "user_models:tiny_cnn", "num_classes": 3, "in_chans": 3, "input_size": 16},
-    )
+    three_classes = saved_reference(tmp_path, "user_models:tiny_cnn", num_classes=3, input_size=16)
     code, _, err = run_cli(
         capsys, "slim", "user_models:tiny_cnn", "--input-size", "16", "--data", "synthetic",
         "--max-batches", "1", "--finetune-batches", "1", "--report-runs", "2",

@@ -138,6 +138,11 @@ def build_report(
     }
 
 
+def _top1(accuracy: dict, name: str) -> float | None:
+    """Top-1 of a network in the report (the original is the tuning's teacher), if measured."""
+    return accuracy.get({"original": "teacher"}.get(name, name), {}).get("top1")
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -188,7 +193,7 @@ def write_report(data: dict, out_dir: str | Path) -> Path:
         {
             "name": name,
             "latency_ms": t["median_ms"],
-            "top1": acc.get({"original": "teacher"}.get(name, name), {}).get("top1"),
+            "top1": _top1(acc, name),
         }
         for name, t in data["latency"][runtime].items()
     ]
@@ -265,7 +270,7 @@ def write_report(data: dict, out_dir: str | Path) -> Path:
     for name in data["costs"]:
         ms = " | ".join(f"{data['latency'][rt][name]['median_ms']:.2f}" for rt in data["latency"])
         c = data["costs"][name]
-        top1 = acc.get({"original": "teacher"}.get(name, name), {}).get("top1")
+        top1 = _top1(acc, name)
         top1 = "—" if top1 is None else f"{100 * top1:.2f}"
         lines.append(
             f"| {name} | {ms} | {c['macs'] / 1e6:.1f} | {c['params'] / 1e6:.2f} | {top1} |"
