@@ -3,6 +3,14 @@
 ``--data fashion-mnist`` looks for the real files in ``$DEEPREBIRTH_DATA``, then where the
 Debian package ``dataset-fashion-mnist`` puts them, then in the cache; images are resized
 to the model's input size and replicated to 3 channels when the model wants 3.
+
+Splits: ``train``, ``val`` and ``test``. Fashion-MNIST's validation split is
+:data:`VAL_SIZE` images held out of the official training set (stratified: the same number
+from every class, chosen with a fixed seed), so ``train`` has the other 55,000 and ``test``
+is the official 10,000. An ImageFolder directory uses its ``val/`` when it also has a
+``test/``; otherwise the same kind of hold-out is taken from ``train/``. Every choice a run
+makes (recipes, probes, early stopping, selection costs, int8 calibration) reads train or
+val; the test split is read only to report a finished model.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import extract_archive
 
@@ -30,6 +39,12 @@ FASHION_MNIST_FILES = (
 # Per-channel statistics of the Fashion-MNIST training set; ImageNet's for image folders.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+#: Images held out of the training set as the validation split (Fashion-MNIST: 500 a class).
+VAL_SIZE = 5000
+#: Share of an ImageFolder's ``train/`` held out when it has no separate ``val/``.
+VAL_SHARE = 0.1
+VAL_SEED = 0
 
 
 def cache_dir() -> Path:
@@ -111,21 +126,59 @@ def image_transform(
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-def _image_folder(path: Path, split: str, transform) -> datasets.ImageFolder:
+def holdout_indices(targets, n_val: int, seed: int = VAL_SEED) -> tuple[list[int], list[int]]:
+    """Stratified hold-out: ``(train, val)`` index lists, ``val`` about ``n_val`` long.
+
+    Every class gives the same share of its images (rounded, at least one when it has two or
+    more), chosen by a seeded permutation, so the split is the same on every machine.
+    """
+    targets = torch.as_tensor(list(targets))
+    share = n_val / max(1, len(targets))
+    gen = torch.Generator().manual_seed(seed)
+    val: list[int] = []
+    for label in torch.unique(targets).tolist():
+        members = torch.nonzero(targets == label).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        take = round(share * len(members))
+        if len(members) > 1:
+            take = min(max(take, 1), len(members) - 1)
+        val += members[:take].tolist()
+    held = set(val)
+    return [i for i in range(len(targets)) if i not in held], sorted(val)
+
+
+def _split_of(dataset, split: str, n_val: int) -> Dataset:
+    """``dataset`` (a training set) less its hold-out (``train``), or the hold-out (``val``)."""
+    train_idx, val_idx = holdout_indices(dataset.targets, n_val)
+    subset = Subset(dataset, train_idx if split == "train" else val_idx)
+    subset.classes = dataset.classes  # what num_classes_of reads
+    return subset
+
+
+def _image_folder(path: Path, split: str, transform) -> Dataset:
     if not path.is_dir():
         raise DataNotFoundError(
             f"data directory {path} does not exist; pass an ImageFolder directory "
             f"(one sub-directory per class), '{FASHION_MNIST}' or '{SYNTHETIC}'"
         )
-    aliases = {"test": ("test", "val"), "train": ("train",)}[split]
-    for sub in aliases:
-        if (path / sub).is_dir():
-            path = path / sub
-            break
+    has = {sub: (path / sub).is_dir() for sub in ("train", "val", "test")}
+    # val/ is the validation split when test/ is there too; otherwise val/ (ImageNet's
+    # layout) is the reported split and validation is held out of train/.
+    own_val = has["val"] and has["test"]
+    if split == "test":
+        sub = "test" if has["test"] else "val" if has["val"] else None
+    elif split == "val":
+        sub = "val" if own_val else "train" if has["train"] else None
+    else:
+        sub = "train" if has["train"] else None
+    root = path / sub if sub else path
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        ds = datasets.ImageFolder(root, transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
-        raise DataNotFoundError(f"no images found in {path}: {e}") from e
+        raise DataNotFoundError(f"no images found in {root}: {e}") from e
+    if split == "test" or (split == "val" and own_val) or len(ds) < 2:
+        return ds
+    return _split_of(ds, split, max(1, round(VAL_SHARE * len(ds))))
 
 
 def get_dataset(
@@ -145,7 +198,8 @@ def get_dataset(
         spec: ``"fashion-mnist"``, ``"synthetic"`` or a path to an ImageFolder directory
             (with ``train/`` and ``test/`` or ``val/`` sub-directories, or one class
             directory per class).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` (held out of the training set, see the module
+            docstring) or ``"test"``.
         augment: random flips and shifts (for training).
 
     Example:
@@ -153,20 +207,21 @@ def get_dataset(
         >>> ds[0][0].shape
         torch.Size([3, 32, 32])
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if spec == FASHION_MNIST:
         tf = image_transform(input_size, in_chans, gray_source=True, augment=augment)
-        return datasets.FashionMNIST(
-            fashion_mnist_root(download), train=split == "train", transform=tf
+        ds = datasets.FashionMNIST(
+            fashion_mnist_root(download), train=split != "test", transform=tf
         )
+        return ds if split == "test" else _split_of(ds, split, VAL_SIZE)
     if spec == SYNTHETIC:
         return datasets.FakeData(
             size=synthetic_size,
             image_size=(in_chans, input_size, input_size),
             num_classes=num_classes,
             transform=transforms.ToTensor(),
-            random_offset=0 if split == "train" else 10**6,
+            random_offset={"train": 0, "val": 10**5, "test": 10**6}[split],
         )
     tf = image_transform(input_size, in_chans, gray_source=False, augment=augment)
     return _image_folder(Path(spec), split, tf)
@@ -185,4 +240,4 @@ def num_classes_of(dataset: Dataset) -> int | None:
     return getattr(dataset, "num_classes", None)
 
 
-__all__ = ["FASHION_MNIST", "SYNTHETIC", "get_dataset", "get_loader", "num_classes_of"]
+__all__ = ["FASHION_MNIST", "SPLITS", "SYNTHETIC", "VAL_SIZE", "get_dataset", "holdout_indices", "get_loader", "num_classes_of"]
