@@ -16,9 +16,11 @@ networks (SqueezeNet 1.1, MobileNetV2), which all get this one recipe:
   temperature 4 plus cross-entropy on the labels), for a fixed number of epochs with a
   cosine decay, so a reference gets the same extra training the students get.
 
-Everything needed to continue lives in ``work_dir`` (weights and optimizer state as
-safetensors, the rest as JSON; written after every epoch, renamed into place): after a kill,
-the same call continues from the last finished epoch. Nothing is unpickled.
+Everything needed to continue lives in ``work_dir``: after every epoch its weights and
+optimizer state (safetensors, under the epoch's number) and then ``state.json``, which names
+them, the best epoch's weights and the rest; files of older epochs are removed only after
+that. After a kill, the same call continues from the last finished epoch. Nothing is
+unpickled.
 """
 
 from __future__ import annotations
@@ -40,10 +42,7 @@ from deeprebirth.data import get_dataset, get_loader
 from deeprebirth.evaluation import evaluate
 from deeprebirth.files import write_json
 
-STATE = "state.json"
-LAST = "last.safetensors"
-BEST = "best.safetensors"
-OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"  # names the files below that belong to the last finished epoch
 
 
 @dataclass
@@ -103,7 +102,9 @@ def _save_weights(model: nn.Module, path: Path) -> None:
 def _distill_loss(logits, teacher_logits, y, temperature: float) -> torch.Tensor:
     t = temperature
     soft = F.kl_div(
-        F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
+        F.log_softmax(logits / t, 1),
+        F.log_softmax(teacher_logits / t, 1),
+        reduction="batchmean",
         log_target=True,
     )
     return soft * t * t + F.cross_entropy(logits, y)
@@ -163,7 +164,12 @@ def train_classifier(
         )
 
     state = {
-        "recipe": asdict(recipe), "epoch": 0, "step": 0, "history": [], "best": None, "done": False,
+        "recipe": asdict(recipe),
+        "epoch": 0,
+        "step": 0,
+        "history": [],
+        "best": None,
+        "done": False,
     }
     if (work / STATE).is_file():
         state = json.loads((work / STATE).read_text())
@@ -171,8 +177,8 @@ def train_classifier(
             raise ValueError(
                 f"{work} holds a run with another recipe; remove it or use another directory"
             )
-        model.load_state_dict(load_file(work / LAST, device=str(device)))
-        _load_optimizer(opt, work / OPTIMIZER, state["optimizer"], device)
+        model.load_state_dict(load_file(work / state["files"]["last"], device=str(device)))
+        _load_optimizer(opt, work / state["files"]["optimizer"], state["optimizer"], device)
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         if plateau is not None:
@@ -181,8 +187,12 @@ def train_classifier(
         log(f"resuming {work} after epoch {state['epoch']}")
 
     columns = [
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     ]
     with Progress(*columns) as progress:
         task = progress.add_task("training", total=steps, completed=state["epoch"] * len(train))
@@ -225,38 +235,50 @@ def train_classifier(
                 "minutes": (time.time() - start) / 60,
             }
             state["history"].append(record)
+            files = dict(state.get("files", {}))
+            files["last"] = f"epoch-{epoch}.safetensors"
+            files["optimizer"] = f"optimizer-{epoch}.safetensors"
+            _save_weights(model, work / files["last"])
             best = state["best"]
             if best is None or top1 > best["val_top1"]:
-                _save_weights(model, work / BEST)
+                files["best"] = files["last"]
                 state["best"] = record
             if plateau is not None:
                 plateau.step(top1)
                 gains = [r["val_top1"] for r in state["history"]]
                 window = recipe.patience
-                if len(gains) > window and max(gains[-window:]) < max(gains[:-window]) + recipe.min_delta:
+                if (
+                    len(gains) > window
+                    and max(gains[-window:]) < max(gains[:-window]) + recipe.min_delta
+                ):
                     state["done"] = True
             log(
                 f"epoch {epoch}: val top-1 {top1:.2f}% (best {state['best']['val_top1']:.2f}% "
                 f"at epoch {state['best']['epoch']}), {record['minutes']:.1f} min"
             )
             state["epoch"] = epoch
-            _save_weights(model, work / LAST)
-            state["optimizer"] = _save_optimizer(opt, work / OPTIMIZER)
+            state["optimizer"] = _save_optimizer(opt, work / files["optimizer"])
             if sched is not None:
                 state["scheduler"] = sched.state_dict()
             if plateau is not None:
                 state["plateau"] = plateau.state_dict()
             state["rng"] = torch.get_rng_state().tolist()
+            state["files"] = files
             write_json(work / STATE, state)  # written last: the commit point
+            for old in work.glob("*.safetensors"):
+                if old.name not in files.values():
+                    old.unlink()
     state["done"] = True
     write_json(work / STATE, state)
-    keep = BEST if not distilling else LAST  # distillation keeps its last epoch
+    keep = state["files"]["last" if distilling else "best"]  # distillation keeps its last
     model.load_state_dict(load_file(work / keep, device=str(device)))
     model.to(memory_format=torch.contiguous_format).eval()
     return {
         "epochs": state["epoch"],
         "best_epoch": state["best"]["epoch"] if not distilling else state["epoch"],
-        "top1_val": state["best"]["val_top1"] if not distilling else state["history"][-1]["val_top1"],
+        "top1_val": state["best"]["val_top1"]
+        if not distilling
+        else state["history"][-1]["val_top1"],
         "minutes": sum(r["minutes"] for r in state["history"]),
         "history": state["history"],
     }

@@ -393,3 +393,42 @@ def test_plan_with_pointwise_tucker_factors_the_1x1_convs(capsys, tmp_path):
         e for e in json.loads((tmp_path / "p.json").read_text())["entries"] if e["kind"] == "tucker"
     ]
     assert any(e["geometry"]["layers"] == 2 for e in tucker), tucker
+
+
+def test_evaluate_on_the_validation_split(capsys, tmp_path):
+    code, out, err = run_cli(
+        capsys,
+        "evaluate",
+        "user_models:tiny_cnn",
+        "--input-size",
+        "16",
+        "--data",
+        "synthetic",
+        "--split",
+        "val",
+        "--json",
+        str(tmp_path / "e.json"),
+    )
+    assert code == 0, err
+    assert "(val)" in out and json.loads((tmp_path / "e.json").read_text())["split"] == "val"
+
+
+def test_slim_on_a_missing_gpu_is_one_line(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(
+        capsys,
+        "slim",
+        "user_models:tiny_cnn",
+        "--input-size",
+        "16",
+        "--data",
+        "synthetic",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    one_line_error(code, err, "no CUDA GPU")
+    assert not (tmp_path / "s").exists()

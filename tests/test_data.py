@@ -43,9 +43,25 @@ def test_fashion_mnist_from_idx_files(fake_fashion_mnist):
     assert x.shape == (3, 40, 40) and y == 4
     torch.testing.assert_close(x[0], x[2])  # gray replicated to 3 channels
     train = data.get_dataset("fashion-mnist", "train", input_size=28, in_chans=1)
-    assert len(train) == 12 and train[0][0].shape == (1, 28, 28)
-    assert [train[i][1] for i in range(12)] == list(fake_fashion_mnist["train"])
-    assert data.num_classes_of(train) == 10
+    val = data.get_dataset("fashion-mnist", "val", input_size=28, in_chans=1)
+    # 1/12 of the training files is held out (5,000 of the real 60,000), none twice.
+    assert len(train) == 11 and len(val) == 1 and train[0][0].shape == (1, 28, 28)
+    assert sorted(train.indices + val.indices) == list(range(12))
+    labels = [train[i][1] for i in range(11)] + [val[0][1]]
+    assert sorted(labels) == sorted(fake_fashion_mnist["train"])
+    assert data.num_classes_of(train) == data.num_classes_of(val) == 10
+
+
+@pytest.mark.parametrize("n_val", [1, 7, 30])
+def test_holdout_is_stratified_disjoint_and_fixed(n_val):
+    targets = [0] * 40 + [1] * 20 + [2] * 10 + [3]
+    train, val = data.holdout_indices(targets, n_val)
+    assert len(val) == n_val and sorted(train + val) == list(range(len(targets)))
+    counts = [sum(targets[i] == c for i in val) for c in range(4)]
+    share = n_val / len(targets)
+    assert all(abs(counts[c] - share * n) < 1 for c, n in enumerate((40, 20, 10)))
+    assert counts[3] == 0  # a class with one image keeps it for training
+    assert data.holdout_indices(targets, n_val) == (train, val)
 
 
 def test_missing_fashion_mnist_says_where_it_looked(tmp_path, monkeypatch):
@@ -68,6 +84,19 @@ def test_image_folder(tmp_path):
     assert test[0][0].shape == (3, 16, 16)
     gray = data.get_dataset(str(tmp_path), "train", input_size=16, in_chans=1)
     assert gray[0][0].shape == (1, 16, 16)
+    # val/ without test/ is the reported split: validation is held out of train/.
+    val = data.get_dataset(str(tmp_path), "val", input_size=16, in_chans=3)
+    assert len(val) == 1 and len(gray) == 3 and data.num_classes_of(val) == 2
+    (tmp_path / "val").rename(tmp_path / "test")
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "cat" / "x.png")
+    assert len(data.get_dataset(str(tmp_path), "val", input_size=16)) == 1  # its own val/
+    assert len(data.get_dataset(str(tmp_path), "train", input_size=16)) == 4
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="train, val, test"):
+        data.get_dataset("synthetic", "dev")
 
 
 def test_missing_image_folder(tmp_path):

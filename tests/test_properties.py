@@ -109,3 +109,24 @@ def test_random_cnns_plan_and_slim(names, size):
     exact, _ = apply_plan(model, plan, x[:1], exact_only=True)
     with torch.no_grad():
         assert relative_error(exact(x), ref) < 10 * PARITY_TOLERANCE
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    channels=st.integers(1, 24),
+    size=st.integers(1, 7),
+    alpha=st.floats(1e-5, 1.0),
+    beta=st.floats(0.1, 1.0),
+    k=st.floats(0.5, 2.0),
+    scale=st.floats(0.1, 10.0),
+)
+def test_lrn_as_a_banded_conv_matches_torch(channels, size, alpha, beta, k, scale):
+    x = torch.randn(2, channels, 5, 4) * scale
+    x.requires_grad_(True)
+    lrn = LocalResponseNorm(size, alpha, beta, k)
+    out = lrn(x)
+    ref = torch.nn.functional.local_response_norm(x, size, alpha, beta, k)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)

@@ -209,3 +209,65 @@ def test_the_learning_rate_anneals_by_the_end_of_the_passes(tmp_path, monkeypatc
     first_stage = seen[: 2 * len(loader)]  # the passes end the run long before 10,000 batches
     assert first_stage[0] == pytest.approx(config.lr)
     assert first_stage[-1] < 0.1 * config.lr
+
+
+def test_tune_runs_on_the_device_asked_for(tmp_path, monkeypatch):
+    seen = {}
+    real = trainer_module.Tuner.__init__
+
+    def spy(self, *a, **kw):
+        seen.update(kw)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.Tuner, "__init__", spy)
+    teacher, result, loader = tiny_setup()
+    tune(
+        result,
+        teacher,
+        loader,
+        TuneConfig(max_batches=1, finetune_batches=0),
+        tmp_path,
+        device=torch.device("cpu"),
+    )
+    assert seen["device"] == torch.device("cpu")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    from deeprebirth.errors import DeepRebirthError
+    from deeprebirth.tuning.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeepRebirthError, match="no CUDA GPU"):
+        pick_device("cuda")
+    with pytest.raises(DeepRebirthError, match="unknown device"):
+        pick_device("gpu0")
+    assert pick_device("auto") == torch.device("cpu")
+
+
+def test_stages_are_judged_on_the_probe_batches_in_inference_mode(tmp_path):
+    """The keep/rollback probe reads the held-out batches given (the validation split), with
+    dropout off, and leaves the layers' train/eval modes as they were."""
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    val = get_dataset("synthetic", "val", input_size=16, in_chans=3, synthetic_size=32)
+    probe = list(get_loader(val, batch_size=16))
+    config = TuneConfig(max_batches=2, finetune_batches=0)
+    result.model.train()
+    records = tune(result, teacher, loader, config, tmp_path, probe=probe)
+    stages = find_stages(
+        result.plan,
+        result.report.applied,
+        capture(teacher),
+        result.model,
+        torch.zeros(1, 3, 16, 16),
+    )
+    # Recompute the last stage's probe loss on the given batches: it is what was recorded.
+    last, stage = records[-1], stages[-1]
+    student, target = (
+        truncate(result.model, stage.boundary),
+        truncate(capture(teacher), stage.boundary),
+    )
+    with torch.no_grad():
+        losses = [trainer_module._normalized_mse(student(x), target(x)).item() for x, _ in probe]
+    expected = last["probe_after"] if last["kept"] else last["probe_before"]
+    assert expected == pytest.approx(sum(losses) / len(losses), rel=1e-5)

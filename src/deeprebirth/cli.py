@@ -156,9 +156,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import get_dataset, num_classes_of
+    from .data import SPLITS, get_dataset, num_classes_of
 
-    for split in ("train", "test"):
+    for split in SPLITS:
         ds = get_dataset(args.spec, split, input_size=args.input_size, in_chans=args.in_chans)
         x, _ = ds[0]
         classes = num_classes_of(ds)
@@ -349,7 +349,7 @@ def select_for_budget(args, model, input_size: int, in_chans: int):
     if args.data:
         from .data import get_dataset, get_loader
 
-        ds = get_dataset(args.data, "train", input_size=input_size, in_chans=in_chans)
+        ds = get_dataset(args.data, "val", input_size=input_size, in_chans=in_chans)
         batches = [x for x, _ in islice(get_loader(ds, 16), 4)]
     else:
         _log("no --data: what each option costs in accuracy is estimated on random inputs")
@@ -410,7 +410,9 @@ def select_for_budget(args, model, input_size: int, in_chans: int):
 def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .data import get_dataset
+    from itertools import islice
+
+    from .data import get_dataset, get_loader
     from .slimming import tune
     from .tuning import TuneConfig, distributed
     from .tuning.trainer import config_dict
@@ -429,6 +431,9 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
         all_at_once=args.all_at_once,
         budget_minutes=args.budget_minutes,
     )
+    # A stage is kept only if it leaves the student no worse on these held-out images.
+    val = get_dataset(args.data, "val", input_size=input_size, in_chans=in_chans)
+    probe = list(islice(get_loader(val, args.batch_size), config.probe_batches))
     tasks: dict[str, int] = {}
     columns = (
         TextColumn("{task.description}"),
@@ -456,6 +461,7 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
             is_main=ctx.is_main,
             wrap=distributed.wrapper(ctx),
             device=ctx.device,
+            probe=probe,
         )
     return {"config": config_dict(config), "stages": records}
 
@@ -527,7 +533,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.pretrained = False
         model, input_size, in_chans = load_model_from_args(args)
     input_size = args.input_size or input_size
-    ds = get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans)
+    ds = get_dataset(args.data, args.split, input_size=input_size, in_chans=in_chans)
     classes = num_classes_of(ds)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"evaluating {args.model}", total=len(ds))
@@ -536,9 +542,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if classes is not None:
         r["classes"] = classes
-    r["model"], r["data"] = args.model, args.data
+    r["model"], r["data"], r["split"] = args.model, args.data, args.split
     out.print(
-        f"{args.model} on {args.data}: top-1 {100 * r['top1']:.2f}%  "
+        f"{args.model} on {args.data} ({args.split}): top-1 {100 * r['top1']:.2f}%  "
         f"top-5 {100 * r['top5']:.2f}%  ({r['n']} images)"
     )
     if args.json:
@@ -558,7 +564,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.data:  # real images for the parity check
         from .data import get_dataset, get_loader
 
-        ds = get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans)
+        ds = get_dataset(args.data, "val", input_size=input_size, in_chans=in_chans)
         inputs = next(iter(get_loader(ds, 64 if args.int8 else 8)))[0]
     else:
         inputs = example_input(2, in_chans, input_size)
@@ -1027,7 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test split")
+    p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test (or val) split")
     p.add_argument(
         "model",
         help="zoo name, slimmed directory, weights file from deeprebirth, or .onnx file (run in ONNX Runtime)",
@@ -1040,6 +1046,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-chans", type=int)
     p.add_argument("--input-size", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default="test",
+        help="val: held out of the training set, for choosing; test (default): for reporting",
+    )
     p.add_argument("--json", type=Path, help="write {top1, top5, n} (fractions) as JSON")
     p.set_defaults(func=cmd_evaluate)
 

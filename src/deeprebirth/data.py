@@ -40,8 +40,9 @@ FASHION_MNIST_FILES = (
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
-#: Images held out of the training set as the validation split (Fashion-MNIST: 500 a class).
-VAL_SIZE = 5000
+#: Images held out of Fashion-MNIST's training set as the validation split (500 a class);
+#: a smaller copy of the files gives the same share.
+VAL_SIZE, FASHION_MNIST_TRAIN = 5000, 60000
 #: Share of an ImageFolder's ``train/`` held out when it has no separate ``val/``.
 VAL_SHARE = 0.1
 VAL_SEED = 0
@@ -127,22 +128,23 @@ def image_transform(
 
 
 def holdout_indices(targets, n_val: int, seed: int = VAL_SEED) -> tuple[list[int], list[int]]:
-    """Stratified hold-out: ``(train, val)`` index lists, ``val`` about ``n_val`` long.
+    """Stratified hold-out: ``(train, val)`` index lists, ``val`` ``n_val`` long.
 
-    Every class gives the same share of its images (rounded, at least one when it has two or
-    more), chosen by a seeded permutation, so the split is the same on every machine.
+    Every class gives its share of ``n_val`` (largest remainders; a class keeps at least one
+    image for training), chosen by a seeded permutation: the same split on every machine.
     """
     targets = torch.as_tensor(list(targets))
-    share = n_val / max(1, len(targets))
+    labels, counts = torch.unique(targets, return_counts=True)
+    quota = counts.double() * n_val / max(1, len(targets))
+    take = quota.floor().long()
+    for i in torch.argsort(quota - take, descending=True, stable=True)[: n_val - int(take.sum())]:
+        take[i] += 1
+    take = torch.minimum(take, (counts - 1).clamp(min=0))
     gen = torch.Generator().manual_seed(seed)
     val: list[int] = []
-    for label in torch.unique(targets).tolist():
+    for label, n in zip(labels.tolist(), take.tolist(), strict=True):
         members = torch.nonzero(targets == label).flatten()
-        members = members[torch.randperm(len(members), generator=gen)]
-        take = round(share * len(members))
-        if len(members) > 1:
-            take = min(max(take, 1), len(members) - 1)
-        val += members[:take].tolist()
+        val += members[torch.randperm(len(members), generator=gen)[:n]].tolist()
     held = set(val)
     return [i for i in range(len(targets)) if i not in held], sorted(val)
 
@@ -214,7 +216,8 @@ def get_dataset(
         ds = datasets.FashionMNIST(
             fashion_mnist_root(download), train=split != "test", transform=tf
         )
-        return ds if split == "test" else _split_of(ds, split, VAL_SIZE)
+        n_val = max(1, round(len(ds) * VAL_SIZE / FASHION_MNIST_TRAIN))
+        return ds if split == "test" else _split_of(ds, split, n_val)
     if spec == SYNTHETIC:
         return datasets.FakeData(
             size=synthetic_size,
@@ -240,4 +243,13 @@ def num_classes_of(dataset: Dataset) -> int | None:
     return getattr(dataset, "num_classes", None)
 
 
-__all__ = ["FASHION_MNIST", "SPLITS", "SYNTHETIC", "VAL_SIZE", "get_dataset", "holdout_indices", "get_loader", "num_classes_of"]
+__all__ = [
+    "FASHION_MNIST",
+    "SPLITS",
+    "SYNTHETIC",
+    "VAL_SIZE",
+    "get_dataset",
+    "holdout_indices",
+    "get_loader",
+    "num_classes_of",
+]

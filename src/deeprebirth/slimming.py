@@ -89,9 +89,13 @@ def tune(
     is_main: bool = True,
     wrap=None,
     device: str | torch.device = "cpu",
+    probe=None,
 ) -> list[dict]:
     """Layer-wise tuning of ``result.model`` against ``teacher`` (see ``deeprebirth.tuning``).
 
+    Runs on ``device``. ``probe``: ``(images, labels)`` batches held out of the training data
+    (the validation split) on which a stage must not make the student worse; without it,
+    the first training batch is the probe.
     Checkpoints go to ``work_dir`` after every stage; ``resume=True`` continues from there.
     Returns one record per stage run (and one for the final fine-tune).
     """
@@ -114,6 +118,8 @@ def tune(
         progress=progress,
         is_main=is_main,
         wrap=wrap,
+        device=device,
+        probe=probe,
     )
     if resume:
         tuner.resume()

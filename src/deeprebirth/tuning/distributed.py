@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..errors import DeepRebirthError
+
 
 @dataclass
 class Context:
@@ -33,9 +35,26 @@ class Context:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a GPU that is
+    not there is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise DeepRebirthError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeepRebirthError(
+                f"--device {name}: no CUDA GPU is available here; use cpu or auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeepRebirthError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    elif dev.type != "cpu":
+        raise DeepRebirthError(f"--device {name}: only cpu and cuda devices are supported")
+    return dev
 
 
 def setup(device: str = "auto") -> Context:

@@ -53,6 +53,8 @@ class TuneConfig:
     budget_minutes: float | None = None
     #: Share of the budget kept for the final fine-tune (the stages split the rest).
     finetune_share: float = 0.3
+    #: Validation batches a stage must leave no worse (the keep/rollback probe).
+    probe_batches: int = 4
     max_retries: int = 3
     #: A loss this many times the stage's first loss counts as exploding.
     explode_factor: float = 1e3
@@ -101,8 +103,12 @@ class Tuner:
         is_main: bool = True,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         device: torch.device | str = "cpu",
+        probe: Iterable | None = None,
     ):
         self.device = torch.device(device)
+        #: Held-out batches (the validation split) a run must not make worse; without
+        #: them, the first training batch.
+        self.probe = [[t.to(self.device) for t in b[:2]] for b in probe] if probe else None
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -175,19 +181,27 @@ class Tuner:
             self._checkpoint()
         return records
 
-    def _probe_loss(self, loss_fn, probe) -> float:
-        with torch.no_grad():
-            return loss_fn(probe).item()
+    def _probe_loss(self, loss_fn, probe: list) -> float:
+        """The mean loss on the probe batches, in inference mode (no dropout)."""
+        modes = {m: m.training for m in self.student.modules()}
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                return sum(loss_fn(batch).item() for batch in probe) / len(probe)
+        finally:
+            for m, training in modes.items():
+                m.training = training
 
     def _train(self, name, params, loss_fn, batches, epochs, lr, seconds) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
         The learning rate decays on a cosine over the run (by steps, capped by ``batches``
         and ``epochs`` passes, or by the time share, whichever is further along). A run that leaves the loss on a fixed held-out batch
-        higher than it found it is undone: a stage never makes the student worse.
+        higher than it found it is undone: a stage never makes the student worse on the
+        probe (the validation batches, when given).
         """
         start_state = _snapshot(params)
-        probe = [t.to(self.device) for t in next(iter(self.loader))[:2]]
+        probe = self.probe or [[t.to(self.device) for t in next(iter(self.loader))[:2]]]
         try:  # the run ends at whichever cap comes first: batches, passes or time
             planned = min(batches, epochs * len(self.loader))
         except TypeError:  # a loader without a length
