@@ -52,14 +52,24 @@ def git_commit() -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
-def record(key: str, entry: dict) -> None:
+def started(work: Path) -> dict:
+    """The provenance of a resumable step: the commit and command of each session that ran
+    it (the first one made the run; later ones resumed it)."""
+    path = work / "provenance.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append({"commit": git_commit(), "command": " ".join(["python", *sys.argv])})
+    write_json(path, runs)
+    return {"commit": runs[0]["commit"], "resumed_at": [r["commit"] for r in runs[1:]]}
+
+
+def record(key: str, entry: dict, provenance: dict) -> None:
     """Merge one model's entry into the results file, with its provenance."""
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"models": {}}
     info = machine_info()
     results["models"][key] = {
         **entry,
         "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
+        **provenance,
         "date": info.pop("date"),
         "machine": info,
     }
@@ -75,7 +85,9 @@ def trained(key: str, model_name: str, args, teacher_path: str | None = None) ->
     """Train (or distill) a classifier, save it as fp16 safetensors, evaluate what is saved."""
     recipe = TrainRecipe(input_size=SIZE, in_chans=CHANS)
     model = get_model(model_name, num_classes=10, in_chans=CHANS)
-    run = train_classifier(model, recipe, Path(args.work) / key, device=args.device)
+    work = Path(args.work) / key
+    provenance = started(work)
+    run = train_classifier(model, recipe, work, device=args.device)
     path = WEIGHTS / f"{key}.safetensors"
     meta = {"model": model_name, "num_classes": 10, "in_chans": CHANS, "input_size": SIZE}
     save_weights(model, ROOT / path, meta)
@@ -95,6 +107,7 @@ def trained(key: str, model_name: str, args, teacher_path: str | None = None) ->
             "recipe": "benchmarks/train_classifier.py TrainRecipe defaults",
             "history": run["history"],
         },
+        provenance,
     )
 
 

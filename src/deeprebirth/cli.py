@@ -408,9 +408,9 @@ def select_for_budget(args, model, input_size: int, in_chans: int):
 
 
 def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> dict:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from itertools import islice
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .data import get_dataset, get_loader
     from .slimming import tune
