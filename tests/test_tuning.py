@@ -271,3 +271,30 @@ def test_stages_are_judged_on_the_probe_batches_in_inference_mode(tmp_path):
         losses = [trainer_module._normalized_mse(student(x), target(x)).item() for x, _ in probe]
     expected = last["probe_after"] if last["kept"] else last["probe_before"]
     assert expected == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def test_from_scratch_reinitialises_only_the_merged_layers(tmp_path, monkeypatch):
+    from deeprebirth import slimming
+
+    teacher, result, loader = tiny_setup()
+    stages = find_stages(
+        result.plan,
+        result.report.applied,
+        capture(teacher),
+        result.model,
+        torch.zeros(1, 3, 16, 16),
+    )
+    merged = {t for s in stages for t in s.trainable}
+    before = {k: v.clone() for k, v in result.model.state_dict().items()}
+    seen = []
+    real = slimming.reinitialise
+    monkeypatch.setattr(
+        slimming, "reinitialise", lambda m, names: (seen.extend(names), real(m, names))
+    )
+    # No training steps at all: what changes is the re-initialisation alone.
+    config = TuneConfig(max_batches=0, finetune_batches=0, reinit=True)
+    tune(result, teacher, loader, config, tmp_path)
+    assert set(seen) == merged
+    after = result.model.state_dict()
+    changed = {k.rsplit(".", 1)[0] for k in after if not torch.equal(after[k], before[k])}
+    assert changed and changed <= merged

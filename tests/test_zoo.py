@@ -151,3 +151,15 @@ def test_pretrained_from_local_cache(tmp_path):
     torch.save(reference.state_dict(), cached)
     model = get_model("squeezenet1_1", pretrained=True)
     torch.testing.assert_close(model.state_dict(), reference.state_dict())
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "mobilenet_v2", "resnet18"])
+def test_torchvision_models_take_one_channel_as_the_gray_image_repeated(name):
+    torch.manual_seed(0)
+    rgb = get_model(name, num_classes=10)
+    torch.manual_seed(0)
+    gray = get_model(name, num_classes=10, in_chans=1)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x), rgb(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+    assert next(m for m in gray.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1

@@ -429,6 +429,7 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
         finetune_lr=args.finetune_lr,
         use_labels=args.labels,
         all_at_once=args.all_at_once,
+        reinit=args.from_scratch,
         budget_minutes=args.budget_minutes,
     )
     # A stage is kept only if it leaves the student no worse on these held-out images.
@@ -505,11 +506,21 @@ def evaluate_pair(args, teacher, student, input_size: int, in_chans: int) -> dic
     from .data import get_dataset, get_loader
     from .evaluation import evaluate
 
-    test = get_loader(get_dataset(args.data, "test", input_size=input_size, in_chans=in_chans), 256)
-    acc = {"teacher": evaluate(teacher, test), "slimmed": evaluate(student, test)}
-    for who, r in acc.items():
+    def loader(split: str):
+        return get_loader(
+            get_dataset(args.data, split, input_size=input_size, in_chans=in_chans), 256
+        )
+
+    # val: what recipes are compared on; test: read once, to report the finished model.
+    val, test = loader("val"), loader("test")
+    acc = {}
+    for who, model in (("teacher", teacher), ("slimmed", student)):
+        v = evaluate(model, val)
+        acc[who] = {**evaluate(model, test), "val_top1": v["top1"], "val_top5": v["top5"]}
+        r = acc[who]
         out.print(
-            f"{who}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} test images)"
+            f"{who}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} test "
+            f"images); validation top-1 {100 * r['val_top1']:.2f}%"
         )
     return acc
 
@@ -963,6 +974,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-at-once",
         action="store_true",
         help="train all merged layers in one stage (for comparison)",
+    )
+    t.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="re-initialise the merged layers instead of starting from the copied weights "
+        "(for comparison)",
     )
     t.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from OUT.partial/"

@@ -105,6 +105,8 @@ def tune(
     teacher_gm = capture(copy.deepcopy(teacher)).eval()
     example = torch.zeros(result.plan.input_shape)
     stages = find_stages(result.plan, result.report.applied, teacher_gm, result.model, example)
+    if config.reinit:  # a resumed run then loads its checkpoint over these
+        reinitialise(result.model, sorted({t for s in stages for t in s.trainable}))
     if config.all_at_once and stages:
         names = sorted({t for s in stages for t in s.trainable})
         stages = [Stage("all_at_once", names, ["<output>"])]
@@ -126,6 +128,15 @@ def tune(
     records = tuner.run()
     result.model.cpu().eval()
     return records
+
+
+def reinitialise(model: nn.Module, names: list[str]) -> None:
+    """Give the named layers fresh random weights (their own ``reset_parameters``)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        for m in modules[name].modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
 
 
 def save(result: SlimResult, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -30,16 +30,19 @@ from .plots import plot_accuracy_latency, plot_kinds_before_after
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 
 
-def reference_model(ref: str, num_classes: int) -> tuple[str, nn.Module, int, bool]:
-    """``(name, model, in_chans, trained)`` for a reference: a zoo name (random weights) or a
-    weights file written by deeprebirth (trained; it names its model)."""
+def reference_model(
+    ref: str, num_classes: int, in_chans: int = 3
+) -> tuple[str, nn.Module, int, bool]:
+    """``(name, model, in_chans, trained)`` for a reference: a zoo name (random weights,
+    built for ``in_chans``, the slimmed model's) or a weights file written by deeprebirth
+    (trained; it names its model and channels)."""
     from ..evaluation import load_model_file, weights_meta
     from ..zoo import get_model
 
     if Path(ref).is_file():
         model, _, in_chans = load_model_file(ref)
         return weights_meta(ref)["model"], model, in_chans, True
-    return ref, get_model(ref, num_classes=num_classes), 3, False
+    return ref, get_model(ref, num_classes=num_classes, in_chans=in_chans), in_chans, False
 
 
 def _costs(model: nn.Module, x: torch.Tensor) -> dict:
@@ -76,8 +79,8 @@ def build_report(
     num_classes = slimmed(x).shape[1]
     models = {"original": (original.eval(), x), "slimmed": (slimmed.eval(), x)}
     skipped, trained = [], []
-    for spec in references:  # torchvision references take 3 channels: the image repeated
-        name, ref, ref_chans, is_trained = reference_model(spec, num_classes)
+    for spec in references:  # a trained 3-channel reference gets the image repeated
+        name, ref, ref_chans, is_trained = reference_model(spec, num_classes, c)
         xr = x if ref_chans == c else x[:, :1].expand(1, ref_chans, h, h).contiguous()
         try:
             with torch.no_grad():

@@ -49,6 +49,9 @@ class TuneConfig:
     use_labels: bool = False
     #: Train every merge at once (one stage, judged at the output) instead of layer-wise.
     all_at_once: bool = False
+    #: Re-initialise the merged layers before tuning (train them from scratch) instead of
+    #: starting from the weights the merge copied: the paper's other arm.
+    reinit: bool = False
     #: Wall-clock budget in minutes for the whole tuning; None for no limit.
     budget_minutes: float | None = None
     #: Share of the budget kept for the final fine-tune (the stages split the rest).

@@ -107,6 +107,41 @@ def _torchvision_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     return read_state_dict(path)
 
 
+def adapt_input_channels(model: nn.Module, in_chans: int, name: str = "model") -> None:
+    """Rebuild the first conv of a 3-channel model for ``in_chans`` input channels.
+
+    Its weights are kept as the gray image would see them: for one channel, the sum of the
+    three RGB filters (the first conv then computes what it did on a gray image repeated on
+    three channels); otherwise the RGB filters cycled over the new channels and rescaled.
+    """
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first[1].in_channels == 3 and first[1].groups == 1:
+        path, conv = first
+        new = nn.Conv2d(
+            in_chans,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        with torch.no_grad():
+            w = conv.weight
+            if in_chans == 1:
+                new.weight.copy_(w.sum(dim=1, keepdim=True))
+            else:
+                new.weight.copy_(w[:, [i % 3 for i in range(in_chans)]] * (3 / in_chans))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        model.set_submodule(path, new)
+        return
+    raise DeepRebirthError(
+        f"{name}: cannot find a first 3-channel conv to take {in_chans} channels"
+    )
+
+
 def get_model(
     name: str,
     *,
@@ -132,12 +167,14 @@ def get_model(
     elif ":" in name:
         model = _user_model(name, **config)
     elif name in _torchvision_names():
-        config.pop("in_chans", None)  # torchvision classifiers take 3-channel input
+        in_chans = config.pop("in_chans", None) or 3  # torchvision builds 3-channel models
         with warnings.catch_warnings():  # e.g. googlenet's notice about its init scheme
             warnings.simplefilter("ignore", FutureWarning)
             model = torchvision.models.get_model(name, weights=None, **config)
         if pretrained:
             apply_state_dict(model, _torchvision_pretrained_state(name), source=f"{name} weights")
+        if in_chans != 3:
+            adapt_input_channels(model, in_chans, name)
     else:
         close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
