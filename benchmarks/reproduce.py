@@ -1,15 +1,33 @@
 """Every committed Fashion-MNIST 64x64 number, one step at a time.
 
     .venv/bin/python benchmarks/reproduce.py STEP [STEP ...] [--device auto|cpu|cuda]
+    .venv/bin/python benchmarks/reproduce.py all        # every step, in order
 
-Steps (each resumable: run the same command again after an interruption):
+Steps, in order (each resumable: run the same command again after an interruption; a
+finished step is skipped unless --force):
 
-  teacher         BVLC GoogLeNet, 1 channel, 64x64, trained until validation top-1 stops
-                  improving (benchmarks/train_classifier.py)
+  teacher               BVLC GoogLeNet, 1 channel, 64x64, trained until validation top-1
+                        stops improving (benchmarks/train_classifier.py)
+  squeezenet1_1         the references: trained with the teacher's recipe, same input (1
+  mobilenet_v2          channel, 64x64), then distilled from the teacher for as many epochs
+                        of extra training as the students get (EXTRA_EPOCHS)
+  slimmed               `deeprebirth slim` on the teacher: layer-wise stages, then the
+                        fine-tune (TUNE), the paper's way
+  slimmed_all_at_once   the same budget, all merged layers trained in one stage
+  slimmed_from_scratch  layer-wise, the merged layers re-initialised (the paper's other arm)
+  slimmed_tucker        Tucker-2 on the slimmed model, tuned against it (the paper's order)
+  slimmed_tucker_int8   int8 (ONNX Runtime static quantization, calibrated on training
+  squeezenet1_1_int8    images) of each float model
+  mobilenet_v2_int8
+  speed                 ONNX Runtime and PyTorch eager medians of every model at 64 and at
+                        224 (random inputs; the same architectures), side by side in one run,
+                        1 thread
+  table                 the paper's table, the accuracy-latency plot with its Pareto front,
+                        and the README's results section, all from the results file
 
-Each step writes its weights under benchmarks/weights/fashion_mnist_64/ and its entry in
-benchmarks/results/fashion_mnist_64.json: path, input size and channels, top-1 on the
-validation split (what every choice was made on) and on the test split (read once, for the
+Each model step writes its weights under benchmarks/weights/fashion_mnist_64/ and its entry
+in benchmarks/results/fashion_mnist_64.json: path, input size and channels, top-1 on the
+validation split (what every choice is made on) and on the test split (read once, for the
 finished model), minutes, the command, the git commit, the date and the machine. The file
 is only ever written by this script.
 """
@@ -17,10 +35,14 @@ is only ever written by this script.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import subprocess
 import sys
+import time
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -31,25 +53,46 @@ from train_classifier import TrainRecipe, train_classifier  # noqa: E402
 from deeprebirth import get_model  # noqa: E402
 from deeprebirth.data import get_dataset, get_loader  # noqa: E402
 from deeprebirth.evaluation import evaluate, load_model_file, save_weights  # noqa: E402
-from deeprebirth.files import write_json  # noqa: E402
+from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
 from deeprebirth.profiling.machine import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/fashion_mnist_64.json"
+TABLE = ROOT / "benchmarks/results/fashion_mnist_64.md"
+PLOT = ROOT / "benchmarks/results/fashion_mnist_64_accuracy_latency.png"
+README = ROOT / "README.md"
 WEIGHTS = Path("benchmarks/weights/fashion_mnist_64")
-SIZE, CHANS = 64, 1
-DATA = "fashion-mnist"
+TEACHER = WEIGHTS / "teacher.safetensors"
+SIZE, CHANS, DATA = 64, 1, "fashion-mnist"
+SPEED_SIZES = (64, 224)
+
+# The students' tuning budget, in passes over the data rather than minutes (machine-free):
+# every stage sees STAGE_BATCHES batches of 64, then the whole network is fine-tuned with
+# labels for FINETUNE_EPOCHS passes. All at once gets the stages' batches in its one stage.
+STAGE_BATCHES, FINETUNE_EPOCHS = 200, 2
+TUNE = [
+    "--data", DATA, "--batch-size", "64", "--epochs-per-stage", "1",
+    "--finetune-batches", "1000000", "--finetune-epochs", str(FINETUNE_EPOCHS),
+    "--finetune-lr", "3e-4", "--labels", "--fp16-weights", "--no-report", "--resume",
+]  # fmt: skip
+# Tucker-2 after the merges: kxk convs at EVBMF ranks, 1x1 convs at a third of their channels.
+TUCKER = ["--tucker", "--pointwise-rank-ratio", "0.33"]
+REFERENCES = ("squeezenet1_1", "mobilenet_v2")
+CALIBRATION_IMAGES = 512
+
+
+def git(*a: str) -> str:
+    return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def git_commit() -> str:
-    def git(*a: str) -> str:
-        return subprocess.run(
-            ["git", *a], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks")
     return f"{commit}+dirty" if dirty else commit
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"models": {}}
 
 
 def started(work: Path) -> dict:
@@ -62,70 +105,287 @@ def started(work: Path) -> dict:
     return {"commit": runs[0]["commit"], "resumed_at": [r["commit"] for r in runs[1:]]}
 
 
-def record(key: str, entry: dict, provenance: dict) -> None:
-    """Merge one model's entry into the results file, with its provenance."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"models": {}}
+def record(key: str, entry: dict, provenance: dict | None = None) -> None:
+    """Merge one entry into the results file, with its provenance."""
+    results = load_results()
     info = machine_info()
-    results["models"][key] = {
+    full = {
         **entry,
         "command": " ".join(["python", *sys.argv]),
-        **provenance,
+        **(provenance or {"commit": git_commit(), "resumed_at": []}),
         "date": info.pop("date"),
         "machine": info,
     }
+    if key == "speed":
+        results["speed"] = full
+    else:
+        results["models"][key] = full
     write_json(RESULTS, results)
 
 
-def top1(model: torch.nn.Module, split: str, in_chans: int = CHANS) -> float:
-    ds = get_dataset(DATA, split, input_size=SIZE, in_chans=in_chans)
-    return 100 * evaluate(model, get_loader(ds, 256))["top1"]
+def loader(split: str, size: int = SIZE, in_chans: int = CHANS, batch: int = 256):
+    return get_loader(get_dataset(DATA, split, input_size=size, in_chans=in_chans), batch)
 
 
-def trained(key: str, model_name: str, args, teacher_path: str | None = None) -> None:
-    """Train (or distill) a classifier, save it as fp16 safetensors, evaluate what is saved."""
+def top1(model: torch.nn.Module, split: str) -> float:
+    return 100 * evaluate(model, loader(split))["top1"]
+
+
+def accuracy(model: torch.nn.Module) -> dict:
+    """Validation top-1, then the test split: read once, for the finished model."""
+    return {"top1_val": top1(model, "val"), "top1_test": top1(model, "test")}
+
+
+def describe(path: Path, model_name: str) -> dict:
+    return {"path": str(path), "model": model_name, "input_size": SIZE, "in_chans": CHANS}
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def step_teacher(args) -> None:
+    classifier("teacher", "bvlc_googlenet", args)
+
+
+def classifier(key: str, model_name: str, args) -> None:
+    """Train (and, for a reference, then distill from the teacher); save fp16; evaluate
+    what is saved."""
     recipe = TrainRecipe(input_size=SIZE, in_chans=CHANS)
-    model = get_model(model_name, num_classes=10, in_chans=CHANS)
     work = Path(args.work) / key
     provenance = started(work)
+    model = get_model(model_name, num_classes=10, in_chans=CHANS)
     run = train_classifier(model, recipe, work, device=args.device)
+    entry = {"epochs": run["epochs"], "best_epoch": run["best_epoch"], "history": run["history"]}
+    minutes = run["minutes"]
+    if key != "teacher":
+        teacher, _, _ = load_model_file(ROOT / TEACHER)
+        extra = TrainRecipe(input_size=SIZE, in_chans=CHANS, distill_epochs=extra_epochs())
+        distilled = train_classifier(
+            model, extra, work / "distill", device=args.device, teacher=teacher
+        )
+        entry["trained_top1_val"] = run["top1_val"]
+        entry["distill_epochs"] = distilled["epochs"]
+        entry["distill_history"] = distilled["history"]
+        minutes += distilled["minutes"]
     path = WEIGHTS / f"{key}.safetensors"
     meta = {"model": model_name, "num_classes": 10, "in_chans": CHANS, "input_size": SIZE}
     save_weights(model, ROOT / path, meta)
     saved, _, _ = load_model_file(ROOT / path)  # what is committed: the fp16 file
-    record(
-        key,
-        {
-            "path": str(path),
-            "model": model_name,
-            "input_size": SIZE,
-            "in_chans": CHANS,
-            "top1_val": top1(saved, "val"),
-            "top1_test": top1(saved, "test"),
-            "minutes": run["minutes"],
-            "epochs": run["epochs"],
-            "best_epoch": run["best_epoch"],
-            "recipe": "benchmarks/train_classifier.py TrainRecipe defaults",
-            "history": run["history"],
-        },
-        provenance,
+    entry = {
+        **describe(path, model_name),
+        **accuracy(saved),
+        "minutes": minutes,
+        "recipe": "benchmarks/train_classifier.py TrainRecipe defaults",
+        **entry,
+    }
+    record(key, entry, provenance)
+
+
+def stage_count() -> int:
+    """How many layer-wise stages the slimmed teacher has (all at once gets their batches)."""
+    from deeprebirth.graph import capture
+    from deeprebirth.slimming import slim
+    from deeprebirth.tuning import find_stages
+
+    teacher = get_model("bvlc_googlenet", num_classes=10, in_chans=CHANS)
+    result = slim(teacher, input_size=SIZE, in_chans=CHANS)
+    example = torch.zeros(1, CHANS, SIZE, SIZE)
+    return len(
+        find_stages(result.plan, result.report.applied, capture(teacher), result.model, example)
     )
 
 
+def extra_epochs() -> int:
+    """The students' extra training as whole passes over the training split: the stages'
+    images plus the fine-tune's passes, rounded up (what the references are given)."""
+    train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
+    return math.ceil(stage_count() * STAGE_BATCHES * 64 / train_images) + FINETUNE_EPOCHS
+
+
+def student(key: str, base: Path, flags: list[str], args) -> None:
+    """`deeprebirth slim` on ``base`` with the students' budget; evaluate what is saved."""
+    from deeprebirth.slimming import load
+
+    out = WEIGHTS / key
+    work = Path(args.work) / key
+    provenance = started(work)
+    base_args = ["bvlc_googlenet", "--checkpoint", str(base)] if base.is_file() else [str(base)]
+    command = [
+        sys.executable, "-m", "deeprebirth", "slim", *base_args, *TUNE, *flags,
+        "--device", args.device, "--out", str(out),
+    ]  # fmt: skip
+    print("$", " ".join(command[2:]), flush=True)
+    start = time.time()
+    subprocess.run(command, cwd=ROOT, check=True)
+    report = json.loads((ROOT / out / "tune_report.json").read_text())
+    stages = report["tuning"]["stages"]
+    entry = {
+        **describe(out, "slimmed directory"),
+        **accuracy(load(ROOT / out)),
+        "minutes": sum(r["seconds"] for r in stages) / 60,
+        "wall_minutes_this_session": (time.time() - start) / 60,
+        "base": str(base),
+        "flags": [*TUNE, *flags],
+        "stages": len(stages) - 1,
+    }
+    record(key, entry, provenance)
+
+
+def step_slimmed(args) -> None:
+    student("slimmed", TEACHER, ["--max-batches", str(STAGE_BATCHES)], args)
+
+
+def step_slimmed_all_at_once(args) -> None:
+    batches = stage_count() * STAGE_BATCHES
+    student("slimmed_all_at_once", TEACHER, ["--all-at-once", "--max-batches", str(batches)], args)
+
+
+def step_slimmed_from_scratch(args) -> None:
+    flags = ["--from-scratch", "--max-batches", str(STAGE_BATCHES)]
+    student("slimmed_from_scratch", TEACHER, flags, args)
+
+
+def step_slimmed_tucker(args) -> None:
+    student(
+        "slimmed_tucker", WEIGHTS / "slimmed", [*TUCKER, "--max-batches", str(STAGE_BATCHES)], args
+    )
+
+
+def float_model(key: str):
+    """A committed float model, by its results key."""
+    from deeprebirth.slimming import is_slimmed_dir, load
+
+    path = ROOT / load_results()["models"][key]["path"]
+    return load(path) if is_slimmed_dir(path) else load_model_file(path)[0]
+
+
+def int8(key: str, args) -> None:
+    """int8 of a committed float model: calibrated on training images, checked on val."""
+    from deeprebirth.export import DEFAULT_INT8_FORMAT, OnnxModel, export_int8
+
+    calibration = [x for x, _ in islice(loader("train", batch=64), CALIBRATION_IMAGES // 64)]
+    check = next(iter(loader("val", batch=64)))[0]
+    path = WEIGHTS / f"{key}_int8.onnx"
+    report = export_int8(float_model(key), ROOT / path, check, calibration, DEFAULT_INT8_FORMAT)
+    entry = {
+        **describe(path, f"int8 of {key}"),
+        **accuracy(OnnxModel(ROOT / path)),
+        "minutes": 0.0,
+        "int8": DEFAULT_INT8_FORMAT,
+        "calibration_images": CALIBRATION_IMAGES,
+        "from": key,
+        "check_on_val": {k: report[k] for k in ("relative_error", "top1_agreement")},
+    }
+    record(f"{key}_int8", entry)
+
+
+def at_size(key: str, size: int, built: dict):
+    """The model of ``key`` at ``size``: committed weights at 64; at 224 the same
+    architecture (slimmed models re-planned at 224 from the teacher, Tucker at the committed
+    model's ranks; int8 re-quantized), for speed only."""
+    from deeprebirth.export import DEFAULT_INT8_FORMAT, OnnxModel, export_int8
+    from deeprebirth.plan import Plan
+    from deeprebirth.slimming import slim
+
+    entry = load_results()["models"][key]
+    if size == SIZE:
+        return OnnxModel(ROOT / entry["path"]) if key.endswith("_int8") else float_model(key)
+    if key.endswith("_int8"):
+        path = Path(built["_tmp"]) / f"{key}_{size}.onnx"
+        x = torch.randn(64, CHANS, size, size, generator=torch.Generator().manual_seed(0))
+        calibration = [x for x, _ in islice(loader("train", size, batch=32), 4)]
+        export_int8(built[entry["from"]], path, x[:8], calibration, DEFAULT_INT8_FORMAT)
+        return OnnxModel(path)
+    if key in ("teacher", *REFERENCES):
+        return float_model(key)  # global pooling: the same weights run at any size
+    teacher = built["teacher"]
+    if key.startswith("slimmed") and "tucker" not in key:
+        return slim(teacher, name="bvlc_googlenet", input_size=size, in_chans=CHANS).model
+    committed = Plan.load(ROOT / entry["path"] / "plan.json")
+    tucker = [copy.copy(e) for e in committed.enabled() if e.kind == "tucker"]
+    plan = Plan(model=committed.model, input_shape=[1, CHANS, size, size], entries=tucker)
+    return slim(built["slimmed"], plan).model
+
+
+def step_speed(args) -> None:
+    """Every committed model side by side at each size: ORT for all, eager for float ones."""
+    import tempfile
+
+    from deeprebirth.export import OnnxModel
+    from deeprebirth.graph import capture
+    from deeprebirth.graph.capture import example_input
+    from deeprebirth.profiling.bench import latencies
+    from deeprebirth.profiling.stats import count_macs, count_params, peak_activation_bytes
+
+    keys = list(load_results()["models"])
+    speed = {"runs": args.runs, "threads": 1, "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SPEED_SIZES:
+            print(f"--- {size}x{size}", flush=True)
+            built: dict = {"_tmp": tmp}
+            for key in sorted(keys, key=lambda k: k.endswith("_int8")):  # floats first
+                built[key] = at_size(key, size, built)
+            models = {k: built[k] for k in keys}
+            x = example_input(1, CHANS, size)
+            eager = {k: (m, x) for k, m in models.items() if not isinstance(m, OnnxModel)}
+            t_torch = latencies(eager, runtimes=["torch"], runs=args.runs, log=print)["torch"]
+            t_ort = latencies(
+                {k: (m, x) for k, m in models.items()}, runtimes=["ort"], runs=args.runs, log=print
+            )["ort"]
+            rows = {}
+            for key, m in models.items():
+                row = {"ort_ms": t_ort[key].median_ms}
+                if key in t_torch:
+                    row["torch_ms"] = t_torch[key].median_ms
+                    row["macs"] = count_macs(m, x)
+                    row["params"] = count_params(m)
+                    row["peak_activation_mb"] = peak_activation_bytes(capture(m), x) / 2**20
+                rows[key] = row
+            speed["sizes"][str(size)] = rows
+    record("speed", speed)
+
+
+def step_table(args) -> None:
+    from fashion_mnist_table import paper_table, plot_pareto, readme_section, update_readme
+
+    results = load_results()
+    atomic_write_text(TABLE, paper_table(results))
+    plot_pareto(results, PLOT)
+    update_readme(README, readme_section(results))
+    print(f"wrote {TABLE.relative_to(ROOT)}, {PLOT.relative_to(ROOT)} and README's results")
+
+
 STEPS = {
-    "teacher": lambda args: trained("teacher", "bvlc_googlenet", args),
+    "teacher": step_teacher,
+    **{ref: (lambda args, r=ref: classifier(r, r, args)) for ref in REFERENCES},
+    "slimmed": step_slimmed,
+    "slimmed_all_at_once": step_slimmed_all_at_once,
+    "slimmed_from_scratch": step_slimmed_from_scratch,
+    "slimmed_tucker": step_slimmed_tucker,
+    **{f"{k}_int8": (lambda args, k=k: int8(k, args)) for k in ("slimmed_tucker", *REFERENCES)},
+    "speed": step_speed,
+    "table": step_table,
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("steps", nargs="+", choices=list(STEPS))
+    p.add_argument("steps", nargs="+", choices=[*STEPS, "all"])
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     p.add_argument("--work", default="runs/fashion_mnist_64", help="resumable state of each step")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model (speed)")
+    p.add_argument("--force", action="store_true", help="run steps whose entry exists already")
     args = p.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     os.chdir(ROOT)
-    for step in args.steps:
+    steps = list(STEPS) if "all" in args.steps else args.steps
+    for step in steps:
+        done = step in load_results()["models"] or (step == "speed" and "speed" in load_results())
+        if done and not args.force and step != "table":
+            print(f"{step}: done (in {RESULTS.relative_to(ROOT)}); --force runs it again")
+            continue
+        print(f"=== {step}", flush=True)
         STEPS[step](args)
 
 

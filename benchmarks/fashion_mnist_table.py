@@ -1,0 +1,190 @@
+"""Tables and the plot made from benchmarks/results/fashion_mnist_64.json (no measuring here).
+
+``reproduce.py table`` writes them; ``tests/test_results_tables.py`` checks that the README's
+results section is what :func:`readme_section` makes of the committed results file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+LABELS = {
+    "teacher": "BVLC GoogLeNet (teacher)",
+    "slimmed": "slimmed, layer-wise (the paper's way)",
+    "slimmed_all_at_once": "slimmed, all merged layers at once",
+    "slimmed_from_scratch": "slimmed, layer-wise, merged layers from scratch",
+    "slimmed_tucker": "slimmed + Tucker-2",
+    "slimmed_tucker_int8": "slimmed + Tucker-2 + int8",
+    "squeezenet1_1": "SqueezeNet 1.1",
+    "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
+    "mobilenet_v2": "MobileNetV2",
+    "mobilenet_v2_int8": "MobileNetV2 + int8",
+}
+BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def _ms(row: dict | None, runtime: str) -> float | None:
+    return None if row is None else row.get(f"{runtime}_ms")
+
+
+def _f(v: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if v is None else f"{format(v, spec)}{suffix}"
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Keys of the points no other point beats on both latency (lower) and top-1 (higher),
+    fastest first."""
+    front = [
+        k
+        for k, (ms, acc) in points.items()
+        if not any(
+            (o_ms <= ms and o_acc >= acc) and (o_ms < ms or o_acc > acc)
+            for o, (o_ms, o_acc) in points.items()
+            if o != k
+        )
+    ]
+    return sorted(front, key=lambda k: points[k][0])
+
+
+def _speed(results: dict, size: int) -> dict:
+    return results.get("speed", {}).get("sizes", {}).get(str(size), {})
+
+
+def readme_section(results: dict) -> str:
+    """The README's results table: accuracy and speed of the same committed artifacts."""
+    models = results["models"]
+    teacher = models.get("teacher", {}).get("top1_test")
+    s64, s224 = _speed(results, 64), _speed(results, 224)
+    base64, base224 = _ms(s64.get("teacher"), "ort"), _ms(s224.get("teacher"), "ort")
+    lines = [
+        "| model | top-1 val % | top-1 test % | vs teacher | ORT ms 64x64 | speed-up | "
+        "ORT ms 224x224 | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, m in models.items():
+        ms64, ms224 = _ms(s64.get(key), "ort"), _ms(s224.get(key), "ort")
+        delta = None if teacher is None else m["top1_test"] - teacher
+        cells = [
+            label(key),
+            _f(m["top1_val"], ".2f"),
+            _f(m["top1_test"], ".2f"),
+            "—" if key == "teacher" or delta is None else f"{delta:+.2f}",
+            _f(ms64, ".2f"),
+            _f(base64 / ms64 if base64 and ms64 else None, ".2f", "x"),
+            _f(ms224, ".2f"),
+            _f(base224 / ms224 if base224 and ms224 else None, ".2f", "x"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    speed = results.get("speed")
+    where = (
+        f"speed: {speed['date'][:10]}, {speed['machine']['cpu']}, 1 thread, medians of "
+        f"{speed['runs']} interleaved runs"
+        if speed
+        else "speed: not measured yet (`reproduce.py speed`)"
+    )
+    lines += ["", f"Top-1 on Fashion-MNIST's validation (5,000) and test (10,000) splits; {where}."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} section to fill")
+    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{section}\n{END}", text))
+
+
+def readme_results(readme: Path) -> str | None:
+    """What the README's results section holds now (None: it has none)."""
+    match = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), readme.read_text(), re.S)
+    return match.group(1) if match else None
+
+
+def paper_table(results: dict) -> str:
+    """The paper's table at each size: latency (both runtimes), memory, MACs, parameters,
+    and (at the trained size) top-1 of the same artifacts."""
+    speed = results.get("speed")
+    lines = ["# The paper's table, on Fashion-MNIST at 64x64", ""]
+    if not speed:
+        return "\n".join([*lines, "Speed not measured yet: `reproduce.py speed`.", ""])
+    m = speed["machine"]
+    lines += [
+        f"`{speed['command']}` — {speed['date']}, {m['cpu']}, {m['cores']} cores, torch "
+        f"{m['torch']}, onnxruntime {m['onnxruntime']}. 1 thread, batch 1, {speed['runs']} "
+        "interleaved runs per runtime, medians; speed-ups against the teacher in the same run. "
+        "int8 models run in ONNX Runtime only; their memory, MACs and parameters are their "
+        "float twin's.",
+        "",
+    ]
+    for size, rows in speed["sizes"].items():
+        trained = size == "64"
+        title = (
+            "the committed models; top-1 on the validation and test splits"
+            if trained
+            else "speed only: the same architectures at the paper's input size (slimmed models "
+            "re-planned at 224 from the teacher, Tucker at the committed ranks), not tuned"
+        )
+        lines += [f"## {size}x{size}: {title}", ""]
+        head = (
+            "| model | PyTorch ms | speed-up | ORT ms | speed-up | memory MB | MMACs | params M |"
+        )
+        sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        if trained:
+            head, sep = head + " top-1 val % | top-1 test % |", sep + "---:|---:|"
+        lines += [head, sep]
+        base = rows.get("teacher", {})
+        for key, row in rows.items():
+            twin = rows.get(key.removesuffix("_int8"), {})
+            costs = row if "macs" in row else twin
+            cells = [
+                label(key),
+                _f(row.get("torch_ms"), ".2f"),
+                _f(base["torch_ms"] / row["torch_ms"] if "torch_ms" in row else None, ".2f", "x"),
+                _f(row["ort_ms"], ".2f"),
+                _f(base["ort_ms"] / row["ort_ms"], ".2f", "x"),
+                _f(costs.get("peak_activation_mb"), ".2f"),
+                _f(costs["macs"] / 1e6 if "macs" in costs else None, ".1f"),
+                _f(costs["params"] / 1e6 if "params" in costs else None, ".2f"),
+            ]
+            if trained:
+                acc = results["models"].get(key, {})
+                cells += [_f(acc.get("top1_val"), ".2f"), _f(acc.get("top1_test"), ".2f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_pareto(results: dict, path: Path) -> Path | None:
+    """Test top-1 against ORT latency at 64x64, with the Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deeprebirth.profiling.plot import save_figure
+
+    rows = _speed(results, 64)
+    points = {
+        k: (rows[k]["ort_ms"], m["top1_test"]) for k, m in results["models"].items() if k in rows
+    }
+    if not points:
+        return None
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, (ms, acc) in points.items():
+        ours = key.startswith(("teacher", "slimmed"))
+        ax.scatter(ms, acc, s=45, marker="o" if ours else "s", color="C0" if ours else "C1")
+        ax.annotate(label(key), (ms, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    xs, ys = zip(*(points[k] for k in front), strict=True)
+    ax.step(xs, ys, where="post", color="gray", lw=1, ls="--", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("ONNX Runtime latency at 64x64, 1 thread (ms, median; log scale)")
+    ax.set_ylabel("top-1 on the test split (%)")
+    ax.set_title("Fashion-MNIST 64x64: accuracy against latency")
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path, dpi=110)

@@ -1,0 +1,98 @@
+"""The README's results come from benchmarks/results/fashion_mnist_64.json, never by hand."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from fashion_mnist_table import (  # noqa: E402
+    paper_table,
+    pareto_front,
+    readme_results,
+    readme_section,
+    update_readme,
+)
+
+RESULTS = ROOT / "benchmarks/results/fashion_mnist_64.json"
+MACHINE = {"cpu": "test cpu", "cores": 2, "torch": "t", "onnxruntime": "o"}
+
+
+def test_readme_results_match_the_results_file():
+    if RESULTS.is_file():
+        assert readme_results(ROOT / "README.md") == readme_section(json.loads(RESULTS.read_text()))
+    else:  # nothing measured yet: the README must not show numbers of its own
+        assert readme_results(ROOT / "README.md") is None
+
+
+def test_pareto_front():
+    points = {
+        "a": (1.0, 80.0),
+        "b": (2.0, 85.0),
+        "c": (3.0, 84.0),
+        "d": (0.5, 70.0),
+        "e": (2.0, 85.0),
+    }
+    assert pareto_front(points) == ["d", "a", "b", "e"]  # c: b is faster and more accurate
+
+
+def fake_results():
+    models = {
+        "teacher": {"top1_val": 93.0, "top1_test": 92.5},
+        "slimmed": {"top1_val": 92.8, "top1_test": 92.0},
+        "slimmed_tucker_int8": {"top1_val": 92.1, "top1_test": 91.5},
+    }
+    rows = {
+        "teacher": {
+            "ort_ms": 4.0,
+            "torch_ms": 8.0,
+            "macs": 1e8,
+            "params": 6e6,
+            "peak_activation_mb": 1.0,
+        },
+        "slimmed": {
+            "ort_ms": 2.0,
+            "torch_ms": 4.0,
+            "macs": 5e7,
+            "params": 6e6,
+            "peak_activation_mb": 0.5,
+        },
+        "slimmed_tucker_int8": {"ort_ms": 1.0},
+    }
+    speed = {
+        "runs": 5,
+        "threads": 1,
+        "sizes": {"64": rows, "224": rows},
+        "command": "python benchmarks/reproduce.py speed",
+        "date": "2026-11-25T00:00:00",
+        "machine": MACHINE,
+    }
+    return {"models": models, "speed": speed}
+
+
+def test_tables_from_a_results_file(tmp_path):
+    results = fake_results()
+    section = readme_section(results)
+    assert (
+        "| slimmed, layer-wise (the paper's way) | 92.80 | 92.00 | -0.50 | 2.00 | 2.00x |"
+        in section
+    )
+    assert "| slimmed + Tucker-2 + int8 | 92.10 | 91.50 | -1.00 | 1.00 | 4.00x |" in section
+    table = paper_table(results)
+    # int8 rows: ORT only, costs of the float twin (here none), top-1 at the trained size.
+    assert (
+        "| slimmed + Tucker-2 + int8 | — | — | 1.00 | 4.00x | — | — | — | 92.10 | 91.50 |" in table
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- fashion_mnist_64:begin -->\nold\n<!-- fashion_mnist_64:end -->\nrest\n"
+    )
+    update_readme(readme, section)
+    assert readme_results(readme) == section and readme.read_text().endswith("rest\n")
+
+
+def test_the_accuracy_latency_plot_is_written(tmp_path):
+    from fashion_mnist_table import plot_pareto
+
+    path = plot_pareto(fake_results(), tmp_path / "p.png")
+    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
