@@ -219,12 +219,14 @@ def train_classifier(
                 state["step"] += 1
                 if sched is not None:
                     sched.step()
-                progress.update(
-                    task,
-                    advance=1,
-                    description=f"epoch {epoch}/{epochs} loss {loss.item():.3f} "
-                    f"lr {opt.param_groups[0]['lr']:.1e}",
-                )
+                what = f"epoch {epoch}/{epochs} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.1e}"
+                progress.update(task, advance=1, description=what)
+                done = progress.tasks[0].completed
+                if not progress.console.is_terminal and done % max(1, len(train) // 10) == 0:
+                    # No live bar in a log file: a line every tenth of an epoch instead.
+                    eta = progress.tasks[0].time_remaining
+                    eta_text = "?" if eta is None else f"{eta / 60:.0f} min"
+                    log(f"{what}: step {done}/{steps}, eta {eta_text} (at most {epochs} epochs)")
             model.eval()
             with torch.no_grad():
                 top1 = 100 * evaluate(model, _on(val, device))["top1"]
