@@ -6,6 +6,8 @@ PIP    := $(VENV)/bin/pip
 # torch/torchvision versions known to install from this machine's local wheels;
 # pyproject.toml declares looser ranges for users elsewhere.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# ExecuTorch (the [mobile] extra) at the version that installs beside that torch.
+EXECUTORCH_PIN := executorch==1.5.1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: install data demo test lint format clean
@@ -14,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[dev]' $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[dev,mobile]' $(TORCH_PINS) $(EXECUTORCH_PIN)
 	touch $@
 
 data:

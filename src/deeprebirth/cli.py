@@ -74,7 +74,7 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def parse_runtimes(text: str) -> list[str]:
-    from .profiling import RUNTIMES
+    from .profiling import TIMING_RUNTIMES as RUNTIMES
 
     runtimes = [r.strip() for r in text.split(",") if r.strip()]
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -150,6 +150,11 @@ def run_profile(
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if "executorch" in args.runtime:
+        raise DeepRebirthError(
+            "per-layer profiles in ExecuTorch are not supported yet; time it with "
+            "`deeprebirth bench A B --runtime executorch`"
+        )
     model, input_size, in_chans = load_model_from_args(args)
     run_profile(args, model, input_size, in_chans, args.json, args.plot)
     return 0
@@ -530,13 +535,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data import get_dataset, get_loader, num_classes_of
     from .evaluation import evaluate, load_model_file
-    from .export import OnnxModel, is_onnx_file
+    from .export import is_deployed_file, load_deployed
 
     path = Path(args.model)
     if path.suffix == ".safetensors" and path.is_file():
         model, input_size, in_chans = load_model_file(path)
-    elif is_onnx_file(path):
-        model = OnnxModel(path)
+    elif is_deployed_file(path):
+        model = load_deployed(path)
         input_size, in_chans = model.input_size, model.in_chans
         if args.input_size not in (None, input_size):
             raise DeepRebirthError(f"{path} takes {input_size}x{input_size} inputs")
@@ -569,8 +574,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
     from .graph import example_input
 
-    if args.int8 and (args.format != "onnx" or not args.data):
-        raise DeepRebirthError("--int8 needs --format onnx and --data (calibration images)")
+    if args.int8 and (args.format == "torchscript" or not args.data):
+        raise DeepRebirthError(
+            "--int8 needs --format onnx or executorch, and --data (calibration images)"
+        )
+    if args.format == "executorch":
+        from .export.executorch import require_executorch
+
+        require_executorch()  # before any work
     model, input_size, in_chans = load_model_from_args(args)
     if args.data:  # real images for the parity check
         from .data import get_dataset, get_loader
@@ -582,6 +593,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         return export_int8_cli(args, model, inputs, input_size, in_chans)
     r = export(model, args.output, args.format, inputs)
+    if args.format == "executorch":
+        print_delegation(r["delegation"])
     extra = r.get("leftover_non_tensor")
     if extra:
         console.print(
@@ -605,27 +618,46 @@ def export_int8_cli(args, model, inputs, input_size: int, in_chans: int) -> int:
     loader = get_loader(calibration_set, 64)  # the first images: the same ones every run
     batches = list(islice((x for x, _ in loader), -(-args.calibration_images // 64)))
     _log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
-    r = export_int8(model, args.output, inputs, batches, args.int8_format)
+    if args.format == "executorch":
+        from .export import export_executorch
+
+        r = export_executorch(model, args.output, inputs, batches)
+        print_delegation(r["delegation"])
+        what = "int8 ExecuTorch program, XNNPACK quantizer"
+    else:
+        r = export_int8(model, args.output, inputs, batches, args.int8_format)
+        what = f"int8 ONNX, {args.int8_format}"
     out.print(
-        f"exported {args.model} -> {args.output} (int8 ONNX, {args.int8_format}); against "
-        f"PyTorch float on {r['inputs'][0]} real test images: top-1 unchanged on "
+        f"exported {args.model} -> {args.output} ({what}); against PyTorch float on "
+        f"{r['inputs'][0]} real validation images: top-1 unchanged on "
         f"{100 * r['top1_agreement']:.1f}%, error {r['relative_error']:.1e} of the output's scale"
     )
     return 0
 
 
+def print_delegation(d: dict) -> None:
+    """Which operators XNNPACK runs, and which fall back to ExecuTorch's portable kernels."""
+    portable = {k: v for k, v in d["portable_ops"].items() if k != "getitem"}
+    out.print(
+        f"XNNPACK runs {d['delegated_nodes']} operators in {d['delegated_subgraphs']} "
+        f"subgraph(s); portable kernels run "
+        + (", ".join(f"{k} x{v}" for k, v in portable.items()) or "nothing else")
+    )
+
+
 def load_for_bench(spec: str, config: dict, input_size: int | None):
-    """A zoo model, a slimmed directory, a weights file or an ONNX file; (model, input_shape)."""
+    """A zoo model, a slimmed directory, a weights file or an exported file (.onnx, .pte);
+    (model, input_shape)."""
     from .evaluation import load_model_file
-    from .export import OnnxModel, is_onnx_file
+    from .export import is_deployed_file, load_deployed
     from .slimming import input_shape_of, is_slimmed_dir, load
     from .zoo import get_model, model_meta
 
     if is_slimmed_dir(spec):
         return load(spec), input_shape_of(spec)
-    if is_onnx_file(spec):
-        model = OnnxModel(spec)
-        return model, model.input_shape
+    if is_deployed_file(spec):
+        model = load_deployed(spec)
+        return model, list(model.input_shape)
     if spec.endswith(".safetensors") and Path(spec).is_file():
         model, size, in_chans = load_model_file(spec)
         return model, [1, in_chans, size, size]
@@ -640,7 +672,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from .export import is_onnx_file
     from .files import write_json
     from .plan import Plan
     from .profiling.bench import bench
@@ -654,12 +685,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             config, size = plan.model_config, size or plan.input_shape[2]
     a, shape_a = load_for_bench(args.a, config, size)
     b, shape_b = load_for_bench(args.b, config, size)
-    onnx_files = [spec for spec in (args.a, args.b) if is_onnx_file(spec)]
-    if onnx_files and "torch" in args.runtime:
-        if args.runtime == ["torch"]:
-            raise DeepRebirthError(f"{onnx_files[0]} is an ONNX file: use --runtime ort")
-        _log(f"{', '.join(onnx_files)}: an ONNX file, timed in ONNX Runtime only")
-        args.runtime = [r for r in args.runtime if r != "torch"]
+    # An exported file runs only in its own runtime: time both there.
+    files = {spec: m.runtime for spec, m in ((args.a, a), (args.b, b)) if hasattr(m, "runtime")}
+    if len(set(files.values())) > 1:
+        raise DeepRebirthError(f"{args.a} and {args.b} run in different runtimes")
+    for spec, runtime in files.items():
+        if runtime not in args.runtime:
+            raise DeepRebirthError(f"{spec} runs only in {runtime}: use --runtime {runtime}")
+        if args.runtime != [runtime]:
+            _log(f"{spec}: an exported file, timed in {runtime} only")
+            args.runtime = [runtime]
     if shape_a[1:] != shape_b[1:]:
         raise DeepRebirthError(
             f"{args.a} takes input {shape_a[1:]} but {args.b} takes {shape_b[1:]}"
@@ -868,7 +903,8 @@ def add_timing_args(p: argparse.ArgumentParser) -> None:
         "--runtime",
         type=parse_runtimes,
         default=["torch", "ort"],
-        help="comma list of runtimes: torch (PyTorch eager), ort (ONNX Runtime); default both",
+        help="comma list of runtimes: torch (PyTorch eager), ort (ONNX Runtime), executorch "
+        "(ExecuTorch with XNNPACK; bench only); default torch,ort",
     )
     p.add_argument(
         "--threads", type=positive_int, default=1, help="threads per runtime (default 1)"
@@ -1020,13 +1056,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_slim)
 
-    p = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
+    p = sub.add_parser(
+        "export", help="export to ONNX, ExecuTorch or TorchScript, checked against PyTorch"
+    )
     add_model_args(p)
     p.add_argument(
         "--format",
-        choices=("onnx", "torchscript"),
+        choices=("onnx", "executorch", "torchscript"),
         default="onnx",
-        help="onnx (default) or torchscript (deprecated upstream)",
+        help="onnx (default), executorch (a .pte program for XNNPACK, the phone runtime) or "
+        "torchscript (deprecated upstream)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file")
     p.add_argument(
@@ -1034,13 +1073,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from .export.int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS
 
-    q = p.add_argument_group("int8 (ONNX Runtime static quantization; needs --data)")
-    q.add_argument("--int8", action="store_true", help="write an int8 ONNX model")
+    q = p.add_argument_group(
+        "int8 (ONNX Runtime static quantization, or the XNNPACK quantizer for executorch; "
+        "needs --data)"
+    )
+    q.add_argument("--int8", action="store_true", help="write an int8 model")
     q.add_argument(
         "--int8-format",
         choices=tuple(INT8_FORMATS),
         default=DEFAULT_INT8_FORMAT,
-        help=f"QDQ pairs or quantized operators (default {DEFAULT_INT8_FORMAT})",
+        help=f"ONNX: QDQ pairs or quantized operators (default {DEFAULT_INT8_FORMAT})",
     )
     q.add_argument(
         "--calibration-images",

@@ -6,12 +6,25 @@ from .check import (
     PARITY_TOLERANCE,
     ParityError,
     export,
+    export_executorch,
     export_int8,
     leftover_layers,
 )
+from .executorch import PteModel, is_pte_file
 from .int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS, quantize_int8
 from .onnx import to_onnx
 from .onnx_file import OnnxModel, is_onnx_file
+
+
+def is_deployed_file(spec) -> bool:
+    """An exported program that runs in its own runtime: ``.onnx`` or ``.pte``."""
+    return is_onnx_file(spec) or is_pte_file(spec)
+
+
+def load_deployed(spec):
+    """An :class:`OnnxModel` (ONNX Runtime) or a :class:`PteModel` (ExecuTorch)."""
+    return OnnxModel(spec) if is_onnx_file(spec) else PteModel(spec)
+
 
 __all__ = [
     "DEFAULT_INT8_FORMAT",
@@ -20,10 +33,15 @@ __all__ = [
     "INT8_TOLERANCE",
     "PARITY_TOLERANCE",
     "OnnxModel",
+    "PteModel",
     "ParityError",
     "export",
+    "export_executorch",
     "export_int8",
+    "is_deployed_file",
     "is_onnx_file",
+    "is_pte_file",
+    "load_deployed",
     "leftover_layers",
     "quantize_int8",
     "to_onnx",

@@ -20,7 +20,7 @@ from .onnx import to_onnx
 PARITY_TOLERANCE = 1e-4
 #: The same for an int8 model, whose rounding is expected: a bound on gross errors.
 INT8_TOLERANCE = 0.15
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "executorch")
 #: Non-tensor layers a plan removes, as ONNX op types, with the module types they come from.
 REMOVABLE_OPS = {
     "MaxPool": (nn.MaxPool2d,),
@@ -76,6 +76,8 @@ def export(
     """
     if fmt not in FORMATS:
         raise DeepRebirthError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "executorch":
+        return export_executorch(model, path, inputs)
     path = Path(path)
     model = model.eval()
     with torch.no_grad():
@@ -131,5 +133,47 @@ def export_int8(
         "inputs": list(inputs.shape),
         "ops": dict(Counter(n.op_type for n in quantized.graph.node)),
         "relative_error": _gate(path, out, reference, INT8_TOLERANCE, "int8 model"),
+        "top1_agreement": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
+    }
+
+
+def export_executorch(
+    model: nn.Module,
+    path: str | Path,
+    inputs: torch.Tensor,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> dict:
+    """Write ``model`` as an ExecuTorch program (XNNPACK), load it back in the ExecuTorch
+    runtime and check it against PyTorch on ``inputs``; int8 with ``calibration`` images.
+
+    The gate is the ONNX one: ``PARITY_TOLERANCE`` of the output's scale in float,
+    ``INT8_TOLERANCE`` in int8; on failure nothing is left at ``path``.
+    """
+    from .executorch import PteModel, to_executorch
+
+    path = Path(path)
+    model = model.eval()
+    with torch.no_grad():
+        reference = model(inputs)
+    program, summary = to_executorch(model, inputs, calibration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(program)
+    try:
+        out = PteModel(tmp)(inputs)
+        int8 = calibration is not None
+        tolerance = INT8_TOLERANCE if int8 else PARITY_TOLERANCE
+        what = "int8 ExecuTorch program" if int8 else "ExecuTorch export"
+        error = _gate(tmp, out, reference, tolerance, what)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "format": "executorch",
+        "int8": "xnnpack" if calibration is not None else None,
+        "path": str(path),
+        "inputs": list(inputs.shape),
+        "delegation": summary,
+        "relative_error": error,
         "top1_agreement": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
     }

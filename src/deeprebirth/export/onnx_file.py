@@ -27,6 +27,8 @@ class OnnxModel(nn.Module):
         >>> m(torch.randn(8, *m.input_shape[1:])).shape  # doctest: +SKIP
     """
 
+    runtime = "ort"
+
     def __init__(self, path: str | Path, threads: int = 1):
         super().__init__()
         self.path = Path(path)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
+from ..export.executorch import PteModel
 from ..export.onnx import to_onnx
 from ..export.onnx_file import OnnxModel
 from ..graph.capture import capture, example_input
@@ -28,11 +29,15 @@ def latencies(
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
 
-    An :class:`OnnxModel` (an exported file) runs as it is in ONNX Runtime; it has no
-    PyTorch eager latency.
+    Runtimes: ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime), ``executorch`` (ExecuTorch
+    with XNNPACK, batch 1). An exported file runs as it is in its own runtime only: an
+    :class:`OnnxModel` in ONNX Runtime, a ``PteModel`` in ExecuTorch.
     """
-    if "torch" in runtimes and any(isinstance(m, OnnxModel) for m, _ in models.values()):
-        raise DeepRebirthError("ONNX files run only in ONNX Runtime (--runtime ort)")
+    for m, _ in models.values():
+        own = {OnnxModel: "ort", PteModel: "executorch"}.get(type(m))
+        if own is not None and any(r != own for r in runtimes):
+            kind = "ONNX files" if own == "ort" else "ExecuTorch programs"
+            raise DeepRebirthError(f"{kind} run only in {own} (--runtime {own})")
     pin_threads(threads)
     out: dict[str, dict[str, Timing]] = {}
     for runtime in runtimes:
@@ -41,6 +46,15 @@ def latencies(
             fns = {k: (lambda m=m, x=x: m(x)) for k, (m, x) in models.items()}
             with torch.inference_mode():
                 out[runtime] = measure_interleaved(fns, runs, warmup)
+        elif runtime == "executorch":
+            from ..export.executorch import set_threads
+            from .executorch_runtime import et_runner
+
+            set_threads(threads)
+            log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
+            fns = {k: et_runner(m, x) for k, (m, x) in models.items()}
+            log(f"ExecuTorch: {runs} interleaved runs")
+            out[runtime] = measure_interleaved(fns, runs, warmup)
         else:
             log(f"ONNX Runtime: preparing {len(models)} models")
             fns = {
@@ -56,8 +70,8 @@ def latencies(
 
 
 def costs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict:
-    """Peak activation memory, MACs and parameters of two PyTorch models (None for ONNX files)."""
-    if isinstance(a, OnnxModel) or isinstance(b, OnnxModel):
+    """Peak activation memory, MACs and parameters of two PyTorch models (None for files)."""
+    if any(isinstance(m, (OnnxModel, PteModel)) for m in (a, b)):
         return {"memory": None, "macs": None, "params": None}
     mem = {k: peak_activation_bytes(capture(m), x) / 2**20 for k, m in (("a", a), ("b", b))}
     macs = {k: count_macs(m, x) for k, m in (("a", a), ("b", b))}

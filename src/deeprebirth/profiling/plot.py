@@ -11,7 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..graph.taxonomy import KINDS, is_tensor_kind  # noqa: E402
 
-RUNTIME_LABELS = {"torch": "PyTorch eager", "ort": "ONNX Runtime"}
+RUNTIME_LABELS = {
+    "torch": "PyTorch eager",
+    "ort": "ONNX Runtime",
+    "executorch": "ExecuTorch (XNNPACK)",
+}
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

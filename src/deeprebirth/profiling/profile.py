@@ -18,7 +18,9 @@ from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import pin_threads
 from .torch_runtime import torch_latency, torch_layer_times
 
+#: Runtimes with per-layer profiles; ``bench`` also times ExecuTorch (TIMING_RUNTIMES).
 RUNTIMES = ("torch", "ort")
+TIMING_RUNTIMES = (*RUNTIMES, "executorch")
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:

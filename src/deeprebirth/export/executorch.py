@@ -1,0 +1,220 @@
+"""ExecuTorch with the XNNPACK delegate: the runtime PyTorch ships for phones.
+
+``torch.export`` → ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` → a
+``.pte`` program. What XNNPACK takes runs in its kernels; the rest falls back to the
+runtime's portable kernels (:func:`delegation` says which is which). LRN, which the
+runtime's kernel library lacks as ``F.local_response_norm`` writes it, is rewritten first
+(:class:`BandedLRN`: the squared activations summed over the channel window by a constant
+banded 1x1 conv, then the power and the division). int8 uses the XNNPACK quantizer through
+PT2E (torchao), calibrated on images the caller gives (training images).
+
+ExecuTorch is an optional extra: ``pip install 'deeprebirth[mobile]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DeepRebirthError
+from ..zoo.layers import channel_window
+
+EXTRA = "mobile"
+SUFFIX = ".pte"
+#: Bumped whenever the runtime's thread pool is rebuilt: programs loaded before then hold
+#: the old pool and must be loaded again (:func:`set_threads`).
+_pool = {"generation": 0}
+
+
+def set_threads(threads: int) -> None:
+    """Size the ExecuTorch thread pool that XNNPACK's kernels run on.
+
+    The runtime can only rebuild its pool, and a program loaded before that must not run
+    again: :class:`PteModel` reloads itself when the pool changed under it.
+    """
+    require_executorch()
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+        _pool["generation"] += 1
+
+
+def require_executorch() -> None:
+    """A one-line error naming the extra when ExecuTorch is not installed."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError as e:
+        raise DeepRebirthError(
+            f"ExecuTorch is not installed: pip install 'deeprebirth[{EXTRA}]' (executorch)"
+        ) from e
+
+
+def is_pte_file(spec: str | Path) -> bool:
+    return str(spec).endswith(SUFFIX)
+
+
+class BandedLRN(nn.Module):
+    """Across-channel LRN for a known number of channels, its window band a constant buffer.
+
+    Computes what ``F.local_response_norm`` computes, in operators XNNPACK runs (conv, mul,
+    add, log, exp, div): the band is a buffer, so XNNPACK takes the conv, and the power
+    ``beta`` is ``exp(beta * log(.))`` (its base is at least ``k`` > 0), since XNNPACK's own
+    power takes only squares.
+    """
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, channels: int):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.register_buffer("window", channel_window(channels, size), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        div = F.conv2d(x * x, self.window).mul(self.alpha / self.size).add(self.k)
+        return x / torch.exp(torch.log(div) * self.beta)
+
+
+def for_mobile(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose LRN layers are :class:`BandedLRN` (channels found by
+    running ``example``); the model itself is untouched."""
+    lrns = {n: m for n, m in model.named_modules() if isinstance(m, nn.LocalResponseNorm)}
+    if not lrns:
+        return model
+    channels: dict[str, int] = {}
+
+    def seen(name: str):
+        def hook(_module, args) -> None:
+            channels[name] = args[0].shape[1]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(seen(n)) for n, m in lrns.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    model = copy.deepcopy(model)
+    for name, m in lrns.items():
+        if name in channels:  # an LRN the forward pass never reaches stays as it is
+            model.set_submodule(name, BandedLRN(m.size, m.alpha, m.beta, m.k, channels[name]))
+    return model
+
+
+def _quantize(program, example: torch.Tensor, calibration: Iterable[torch.Tensor]):
+    """PT2E int8 with the XNNPACK quantizer (per-channel symmetric weights)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration:
+            for x in batch.split(1):  # the program takes batch 1
+                prepared(x)
+    converted = convert_pt2e(prepared)
+    return torch.export.export(converted, (example,))
+
+
+def to_executorch(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> tuple[bytes, dict]:
+    """Lower ``model`` (eval mode, batch 1) to an ExecuTorch program for XNNPACK.
+
+    Returns the ``.pte`` bytes and :func:`delegation`'s summary. With ``calibration``
+    (batches of images), the program is int8.
+    """
+    require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = example[:1]
+    model = for_mobile(model.eval(), example)
+    try:
+        program = torch.export.export(model, (example,))
+        if calibration is not None:
+            program = _quantize(program, example, calibration)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        summary = delegation(edge.exported_program().graph_module)
+        return edge.to_executorch().buffer, summary
+    except DeepRebirthError:
+        raise
+    except Exception as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeepRebirthError(
+            f"ExecuTorch export of {type(model).__name__} failed: {cause}"
+        ) from e
+
+
+def delegation(graph_module: torch.fx.GraphModule) -> dict:
+    """Which operators XNNPACK runs and which fall back to the portable kernels."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    by_op = info.delegation_by_operator
+    return {
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "portable_nodes": info.num_non_delegated_nodes,
+        "delegated_ops": {k: v.delegated for k, v in sorted(by_op.items()) if v.delegated},
+        "portable_ops": {k: v.non_delegated for k, v in sorted(by_op.items()) if v.non_delegated},
+    }
+
+
+class PteModel(nn.Module):
+    """Runs a ``.pte`` program in the ExecuTorch runtime; ``forward`` takes a batch of
+    images and runs them one by one (the program's batch is 1).
+
+    Example:
+        >>> m = PteModel("model.pte")  # doctest: +SKIP
+        >>> m(torch.randn(8, *m.input_shape[1:])).shape  # doctest: +SKIP
+    """
+
+    runtime = "executorch"
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        require_executorch()
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DeepRebirthError(f"no such ExecuTorch program: {self.path}")
+        self._runtime = Runtime.get()
+        self._loaded = None
+        self.input_shape = tuple(self.method.metadata.input_tensor_meta(0).sizes())
+        self.in_chans, self.input_size = self.input_shape[1], self.input_shape[2]
+
+    @property
+    def method(self):
+        """The loaded ``forward`` method, loaded again if the thread pool changed."""
+        if self._loaded is None or self._loaded[0] != _pool["generation"]:
+            self._loaded = None  # drop the old program before loading anew
+            try:
+                program = self._runtime.load_program(self.path)
+                self._loaded = (_pool["generation"], program, program.load_method("forward"))
+            except Exception as e:
+                raise DeepRebirthError(f"cannot load {self.path} in ExecuTorch: {e}") from e
+        return self._loaded[2]
+
+    def run_one(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x.contiguous()])[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.input_shape[1:]:
+            raise DeepRebirthError(
+                f"{self.path} takes inputs of shape {list(self.input_shape)}, not {list(x.shape)}"
+            )
+        return torch.cat([self.run_one(xi) for xi in x.split(1)])
