@@ -76,7 +76,8 @@ TUNE = [
     "--finetune-lr", "3e-4", "--labels", "--fp16-weights", "--no-report", "--resume",
 ]  # fmt: skip
 # Tucker-2 after the merges: kxk convs at EVBMF ranks, 1x1 convs at a third of their channels.
-TUCKER = ["--tucker", "--pointwise-rank-ratio", "0.33"]
+POINTWISE_RANK = 0.33
+TUCKER = ["--tucker", "--pointwise-rank-ratio", str(POINTWISE_RANK)]
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 CALIBRATION_IMAGES = 512
 
@@ -181,18 +182,19 @@ def classifier(key: str, model_name: str, args) -> None:
     record(key, entry, provenance)
 
 
-def stage_count() -> int:
-    """How many layer-wise stages the slimmed teacher has (all at once gets their batches)."""
+def stage_count(base: torch.nn.Module | None = None, **plan_options) -> int:
+    """How many layer-wise stages slimming ``base`` (default: the teacher's architecture)
+    makes; all at once gets their batches in its one stage."""
     from deeprebirth.graph import capture
     from deeprebirth.slimming import slim
     from deeprebirth.tuning import find_stages
 
-    teacher = get_model("bvlc_googlenet", num_classes=10, in_chans=CHANS)
-    result = slim(teacher, input_size=SIZE, in_chans=CHANS)
+    if base is None:
+        base = get_model("bvlc_googlenet", num_classes=10, in_chans=CHANS)
+    result = slim(base, input_size=SIZE, in_chans=CHANS, **plan_options)
     example = torch.zeros(1, CHANS, SIZE, SIZE)
-    return len(
-        find_stages(result.plan, result.report.applied, capture(teacher), result.model, example)
-    )
+    applied = result.report.applied
+    return len(find_stages(result.plan, applied, capture(base), result.model, example))
 
 
 def extra_epochs() -> int:
@@ -246,9 +248,13 @@ def step_slimmed_from_scratch(args) -> None:
 
 
 def step_slimmed_tucker(args) -> None:
-    student(
-        "slimmed_tucker", WEIGHTS / "slimmed", [*TUCKER, "--max-batches", str(STAGE_BATCHES)], args
-    )
+    """Tucker makes a stage per decomposed conv: they share the merges' stage batches."""
+    from deeprebirth.slimming import load
+
+    base = WEIGHTS / "slimmed"
+    tucker = stage_count(load(ROOT / base), tucker=True, pointwise_ratio=POINTWISE_RANK)
+    batches = max(1, stage_count() * STAGE_BATCHES // tucker)
+    student("slimmed_tucker", base, [*TUCKER, "--max-batches", str(batches)], args)
 
 
 def float_model(key: str):

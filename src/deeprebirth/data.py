@@ -178,7 +178,7 @@ def _image_folder(path: Path, split: str, transform) -> Dataset:
         ds = datasets.ImageFolder(root, transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataNotFoundError(f"no images found in {root}: {e}") from e
-    if split == "test" or (split == "val" and own_val) or len(ds) < 2:
+    if split == "test" or own_val or len(ds) < 2:
         return ds
     return _split_of(ds, split, max(1, round(VAL_SHARE * len(ds))))
 
