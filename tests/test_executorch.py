@@ -44,6 +44,10 @@ def test_a_slimmed_model_exports_and_the_original_is_untouched(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     r = export_executorch(result.model, tmp_path / "s.pte", x)
     assert r["relative_error"] < 1e-4
+    # The fused heads' channel split runs as slices in XNNPACK: one subgraph, no fallback.
+    assert r["delegation"]["delegated_subgraphs"] == 1
+    assert set(r["delegation"]["portable_ops"]) <= {"getitem"}
+    assert any(n.target is torch.split for n in result.model.graph.nodes)  # untouched
     assert any(type(m).__name__ == "LocalResponseNorm" for m in model.modules())
 
 

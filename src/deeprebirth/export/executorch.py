@@ -14,6 +14,7 @@ ExecuTorch is an optional extra: ``pip install 'deeprebirth[mobile]'``.
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -78,9 +79,37 @@ class BandedLRN(nn.Module):
         return x / torch.exp(torch.log(div) * self.beta)
 
 
+def _splits_as_slices(gm: torch.fx.GraphModule) -> None:
+    """``torch.split`` along channels (the fused inception heads) as one ``narrow`` per
+    piece: XNNPACK takes slices but not splits, which would each break its subgraph."""
+    for node in list(gm.graph.nodes):
+        if node.target is not torch.split or not isinstance(node.args[1], (list, tuple)):
+            continue
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        if any(u.target is not operator.getitem for u in node.users):
+            continue
+        starts = [sum(node.args[1][:i]) for i in range(len(node.args[1]))]
+        for user in list(node.users):
+            i = user.args[1]
+            with gm.graph.inserting_before(user):
+                piece = gm.graph.call_function(
+                    torch.narrow, (node.args[0], dim, starts[i], node.args[1][i])
+                )
+            user.replace_all_uses_with(piece)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+    gm.recompile()
+
+
 def for_mobile(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` whose LRN layers are :class:`BandedLRN` (channels found by
-    running ``example``); the model itself is untouched."""
+    """A copy of ``model`` as the phone runtime wants it: LRN layers as :class:`BandedLRN`
+    (channels found by running ``example``), channel splits as slices. The model itself is
+    untouched."""
+    if isinstance(model, torch.fx.GraphModule) and any(
+        n.target is torch.split for n in model.graph.nodes
+    ):
+        model = copy.deepcopy(model)
+        _splits_as_slices(model)
     lrns = {n: m for n, m in model.named_modules() if isinstance(m, nn.LocalResponseNorm)}
     if not lrns:
         return model
