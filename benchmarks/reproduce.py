@@ -272,11 +272,13 @@ def int8(key: str, args) -> None:
     calibration = [x for x, _ in islice(loader("train", batch=64), CALIBRATION_IMAGES // 64)]
     check = next(iter(loader("val", batch=64)))[0]
     path = WEIGHTS / f"{key}_int8.onnx"
+    start = time.time()
     report = export_int8(float_model(key), ROOT / path, check, calibration, DEFAULT_INT8_FORMAT)
+    minutes = (time.time() - start) / 60
     entry = {
         **describe(path, f"int8 of {key}"),
         **accuracy(OnnxModel(ROOT / path)),
-        "minutes": 0.0,
+        "minutes": minutes,
         "int8": DEFAULT_INT8_FORMAT,
         "calibration_images": CALIBRATION_IMAGES,
         "from": key,
@@ -298,9 +300,9 @@ def at_size(key: str, size: int, built: dict):
         return OnnxModel(ROOT / entry["path"]) if key.endswith("_int8") else float_model(key)
     if key.endswith("_int8"):
         path = Path(built["_tmp"]) / f"{key}_{size}.onnx"
-        x = torch.randn(64, CHANS, size, size, generator=torch.Generator().manual_seed(0))
+        check = next(iter(loader("val", size, batch=8)))[0]
         calibration = [x for x, _ in islice(loader("train", size, batch=32), 4)]
-        export_int8(built[entry["from"]], path, x[:8], calibration, DEFAULT_INT8_FORMAT)
+        export_int8(built[entry["from"]], path, check, calibration, DEFAULT_INT8_FORMAT)
         return OnnxModel(path)
     if key in ("teacher", *REFERENCES):
         return float_model(key)  # global pooling: the same weights run at any size
