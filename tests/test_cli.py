@@ -432,3 +432,27 @@ def test_slim_on_a_missing_gpu_is_one_line(capsys, tmp_path, monkeypatch):
     )
     one_line_error(code, err, "no CUDA GPU")
     assert not (tmp_path / "s").exists()
+
+
+def test_slim_from_scratch_records_it(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys,
+        "slim",
+        "user_models:tiny_cnn",
+        "--input-size",
+        "16",
+        "--data",
+        "synthetic",
+        "--from-scratch",
+        "--max-batches",
+        "1",
+        "--finetune-batches",
+        "1",
+        "--no-report",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
+    assert report["tuning"]["config"]["reinit"] is True
+    assert "val_top1" in report["accuracy"]["slimmed"]
