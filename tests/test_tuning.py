@@ -21,6 +21,13 @@ def tiny_setup(num_classes=10):
     return teacher, result, get_loader(data, batch_size=16, shuffle=True)
 
 
+def stages_of(teacher, result, shape):
+    """The layer-wise stages of a slimmed ``result`` of ``teacher`` for inputs of ``shape``."""
+    return find_stages(
+        result.plan, result.report.applied, capture(teacher), result.model, torch.zeros(*shape)
+    )
+
+
 def boundary_error(teacher, result, stage, x):
     with torch.no_grad():
         s = truncate(result.model, stage.boundary)(x)
@@ -31,13 +38,7 @@ def boundary_error(teacher, result, stage, x):
 def test_stages_follow_the_graph_from_input_to_output():
     teacher = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
     result = slim(teacher, input_size=32, in_chans=1)
-    stages = find_stages(
-        result.plan,
-        result.report.applied,
-        capture(teacher),
-        result.model,
-        torch.zeros(1, 1, 32, 32),
-    )
+    stages = stages_of(teacher, result, (1, 1, 32, 32))
     assert stages[0].id == "streamline:conv1.conv" and stages[0].boundary == ["conv2_reduce.conv"]
     order = {n.target: i for i, n in enumerate(result.model.graph.nodes) if n.op == "call_module"}
     firsts = [order[s.trainable[0]] for s in stages]
@@ -48,13 +49,7 @@ def test_stages_follow_the_graph_from_input_to_output():
 def test_a_stage_lowers_the_reconstruction_error(tmp_path):
     torch.manual_seed(0)
     teacher, result, loader = tiny_setup()
-    stages = find_stages(
-        result.plan,
-        result.report.applied,
-        capture(teacher),
-        result.model,
-        torch.zeros(1, 3, 16, 16),
-    )
+    stages = stages_of(teacher, result, (1, 3, 16, 16))
     x = next(iter(loader))[0]
     before = [boundary_error(teacher, result, s, x) for s in stages]
     records = tune(
@@ -98,9 +93,7 @@ def test_resume_after_an_interruption(tmp_path):
     )
     assert state["completed"][0] not in ran and state["completed"][1] not in ran
     final = json.loads((tmp_path / "state.json").read_text())
-    stages = find_stages(
-        fresh.plan, fresh.report.applied, capture(teacher), fresh.model, torch.zeros(1, 1, 32, 32)
-    )
+    stages = stages_of(teacher, fresh, (1, 1, 32, 32))
     assert final["completed"] == [s.id for s in stages] and final["finetuned"]
     assert records[-1]["stage"] == "finetune"
 
@@ -254,13 +247,7 @@ def test_stages_are_judged_on_the_probe_batches_in_inference_mode(tmp_path):
     config = TuneConfig(max_batches=2, finetune_batches=0)
     result.model.train()
     records = tune(result, teacher, loader, config, tmp_path, probe=probe)
-    stages = find_stages(
-        result.plan,
-        result.report.applied,
-        capture(teacher),
-        result.model,
-        torch.zeros(1, 3, 16, 16),
-    )
+    stages = stages_of(teacher, result, (1, 3, 16, 16))
     # Recompute the last stage's probe loss on the given batches: it is what was recorded.
     last, stage = records[-1], stages[-1]
     student, target = (
@@ -277,13 +264,7 @@ def test_from_scratch_reinitialises_only_the_merged_layers(tmp_path, monkeypatch
     from deeprebirth import slimming
 
     teacher, result, loader = tiny_setup()
-    stages = find_stages(
-        result.plan,
-        result.report.applied,
-        capture(teacher),
-        result.model,
-        torch.zeros(1, 3, 16, 16),
-    )
+    stages = stages_of(teacher, result, (1, 3, 16, 16))
     merged = {t for s in stages for t in s.trainable}
     before = {k: v.clone() for k, v in result.model.state_dict().items()}
     seen = []
