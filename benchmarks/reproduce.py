@@ -19,9 +19,10 @@ finished step is skipped unless --force):
   slimmed_tucker_int8   int8 (ONNX Runtime static quantization, calibrated on training
   squeezenet1_1_int8    images) of each float model
   mobilenet_v2_int8
-  speed                 ONNX Runtime and PyTorch eager medians of every model at 64 and at
-                        224 (random inputs; the same architectures), side by side in one run,
-                        1 thread
+  speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
+                        model at 64 and at 224 (random inputs; the same architectures), side
+                        by side in one run, 1 thread; int8 is ORT's static quantization in
+                        ORT and the XNNPACK quantizer's program in ExecuTorch
   table                 the paper's table, the accuracy-latency plot with its Pareto front,
                         and the README's results section, all from the results file
 
@@ -315,8 +316,26 @@ def at_size(key: str, size: int, built: dict):
     return slim(built["slimmed"], plan).model
 
 
+def et_model(key: str, model, size: int, built: dict):
+    """What ExecuTorch runs for ``key``: a float model as it is (lowered to XNNPACK when
+    timed); an int8 one as the XNNPACK quantizer's program of its float twin, calibrated on
+    training images (int8 against int8 in each runtime)."""
+    from deeprebirth.export import OnnxModel, PteModel
+    from deeprebirth.export.check import export_executorch
+
+    if not isinstance(model, OnnxModel):
+        return model
+    twin = built[load_results()["models"][key]["from"]]
+    path = Path(built["_tmp"]) / f"{key}_{size}.pte"
+    check = next(iter(loader("val", size, batch=8)))[0]
+    calibration = [x for x, _ in islice(loader("train", size, batch=32), 4)]
+    export_executorch(twin, path, check, calibration)
+    return PteModel(path)
+
+
 def step_speed(args) -> None:
-    """Every committed model side by side at each size: ORT for all, eager for float ones."""
+    """Every committed model side by side at each size: ORT and ExecuTorch for all, eager
+    for float ones."""
     import tempfile
 
     from deeprebirth.export import OnnxModel
@@ -340,9 +359,13 @@ def step_speed(args) -> None:
             t_ort = latencies(
                 {k: (m, x) for k, m in models.items()}, runtimes=["ort"], runs=args.runs, log=print
             )["ort"]
+            phone = {k: (et_model(k, m, size, built), x) for k, m in models.items()}
+            t_et = latencies(phone, runtimes=["executorch"], runs=args.runs, log=print)[
+                "executorch"
+            ]
             rows = {}
             for key, m in models.items():
-                row = {"ort_ms": t_ort[key].median_ms}
+                row = {"ort_ms": t_ort[key].median_ms, "executorch_ms": t_et[key].median_ms}
                 if key in t_torch:
                     row["torch_ms"] = t_torch[key].median_ms
                     row["macs"] = count_macs(m, x)

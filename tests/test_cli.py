@@ -2,6 +2,7 @@ import json
 import pickle
 import subprocess
 import sys
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -289,8 +290,12 @@ def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
     md = (out / "report.md").read_text()
     for name in ("report_kinds.png", "report_accuracy_latency.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    for runtime in ("torch", "ort"):
+    runtimes = ("torch", "ort", "executorch") if find_spec("executorch") else ("torch", "ort")
+    assert tuple(data["latency"]) == runtimes  # ExecuTorch too, when the extra is installed
+    for runtime in runtimes:
         assert f"{data['latency'][runtime]['slimmed']['median_ms']:.2f}" in md
+        assert data["by_kind"]["original"][runtime]["lrn"]["ms"] >= 0
+        assert "lrn" not in data["by_kind"]["slimmed"][runtime]  # streamlined away
     assert f"{100 * data['accuracy']['slimmed']['top1']:.2f}" in md
     assert "squeezenet1_1" in data["latency"]["ort"]  # 32x32 is enough for the references
     assert data["references_trained"] == ["squeezenet1_1"]

@@ -85,6 +85,40 @@ def test_for_mobile_rewrites_every_lrn_it_reaches():
         torch.testing.assert_close(mobile(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_profile_groups_xnnpack_operators_by_layer_kind():
+    """ETDump's per-operator times, XNNPACK's own operators grouped into layer kinds; the
+    LRN rewrite's Square ... Divide counts as LRN, and nothing is left unclassified."""
+    from deeprebirth.profiling import profile
+
+    r = profile(tiny(), runtimes=["executorch"], input_size=16, runs=3, layer_runs=3)
+    et = r["runtimes"]["executorch"]
+    rows = et["layers"]
+    assert et["latency_ms"] > 0 and all(row["ms"] >= 0 for row in rows)
+    ops = [row["op"] for row in rows]
+    assert ops.count("Max Pooling") == 2  # pool1 and the branch's pool
+    lrn = [row["op"] for row in rows if row["kind"] == "lrn"]
+    assert lrn[0] == "Square" and lrn[-1] == "Divide" and {"Log", "Exp"} <= set(lrn)
+    assert {"conv", "pool", "lrn", "concat"} <= set(et["by_kind"])
+    assert "other" not in et["by_kind"]
+
+
+def test_operator_events_map_to_kinds():
+    from deeprebirth.graph.taxonomy import executorch_kind
+    from deeprebirth.profiling.executorch_runtime import _spans_to_layers
+
+    assert executorch_kind("Convolution (NHWC, QS8) IGEMM #3", delegated=True) == "conv"
+    assert executorch_kind("Max Pooling (NHWC, F32) #12", delegated=True) == "pool"
+    assert executorch_kind("native_call_max_pool2d_with_indices.out", delegated=False) == "pool"
+    assert executorch_kind("native_call_cumsum.out", delegated=False) == "other"
+    rows = [
+        {"op": op, "kind": executorch_kind(op, True)}
+        for op in ("Convolution", "Square", "Fully Connected", "Log", "Divide", "Square", "Add")
+    ]
+    kinds = [r["kind"] for r in _spans_to_layers(rows)]
+    # the first Square ... Divide is an LRN; a Square with no Divide after it stays itself
+    assert kinds == ["conv", "lrn", "lrn", "lrn", "lrn", "eltwise", "eltwise"]
+
+
 def test_without_executorch_the_error_names_the_extra(monkeypatch):
     real = builtins.__import__
 
@@ -142,8 +176,15 @@ def test_cli_export_evaluate_bench(capsys, tmp_path):
     code = main(["bench", "user_models:tiny_cnn", pte, "--input-size", "16", "--runtime", "ort"])
     _, err = capsys.readouterr()
     assert code == 2 and "runs only in executorch" in err
-    code = main(
-        ["profile", "user_models:tiny_cnn", "--input-size", "16", "--runtime", "executorch"]
+    prof = tmp_path / "p.json"
+    args = ["profile", "user_models:tiny_cnn", "--input-size", "16", "--runtime", "executorch"]
+    code = main([*args, "--runs", "3", "--json", str(prof)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "ExecuTorch (XNNPACK) ms" in out and "Max Pooling" in out
+    assert {"conv", "pool", "lrn"} <= set(
+        json.loads(prof.read_text())["runtimes"]["executorch"]["by_kind"]
     )
+    code = main([*args, "--batch", "2"])
     _, err = capsys.readouterr()
-    assert code == 2 and "bench A B --runtime executorch" in err
+    assert code == 2 and "batch 1" in err

@@ -45,6 +45,7 @@ def fake_results():
     rows = {
         "teacher": {
             "ort_ms": 4.0,
+            "executorch_ms": 6.0,
             "torch_ms": 8.0,
             "macs": 1e8,
             "params": 6e6,
@@ -52,12 +53,13 @@ def fake_results():
         },
         "slimmed": {
             "ort_ms": 2.0,
+            "executorch_ms": 3.0,
             "torch_ms": 4.0,
             "macs": 5e7,
             "params": 6e6,
             "peak_activation_mb": 0.5,
         },
-        "slimmed_tucker_int8": {"ort_ms": 1.0},
+        "slimmed_tucker_int8": {"ort_ms": 1.0, "executorch_ms": 1.5},
     }
     speed = {
         "runs": 5,
@@ -81,7 +83,8 @@ def test_tables_from_a_results_file(tmp_path):
     table = paper_table(results)
     # int8 rows: ORT only, costs of the float twin (here none), top-1 at the trained size.
     assert (
-        "| slimmed + Tucker-2 + int8 | — | — | 1.00 | 4.00x | — | — | — | 92.10 | 91.50 |" in table
+        "| slimmed + Tucker-2 + int8 | — | — | 1.00 | 4.00x | 1.50 | 4.00x | — | — | — | 92.10 | 91.50 |"
+        in table
     )
     readme = tmp_path / "README.md"
     readme.write_text(

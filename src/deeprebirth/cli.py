@@ -74,7 +74,7 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def parse_runtimes(text: str) -> list[str]:
-    from .profiling import TIMING_RUNTIMES as RUNTIMES
+    from .profiling import RUNTIMES
 
     runtimes = [r.strip() for r in text.split(",") if r.strip()]
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -151,10 +151,11 @@ def run_profile(
 
 def cmd_profile(args: argparse.Namespace) -> int:
     if "executorch" in args.runtime:
-        raise DeepRebirthError(
-            "per-layer profiles in ExecuTorch are not supported yet; time it with "
-            "`deeprebirth bench A B --runtime executorch`"
-        )
+        from .export.executorch import require_executorch
+
+        require_executorch()  # before any work
+        if args.batch != 1:
+            raise DeepRebirthError("ExecuTorch programs run batch 1: use --batch 1")
     model, input_size, in_chans = load_model_from_args(args)
     run_profile(args, model, input_size, in_chans, args.json, args.plot)
     return 0
@@ -236,6 +237,10 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
     check_tucker_args(args)
     references = check_references(args)
+    if "executorch" in (args.report_runtimes or []) and not args.no_report:
+        from .export.executorch import require_executorch
+
+        require_executorch()  # before any tuning
     ctx = distributed.setup(args.device)  # under torchrun: one of N processes
     console.quiet = out.quiet = not ctx.is_main
     from .plan import Plan, PlanError
@@ -320,6 +325,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
             selection=selection.to_dict() if selection is not None else None,
             references=references,
             command=" ".join(["deeprebirth", *sys.argv[1:]]),
+            runtimes=args.report_runtimes or report_runtimes(),
             runs=args.report_runs,
             log=_log,
         )
@@ -470,6 +476,13 @@ def run_tuning(args, teacher, result, input_size: int, in_chans: int, ctx) -> di
             probe=probe,
         )
     return {"config": config_dict(config), "stages": records}
+
+
+def report_runtimes() -> list[str]:
+    """The slim report's runtimes: PyTorch eager, ONNX Runtime, and ExecuTorch if installed."""
+    import importlib.util
+
+    return ["torch", "ort"] + (["executorch"] if importlib.util.find_spec("executorch") else [])
 
 
 def check_references(args) -> list[str]:
@@ -904,7 +917,7 @@ def add_timing_args(p: argparse.ArgumentParser) -> None:
         type=parse_runtimes,
         default=["torch", "ort"],
         help="comma list of runtimes: torch (PyTorch eager), ort (ONNX Runtime), executorch "
-        "(ExecuTorch with XNNPACK; bench only); default torch,ort",
+        "(ExecuTorch with XNNPACK, the phone runtime: the [mobile] extra); default torch,ort",
     )
     p.add_argument(
         "--threads", type=positive_int, default=1, help="threads per runtime (default 1)"
@@ -1046,6 +1059,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=20,
         help="timed runs per model for the report (default 20)",
+    )
+    p.add_argument(
+        "--report-runtimes",
+        type=parse_runtimes,
+        metavar="LIST",
+        help="runtimes the report measures, comma-separated (default torch,ort, and executorch "
+        "when the [mobile] extra is installed)",
     )
     p.add_argument(
         "--references",

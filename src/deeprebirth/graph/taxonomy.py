@@ -171,6 +171,87 @@ ONNX_KINDS: dict[str, str] = {
 }
 
 
+#: XNNPACK operator (as ExecuTorch's ETDump names it, before " (": "Convolution (NHWC, F32)
+#: IGEMM #3" is a "Convolution") -> kind. These are what XNNPACK runs, not the source layers:
+#: it runs 1x1 convs as "Fully Connected" GEMMs, an unfolded batch-norm as a depthwise
+#: "Convolution", a concat as one "Copy" per input, and LRN (``BandedLRN``) as the chain
+#: Square ... Divide, which :data:`XNNPACK_SPANS` gives back to its layer kind.
+XNNPACK_KINDS: dict[str, str] = {
+    "Convolution": "conv",
+    "Deconvolution": "conv",
+    "Fully Connected": "fc",
+    "Batch Matrix Multiply": "fc",
+    "Max Pooling": "pool",
+    "Average Pooling": "pool",
+    "Global Average Pooling": "pool",
+    "Argmax Pooling": "pool",
+    "Mean": "pool",
+    "Sum": "pool",
+    "Copy": "concat",
+    "Concatenate": "concat",
+    "Transpose": "reshape",
+    "Static Reshape": "reshape",
+    "Reshape": "reshape",
+    "Static Slice": "reshape",
+    "Slice": "reshape",
+    "Constant Pad": "reshape",
+    "Static Constant Pad": "reshape",
+    "Depth To Space": "reshape",
+    "Space To Depth": "reshape",
+    "Clamp": "activation",
+    "Sigmoid": "activation",
+    "HardSwish": "activation",
+    "Leaky ReLU": "activation",
+    "ELU": "activation",
+    "Tanh": "activation",
+    "GELU": "activation",
+    "Softmax": "activation",
+    "Add": "eltwise",
+    "Multiply": "eltwise",
+    "Subtract": "eltwise",
+    "Divide": "eltwise",
+    "Square": "eltwise",
+    "Square Root": "eltwise",
+    "Exp": "eltwise",
+    "Log": "eltwise",
+    "Maximum": "eltwise",
+    "Minimum": "eltwise",
+}
+
+#: Runs of XNNPACK operators that one source layer became, as (first op, last op) -> kind:
+#: everything from the first to the next last is that layer. ``BandedLRN`` squares its
+#: input first and divides by the window's power last.
+XNNPACK_SPANS: dict[tuple[str, str], str] = {("Square", "Divide"): "lrn"}
+
+#: Portable-kernel operators (ETDump names them ``native_call_<op>.out``) -> kind.
+ATEN_KINDS: dict[str, str] = {
+    "convolution": "conv",
+    "linear": "fc",
+    "addmm": "fc",
+    "mm": "fc",
+    "max_pool2d_with_indices": "pool",
+    "max_pool2d": "pool",
+    "avg_pool2d": "pool",
+    "_adaptive_avg_pool2d": "pool",
+    "mean": "pool",
+    "cat": "concat",
+    "_native_batch_norm_legit_no_training": "batchnorm",
+    "relu": "activation",
+    "clamp": "activation",
+    "hardtanh": "activation",
+    "sigmoid": "activation",
+    "_softmax": "activation",
+    "add": "eltwise",
+    "mul": "eltwise",
+    "div": "eltwise",
+    "view_copy": "reshape",
+    "permute_copy": "reshape",
+    "slice_copy": "reshape",
+    "split_with_sizes_copy": "reshape",
+    "clone": "reshape",
+}
+
+
 def is_tensor_kind(kind: str) -> bool:
     """True for tensor layers (conv, fc), False for every non-tensor kind."""
     return kind in TENSOR_KINDS
@@ -203,3 +284,17 @@ def onnx_kind(op_type: str) -> str:
 def is_leaf_type(module: nn.Module) -> bool:
     """Modules torch.fx should keep whole (not trace into): every module the taxonomy names."""
     return any(cls in MODULE_KINDS for cls in type(module).__mro__)
+
+
+def xnnpack_op(event_name: str) -> str:
+    """An XNNPACK event's operator: ``"Max Pooling (NHWC, F32) #2"`` -> ``"Max Pooling"``."""
+    return event_name.split(" (")[0].split(" #")[0].strip()
+
+
+def executorch_kind(event_name: str, delegated: bool) -> str:
+    """The kind of one ExecuTorch operator event: an XNNPACK operator when ``delegated``,
+    else a portable kernel (``native_call_max_pool2d_with_indices.out``)."""
+    if delegated:
+        return XNNPACK_KINDS.get(xnnpack_op(event_name), "other")
+    op = event_name.removeprefix("native_call_").split(".")[0]
+    return ATEN_KINDS.get(op, "other")

@@ -1,13 +1,12 @@
 """Profiling: latency, time per layer kind, MACs, parameters, peak activation memory."""
 
 from .plot import plot_profile
-from .profile import RUNTIMES, TIMING_RUNTIMES, profile, profile_by_name, summarize_layers
+from .profile import RUNTIMES, profile, profile_by_name, summarize_layers
 from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import Timing, measure, measure_interleaved, pin_threads
 
 __all__ = [
     "RUNTIMES",
-    "TIMING_RUNTIMES",
     "Timing",
     "count_macs",
     "count_params",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+from importlib import metadata
 
 import onnxruntime
 import torch
@@ -21,6 +22,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def executorch_version() -> str | None:
+    try:
+        return metadata.version("executorch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def machine_info() -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -29,4 +37,5 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "executorch": executorch_version(),
     }

@@ -18,9 +18,10 @@ from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import pin_threads
 from .torch_runtime import torch_latency, torch_layer_times
 
-#: Runtimes with per-layer profiles; ``bench`` also times ExecuTorch (TIMING_RUNTIMES).
-RUNTIMES = ("torch", "ort")
-TIMING_RUNTIMES = (*RUNTIMES, "executorch")
+#: Runtimes with per-layer profiles and timing: PyTorch eager, ONNX Runtime, ExecuTorch with
+#: XNNPACK (the ``mobile`` extra). ``profile`` defaults to the first two.
+RUNTIMES = ("torch", "ort", "executorch")
+DEFAULT_RUNTIMES = ("torch", "ort")
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:
@@ -52,7 +53,7 @@ def profile(
     model: nn.Module,
     *,
     name: str = "model",
-    runtimes: Sequence[str] = RUNTIMES,
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
     threads: int = 1,
     batch: int = 1,
     input_size: int = 224,
@@ -94,6 +95,14 @@ def profile(
             log(f"PyTorch eager: {runs} timed runs, then {layer_runs} layer-by-layer runs")
             latency = torch_latency(model, x, runs, warmup)
             rows = torch_layer_times(gm, x, layer_runs, warmup=2)
+        elif runtime == "executorch":
+            from ..export.executorch import set_threads
+            from .executorch_runtime import et_latency, et_layer_times
+
+            set_threads(threads)
+            log(f"ExecuTorch: lowering to XNNPACK, {runs} timed runs, {layer_runs} profiled runs")
+            latency = et_latency(model, x, runs, warmup)
+            rows = et_layer_times(model, x, layer_runs, warmup=2)
         else:
             log("ONNX Runtime: exporting")
             proto = to_onnx(model, x)
