@@ -223,6 +223,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         tucker=args.tucker,
         rank_ratio=args.rank_ratio,
         pointwise_ratio=args.pointwise_rank_ratio,
+        depth=args.drop_activations,
     )
     print_plan(plan)
     if args.output:
@@ -261,6 +262,11 @@ def cmd_slim(args: argparse.Namespace) -> int:
     if args.latency_budget is not None:
         if plan is not None or args.exact_only:
             raise DeepRebirthError("--latency-budget makes the plan: drop --plan/--exact-only")
+        if args.drop_activations:
+            raise DeepRebirthError(
+                "--latency-budget does not choose among depth merges yet: slim with "
+                "--drop-activations (MACs decide) or with --latency-budget, not both"
+            )
         selection = select_for_budget(args, model, input_size, in_chans)
         plan = selection.plan
     _log("planning" if plan is None else f"applying {args.plan or 'the selected plan'}")
@@ -275,6 +281,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         tucker=args.tucker,
         rank_ratio=args.rank_ratio,
         pointwise_ratio=args.pointwise_rank_ratio,
+        depth=args.drop_activations,
     )
     print_plan(result.plan)
     rep = result.report
@@ -895,6 +902,12 @@ def check_tucker_args(args: argparse.Namespace) -> None:
 
 
 def add_tucker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--drop-activations",
+        action="store_true",
+        help="depth compression: chains of convs (activations dropped) become one conv where "
+        "that saves MACs (drop_activation, merge_convs)",
+    )
     p.add_argument(
         "--tucker", action="store_true", help="also Tucker-2 decompose the remaining kxk convs"
     )

@@ -50,6 +50,7 @@ def slim(
     tucker: bool = False,
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
+    depth: bool = False,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it.
 
@@ -70,6 +71,7 @@ def slim(
             tucker=tucker,
             rank_ratio=rank_ratio,
             pointwise_ratio=pointwise_ratio,
+            depth=depth,
         )
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])

@@ -22,6 +22,7 @@ def make_plan(
     tucker: bool = False,
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
+    depth: bool = False,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 
@@ -29,6 +30,8 @@ def make_plan(
     phases produced; each entry records the MACs it removes when applied in order. With
     ``tucker``, the kxk convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``),
     and the 1x1 convs too when ``pointwise_ratio`` is given (at that share of channels).
+    With ``depth``, chains of convs become one conv (``transforms.depth``): each chain is
+    measured alone, and the non-overlapping ones that save the most MACs are enabled.
 
     Example:
         >>> from deeprebirth import get_model
@@ -38,22 +41,34 @@ def make_plan(
         ['block_pool', 'branch_pool', 'drop_layer', 'fuse_parallel', 'streamline']
     """
     from ..transforms.base import propagate_shapes
-    from ..transforms.runner import PHASES
+    from ..transforms.depth import choose_alternatives
+    from ..transforms.runner import phases
     from ..transforms.tucker import Tucker
 
-    phases = [*PHASES, (Tucker(rank_ratio, pointwise_ratio),)] if tucker else PHASES
-
+    compression = Tucker(rank_ratio, pointwise_ratio) if tucker else None
     gm = capture(copy.deepcopy(model)).eval()
     entries = []
     macs = count_macs(gm, example)
-    for phase in phases:
+    for phase in phases(depth=depth, tucker=compression):
         propagate_shapes(gm, example)
         found = [entry for merge in phase for entry in merge.find(gm)]
+        merge_of = {m.kind: m for m in phase}
+        alternatives = any(m.alternatives for m in phase)
+        if alternatives:  # overlapping options, each costed alone by find: choose a set
+            position = {}
+            for i, n in enumerate(gm.graph.nodes):
+                position[n.name] = position[str(n.target)] = i
+            choose_alternatives(found, position)
         for entry in found:
+            if not entry.enabled:
+                continue
             propagate_shapes(gm, example)  # an earlier entry may have changed shapes
-            next(m for m in phase if m.kind == entry.kind).apply(gm, entry)
-            after = count_macs(gm, example)
-            entry.macs_saved, macs = macs - after, after
+            merge_of[entry.kind].apply(gm, entry)
+            if not alternatives:
+                after = count_macs(gm, example)
+                entry.macs_saved, macs = macs - after, after
+        if alternatives:
+            macs = count_macs(gm, example)
         entries += found
     return Plan(
         model=name,

@@ -18,6 +18,9 @@ class Merge:
 
     kind: str = ""
     exact: bool = True
+    #: True when entries overlap (options of which a plan enables a non-overlapping set;
+    #: ``find`` then costs each one alone in ``macs_saved``).
+    alternatives: bool = False
 
     def find(self, gm: fx.GraphModule) -> list[PlanEntry]:
         raise NotImplementedError
@@ -131,3 +134,10 @@ def restrided_conv(
 def conv_output_hw(size_hw, conv_geometry: dict) -> tuple[int, int]:
     k, s, p = (pair(conv_geometry[key]) for key in ("kernel", "stride", "padding"))
     return tuple((size_hw[i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(2))
+
+
+def conv_macs(conv: nn.Conv2d, output_shape) -> int:
+    """Multiply-accumulates of ``conv`` producing ``output_shape`` (N, C, H, W)."""
+    n, c, h, w = output_shape
+    kh, kw = pair(conv.kernel_size)
+    return n * c * h * w * (conv.in_channels // conv.groups) * kh * kw

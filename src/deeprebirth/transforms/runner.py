@@ -12,6 +12,7 @@ from ..graph.capture import capture
 from ..plan.plan import Plan, PlanError
 from .base import Merge, propagate_shapes
 from .branch import BlockPool, BranchPool
+from .depth import DropActivation, MergeConvs
 from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel
 from .streamline import Streamline
 from .tucker import Tucker
@@ -25,9 +26,24 @@ PHASES: tuple[tuple[Merge, ...], ...] = (
     (BlockPool(),),
     (FuseParallel(),),
 )
+#: Optional, after the exact merges (batch-norm folded): depth compression, chains of convs
+#: as one conv (``make_plan(depth=True)``).
+DEPTH_PHASE: tuple[Merge, ...] = (DropActivation(), MergeConvs())
 #: Optional, after the merges: Tucker-2 decomposition of the remaining kxk convs.
 COMPRESSION_PHASE: tuple[Merge, ...] = (Tucker(),)
-MERGES: dict[str, Merge] = {m.kind: m for phase in (*PHASES, COMPRESSION_PHASE) for m in phase}
+MERGES: dict[str, Merge] = {
+    m.kind: m for phase in (*PHASES, DEPTH_PHASE, COMPRESSION_PHASE) for m in phase
+}
+
+
+def phases(depth: bool = False, tucker: Merge | None = None) -> list[tuple[Merge, ...]]:
+    """The phases a plan is found in: PHASES, with depth compression after the exact merges
+    and a Tucker merge at the end when asked for."""
+    out = list(PHASES)
+    if depth:
+        out.insert(1, DEPTH_PHASE)
+    return [*out, (tucker,)] if tucker is not None else out
+
 
 #: An exact merge may change the output by at most this, relative to the output's scale.
 PARITY_TOLERANCE = 1e-4

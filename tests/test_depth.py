@@ -1,0 +1,188 @@
+"""Depth compression: chains of convs as one conv (drop_activation, merge_convs)."""
+
+import copy
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from deeprebirth import slimming
+from deeprebirth.cli import main
+from deeprebirth.graph import capture, example_input
+from deeprebirth.plan import PlanError, make_plan
+from deeprebirth.transforms import MERGES, apply_plan
+from deeprebirth.transforms.depth import choose_alternatives, compose_convs
+from deeprebirth.zoo import get_model
+
+
+@st.composite
+def conv_chains(draw):
+    """2-3 random convs (kernel, stride, groups, padding of the first) that chain."""
+    channels = draw(st.sampled_from([2, 4, 6]))
+    convs = []
+    for i in range(draw(st.integers(2, 3))):
+        out = draw(st.sampled_from([2, 4, 6]))
+        groups = draw(st.sampled_from([g for g in (1, 2) if channels % g == 0 and out % g == 0]))
+        if draw(st.booleans()) and out == channels:
+            groups = channels  # depthwise
+        convs.append(
+            nn.Conv2d(
+                channels,
+                out,
+                draw(st.sampled_from([1, 2, 3])),
+                stride=draw(st.sampled_from([1, 2])),
+                padding=draw(st.integers(0, 1)) if i == 0 else 0,
+                groups=groups,
+                bias=draw(st.booleans()),
+            )
+        )
+        channels = out
+    return convs
+
+
+@settings(max_examples=40, deadline=None)
+@given(convs=conv_chains(), size=st.integers(20, 28))
+def test_composed_chain_equals_the_chain_without_activations(convs, size):
+    x = torch.randn(2, convs[0].in_channels, size, size)
+    y = x
+    with torch.no_grad():
+        for conv in convs:
+            y = conv(y)
+        merged = compose_convs(convs)
+        assert merged(x).shape == y.shape
+        torch.testing.assert_close(merged(x), y, rtol=1e-4, atol=1e-5)
+    depthwise = all(c.groups == c.in_channels == c.out_channels for c in convs)
+    assert merged.groups == (convs[0].in_channels if depthwise else merged.groups)
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.sampled_from([1, 3]), pad=st.integers(0, 1), residual=st.booleans())
+def test_inner_padding_is_exact_away_from_the_borders(k, pad, residual):
+    """1x1 -> 3x3 depthwise (padding 1, inside the chain) -> kxk: the merged conv pads the
+    input instead; outputs agree wherever no padding was read."""
+    c = 4
+    convs = [nn.Conv2d(c, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, c, k)]
+    convs[2].padding = (pad * (k // 2),) * 2
+    x = torch.randn(1, c, 14, 14)
+    with torch.no_grad():
+        y = convs[2](convs[1](convs[0](x)))
+        if residual and y.shape == x.shape:
+            y = y + x
+        merged = compose_convs(convs, residual=residual and y.shape == x.shape)
+        out = merged(x)
+    assert out.shape == y.shape
+    b = 2  # how far the padding reaches in
+    torch.testing.assert_close(out[..., b:-b, b:-b], y[..., b:-b, b:-b], rtol=1e-4, atol=1e-5)
+
+
+def mobilenet():
+    torch.manual_seed(0)
+    return get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet_plan():
+    """MobileNetV2 (1 channel) and its plan with depth merges at 32x32: planned once."""
+    model = mobilenet()
+    return model, make_plan(model, example_input(1, 1, 32), name="mobilenet_v2", depth=True)
+
+
+def without_activations(model: nn.Module) -> nn.Module:
+    m = copy.deepcopy(model)
+    for name, module in list(m.named_modules()):
+        if isinstance(module, nn.ReLU6):
+            m.set_submodule(name, nn.Identity())
+    return m
+
+
+def test_mobilenet_v2_blocks_merge_whole_and_equal_the_activation_free_net(mobilenet_plan):
+    """Each inverted-residual block becomes one conv (its residual folded in); with the
+    activations gone the slimmed net computes what the original does without them, away
+    from the borders, and saves the MACs the plan says."""
+    model, plan = mobilenet_plan
+    x = example_input(1, 1, 32)
+    chains = [e for e in plan.entries if e.kind == "drop_activation"]
+    enabled = [e for e in chains if e.enabled]
+    assert enabled and all(e.macs_saved > 0 for e in enabled)
+    assert any(e.geometry["residual"] for e in enabled)
+    layers = [n for e in enabled for n in e.nodes]
+    assert len(layers) == len(set(layers))  # enabled entries never share a layer
+    assert any(not e.enabled and e.macs_saved < 0 for e in chains)  # the costly pairs stay off
+    gm, report = apply_plan(model, plan, x)
+    assert set(e.id for e in enabled) <= set(report.applied)
+    with torch.no_grad():
+        out, ref = gm(x), without_activations(model)(x)
+    # every block's border effects mix into the global pool: compare loosely, and against
+    # the network *with* activations, which must differ more
+    with torch.no_grad():
+        err_free = (out - ref).abs().max() / ref.abs().max()
+        err_orig = (out - model(x)).abs().max() / model(x).abs().max()
+    assert err_free < err_orig
+
+
+def test_a_single_block_merges_exactly_inside():
+    model = mobilenet()
+    block = model.features[3]  # 24 -> 24 channels, stride 1: a residual block
+    x = torch.randn(1, 24, 12, 12)
+    plan = make_plan(block, x, name="block", depth=True)
+    (entry,) = [e for e in plan.entries if e.kind == "drop_activation" and e.enabled]
+    assert entry.geometry["residual"] and entry.geometry["kernel"] == [3, 3]
+    gm, _ = apply_plan(block, plan, x)
+    assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == 1
+    with torch.no_grad():
+        out, ref = gm(x), without_activations(block)(x)
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+
+
+def test_choose_alternatives_never_overlaps():
+    from deeprebirth.plan.plan import PlanEntry
+
+    def entry(name, nodes, saved):
+        return PlanEntry(name, "drop_activation", False, nodes, macs_saved=saved)
+
+    es = [entry("ab", ["a", "b"], 5), entry("bc", ["b", "c"], 7), entry("cd", ["c", "d"], 4)]
+    es.append(entry("de", ["d", "e"], -1))
+    choose_alternatives(es)
+    assert [e.enabled for e in es] == [True, False, True, False]
+
+
+def test_a_plan_that_no_longer_fits_is_refused(mobilenet_plan):
+    model, plan = mobilenet_plan
+    entry = next(e for e in plan.entries if e.kind == "drop_activation" and e.enabled)
+    gm = capture(model)
+    other = copy.deepcopy(entry)
+    other.nodes = [other.nodes[0], "no.such.layer", *other.nodes[2:]]
+    with pytest.raises(PlanError, match="expected no.such.layer"):
+        MERGES[other.kind].apply(gm, other)
+
+
+def test_a_merged_chain_is_one_tuning_stage(mobilenet_plan):
+    from deeprebirth.tuning import find_stages
+
+    model, plan = mobilenet_plan
+    result = slimming.slim(model, plan)
+    stages = find_stages(
+        result.plan, result.report.applied, capture(model), result.model, torch.zeros(1, 1, 32, 32)
+    )
+    merged = [e.nodes[0] for e in result.plan.entries if e.kind == "drop_activation" and e.enabled]
+    trained = [t for s in stages for t in s.trainable]
+    assert set(merged) <= set(trained)
+
+
+def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path):
+    name = "mobilenet_v2"
+    args = ["--input-size", "32", "--in-chans", "1", "--drop-activations"]
+    code = main(["slim", name, *args, "--no-report", "--out", str(tmp_path / "s")])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert any(e["kind"] == "drop_activation" and e["enabled"] for e in plan["entries"])
+    code = main(["export", str(tmp_path / "s"), "-o", str(tmp_path / "s.onnx")])
+    _, err = capsys.readouterr()
+    assert code == 0, err  # the ONNX file matches the slimmed model (parity gate)
+    code = main(["slim", name, *args, "--latency-budget", "1", "--out", str(tmp_path / "b")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--drop-activations" in err
