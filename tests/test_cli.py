@@ -277,6 +277,7 @@ def saved_reference(tmp_path, model: str, num_classes: int, input_size: int):
     return save_weights(get_model(model, num_classes=num_classes), path, meta)
 
 
+@pytest.mark.full_report
 def test_slim_writes_a_report_with_the_runs_numbers(capsys, tmp_path):
     trained = saved_reference(tmp_path, "squeezenet1_1", num_classes=10, input_size=32)
     code, _, err = run_cli(

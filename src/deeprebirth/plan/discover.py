@@ -62,9 +62,13 @@ def make_plan(
         for entry in found:
             if not entry.enabled:
                 continue
-            propagate_shapes(gm, example)  # an earlier entry may have changed shapes
-            merge_of[entry.kind].apply(gm, entry)
-            if not alternatives:
+            merge = merge_of[entry.kind]
+            if merge.needs_shapes:
+                propagate_shapes(gm, example)  # an earlier entry may have changed shapes
+            merge.apply(gm, entry)
+            if merge.keeps_macs:
+                entry.macs_saved = 0
+            elif not alternatives:
                 after = count_macs(gm, example)
                 entry.macs_saved, macs = macs - after, after
         if alternatives:

@@ -21,6 +21,11 @@ class Merge:
     #: True when entries overlap (options of which a plan enables a non-overlapping set;
     #: ``find`` then costs each one alone in ``macs_saved``).
     alternatives: bool = False
+    #: Whether ``apply`` reads the shapes on the nodes (``propagate_shapes`` runs first).
+    needs_shapes: bool = True
+    #: True for merges that remove only layers with no multiply-accumulates (batch-norm,
+    #: dropout): the plan records 0 MACs saved without counting.
+    keeps_macs: bool = False
 
     def find(self, gm: fx.GraphModule) -> list[PlanEntry]:
         raise NotImplementedError

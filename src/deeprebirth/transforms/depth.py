@@ -55,21 +55,37 @@ def dense_weight(conv: nn.Conv2d) -> torch.Tensor:
     return dense
 
 
-def regroup(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The most groups a dense weight is block-diagonal in, and its grouped weight."""
-    c_out, c_in = weight.shape[:2]
+def _connections(conv: nn.Conv2d) -> torch.Tensor:
+    """Which input channels each output channel of ``conv`` reads: (out, in), 0 or 1."""
+    g = conv.groups
+    block = torch.ones(conv.out_channels // g, conv.in_channels // g)
+    return torch.block_diag(*[block] * g)
+
+
+def chain_groups(convs: list[nn.Conv2d], residual: bool = False) -> int:
+    """The groups of the conv composing ``convs`` (plus the identity with ``residual``):
+    the most blocks its channel connections fall into (depthwise stays depthwise)."""
+    reach = _connections(convs[0])
+    for conv in convs[1:]:
+        reach = _connections(conv) @ reach
+    if residual:
+        reach = reach + torch.eye(*reach.shape)
+    reach = reach > 0
+    c_out, c_in = reach.shape
     common = math.gcd(c_out, c_in)
-    for g in (d for d in range(common, 0, -1) if common % d == 0):
-        out_g, in_g = c_out // g, c_in // g
-        mask = torch.zeros(c_out, c_in, dtype=torch.bool)
-        for j in range(g):
-            mask[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] = True
-        if g == 1 or not weight[~mask].any():
-            blocks = [
-                weight[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] for j in range(g)
-            ]
-            return torch.cat(blocks), g
-    raise AssertionError("unreachable: one group always fits")
+    for g in (d for d in range(common, 1, -1) if common % d == 0):
+        inside = torch.block_diag(*[torch.ones(c_out // g, c_in // g, dtype=torch.bool)] * g)
+        if not reach[~inside].any():
+            return g
+    return 1
+
+
+def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The grouped weight of a block-diagonal dense one."""
+    out_g, in_g = weight.shape[0] // groups, weight.shape[1] // groups
+    return torch.cat(
+        [weight[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] for j in range(groups)]
+    )
 
 
 def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
@@ -101,7 +117,7 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
         c = weight.shape[0]
         weight = weight.clone()
         weight[torch.arange(c), torch.arange(c), kernel[0] // 2, kernel[1] // 2] += 1
-    grouped, groups = regroup(weight)
+    groups = chain_groups(convs, residual)
     merged = nn.Conv2d(
         first.in_channels,
         convs[-1].out_channels,
@@ -112,7 +128,7 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
         bias=bias is not None,
     ).to(first.weight.device, first.weight.dtype)
     with torch.no_grad():
-        merged.weight.copy_(grouped)
+        merged.weight.copy_(_grouped(weight, groups))
         if bias is not None:
             merged.bias.copy_(bias)
     return merged
@@ -216,7 +232,7 @@ class _ConvChain(Merge):
             "residual": residual is not None,
             "output_hw": list(out_shape[2:]) if out_shape else None,
         }
-        merged = compose_convs([modules[c.target] for c in convs], residual is not None)
+        groups = chain_groups([modules[c.target] for c in convs], residual is not None)
         before = sum(conv_macs(modules[c.target], shape_of(c)) for c in convs)
         pads_inside = any(pair(modules[c.target].padding) != (0, 0) for c in convs[1:])
         what = (
@@ -230,8 +246,11 @@ class _ConvChain(Merge):
         # one entry per chain: named after its first and last conv
         entry = self.entry(f"{first.target}..{last.target}", nodes, geometry, note=note)
         entry.exact = not self.dropping and not pads_inside
-        entry.macs_saved = before - conv_macs(merged, out_shape)
-        geometry["groups"] = merged.groups
+        n, c, h, w = out_shape
+        kernel = merged_geometry["kernel"]
+        merged_macs = n * c * h * w * (geometry["in_channels"] // groups) * kernel[0] * kernel[1]
+        entry.macs_saved = before - merged_macs
+        geometry["groups"] = groups
         return entry
 
     @staticmethod

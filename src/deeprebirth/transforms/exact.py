@@ -29,7 +29,7 @@ BN_FOLDS = {
 
 
 class DropLayer(Merge):
-    kind, exact = "drop_layer", True
+    kind, exact, needs_shapes, keeps_macs = "drop_layer", True, False, True
 
     def find(self, gm):
         modules = modules_of(gm)
@@ -45,7 +45,7 @@ class DropLayer(Merge):
 
 
 class FoldBatchNorm(Merge):
-    kind, exact = "fold_batchnorm", True
+    kind, exact, needs_shapes, keeps_macs = "fold_batchnorm", True, False, True
 
     def find(self, gm):
         modules = modules_of(gm)

@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 from ..graph.capture import capture
-from ..plan.plan import Plan, PlanError
+from ..plan.plan import Plan, PlanEntry, PlanError
 from .base import Merge, propagate_shapes
 from .branch import BlockPool, BranchPool
 from .depth import DropActivation, MergeConvs
@@ -71,24 +71,68 @@ def apply_plan(
 ) -> tuple[fx.GraphModule, SlimReport]:
     """Apply the plan's enabled entries to a copy of ``model``; the original is untouched.
 
-    Exact entries are checked against the model before the entry (relative error at most
-    ``PARITY_TOLERANCE``); one that fails is reverted and reported, never kept.
+    Exact entries are checked against the model before them (relative error at most
+    ``PARITY_TOLERANCE``); one that fails is reverted and reported, never kept. A run of
+    consecutive exact entries is checked once, as a whole; only a run that fails is
+    applied again one entry at a time, to find and revert the culprits.
     """
     gm = capture(copy.deepcopy(model)).eval()
     report = SlimReport()
     with torch.no_grad():
         reference = gm(example)
+    todo = []
     for entry in plan.entries:
         if not entry.enabled or (exact_only and not entry.exact):
             report.skipped.append(entry.id)
             continue
-        merge = MERGES.get(entry.kind)
-        if merge is None:
+        if entry.kind not in MERGES:
             raise PlanError(
                 f"plan entry {entry.id}: unknown merge kind {entry.kind!r}; known: {', '.join(MERGES)}"
             )
-        propagate_shapes(gm, example)
-        before = copy.deepcopy(gm) if entry.exact and parity_gate else None
+        todo.append(entry)
+    runs: list[list[PlanEntry]] = []
+    for entry in todo:  # consecutive exact entries share one gate
+        if runs and entry.exact and runs[-1][0].exact:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    for run in runs:
+        if not (run[0].exact and parity_gate):
+            _apply(gm, run, example, report)
+            continue
+        before = copy.deepcopy(gm)
+        applied = _apply(gm, run, example, report)
+        if _parity_error(gm, before, example) <= PARITY_TOLERANCE:
+            continue
+        gm = before  # one of them broke parity: again one by one, reverting what fails
+        for entry in applied:
+            report.applied.remove(entry.id)
+        for entry in applied:
+            step = copy.deepcopy(gm)
+            _apply(gm, [entry], example, report)
+            err = _parity_error(gm, step, example)
+            if err > PARITY_TOLERANCE:
+                gm = step
+                report.applied.remove(entry.id)
+                report.reverted.append((entry.id, f"output changed by {err:.1e} of its scale"))
+    with torch.no_grad():
+        out = gm(example)
+    if out.shape != reference.shape:
+        raise PlanError(
+            f"the slimmed model's output is {tuple(out.shape)}, the original's {tuple(reference.shape)}"
+        )
+    return gm, report
+
+
+def _apply(
+    gm: fx.GraphModule, entries: list[PlanEntry], example: torch.Tensor, report: SlimReport
+) -> list[PlanEntry]:
+    """Apply ``entries`` in order; returns those applied (also listed in ``report``)."""
+    applied = []
+    for entry in entries:
+        merge = MERGES[entry.kind]
+        if merge.needs_shapes:
+            propagate_shapes(gm, example)
         try:
             merge.apply(gm, entry)
         except PlanError:
@@ -98,18 +142,11 @@ def apply_plan(
             # a learned merge would have removed): skip it too. Merges check before changing.
             report.skipped.append(entry.id)
             continue
-        if before is not None:
-            with torch.no_grad():
-                err = relative_error(gm(example), before(example))
-            if err > PARITY_TOLERANCE:
-                gm = before
-                report.reverted.append((entry.id, f"output changed by {err:.1e} of its scale"))
-                continue
         report.applied.append(entry.id)
+        applied.append(entry)
+    return applied
+
+
+def _parity_error(gm: fx.GraphModule, before: fx.GraphModule, example: torch.Tensor) -> float:
     with torch.no_grad():
-        out = gm(example)
-    if out.shape != reference.shape:
-        raise PlanError(
-            f"the slimmed model's output is {tuple(out.shape)}, the original's {tuple(reference.shape)}"
-        )
-    return gm, report
+        return relative_error(gm(example), before(example))
