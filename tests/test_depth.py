@@ -183,6 +183,46 @@ def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path):
     code = main(["export", str(tmp_path / "s"), "-o", str(tmp_path / "s.onnx")])
     _, err = capsys.readouterr()
     assert code == 0, err  # the ONNX file matches the slimmed model (parity gate)
-    code = main(["slim", name, *args, "--latency-budget", "1", "--out", str(tmp_path / "b")])
+
+
+def test_depth_chains_are_budget_options(mobilenet_plan):
+    """Chains that share a layer are one group of non-overlapping sets; Tucker is not
+    offered on a conv a chain takes; with_entries turns on only the chosen chains."""
+    from deeprebirth.plan.select import build_options, depth_options, with_entries
+
+    model, plan = mobilenet_plan
+    depth = [e for e in plan.entries if e.kind in ("drop_activation", "merge_convs")]
+    options = depth_options([e for e in depth if e.macs_saved > 0])
+    assert options and all(o.entries for o in options)
+    for o in options:
+        layers = [n for e in o.entries for n in e.nodes]
+        assert len(layers) == len(set(layers))
+    by_group = {}
+    for o in options:
+        by_group.setdefault(o.group, set()).update(n for e in o.entries for n in e.nodes)
+    groups = list(by_group.values())
+    assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1 :])
+    one = options[0]
+    enabled = {e.id for e in with_entries(plan, one.entries).entries if e.enabled}
+    assert {e.id for e in one.entries} <= enabled
+    assert not ({e.id for e in depth} - {e.id for e in one.entries}) & enabled
+    x = example_input(1, 1, 32)
+    tucker = make_plan(
+        model, x, name="mobilenet_v2", tucker=True, rank_ratio=0.5, pointwise_ratio=0.5
+    )
+    all_options = build_options(model, x, plan, [tucker])
+    chained = {n for e in depth if e.macs_saved > 0 for n in e.nodes}
+    tucker_options = [o for o in all_options if o.entries[0].kind == "tucker"]
+    assert tucker_options and not any(o.entries[0].nodes[0] in chained for o in tucker_options)
+
+
+def test_a_latency_budget_can_choose_depth_merges(capsys, tmp_path):
+    args = ["slim", "user_models:mbv2_block", "--input-size", "16", "--drop-activations"]
+    code = main(
+        [*args, "--selection-runs", "3", "--latency-budget", "1e6", "--no-report"]
+        + ["--out", str(tmp_path / "s")]
+    )
     _, err = capsys.readouterr()
-    assert code == 2 and "--drop-activations" in err
+    assert code == 0, err
+    sel = json.loads((tmp_path / "s" / "selection.json").read_text())
+    assert any(o["entries"][0].startswith("drop_activation:") for o in sel["options"])

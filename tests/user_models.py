@@ -50,3 +50,27 @@ def untraceable(**_) -> nn.Module:
 
 def not_a_module(**_):
     return "hello"
+
+
+class InvertedResidual(nn.Module):
+    """A MobileNetV2 block (1x1 expand, 3x3 depthwise, 1x1 project, residual) in a net."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 24, 3, padding=1)
+        self.expand = nn.Conv2d(24, 144, 1)  # expansion 6, as in MobileNetV2
+        self.act1 = nn.ReLU6()
+        self.dw = nn.Conv2d(144, 144, 3, padding=1, groups=144)
+        self.act2 = nn.ReLU6()
+        self.project = nn.Conv2d(144, 24, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + self.project(self.act2(self.dw(self.act1(self.expand(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def mbv2_block(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    return InvertedResidual(num_classes, in_chans)

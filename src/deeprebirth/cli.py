@@ -262,11 +262,6 @@ def cmd_slim(args: argparse.Namespace) -> int:
     if args.latency_budget is not None:
         if plan is not None or args.exact_only:
             raise DeepRebirthError("--latency-budget makes the plan: drop --plan/--exact-only")
-        if args.drop_activations:
-            raise DeepRebirthError(
-                "--latency-budget does not choose among depth merges yet: slim with "
-                "--drop-activations (MACs decide) or with --latency-budget, not both"
-            )
         selection = select_for_budget(args, model, input_size, in_chans)
         plan = selection.plan
     _log("planning" if plan is None else f"applying {args.plan or 'the selected plan'}")
@@ -359,7 +354,9 @@ def select_for_budget(args, model, input_size: int, in_chans: int):
     example = example_input(1, in_chans, input_size)
     config = _model_config(args)
     _log("finding every merge and Tucker rank to choose from")
-    plan = make_plan(model, example, name=args.model, model_config=config)
+    plan = make_plan(
+        model, example, name=args.model, model_config=config, depth=args.drop_activations
+    )
     tucker_plans = [
         make_plan(model, example, name=args.model, model_config=config, tucker=True, rank_ratio=r)
         for r in (None, *RANK_RATIOS)

@@ -1,10 +1,13 @@
 """Plan selection under a latency budget, measured on the target runtime.
 
-1. **Options.** Every learned plan entry (streamline, branch and block merges) and every
-   Tucker-2 decomposition at each of a few ranks. Entries that only apply on top of
-   another (a block merge needs its branch's head pool gone) form one group with it, so
-   each *group* offers mutually exclusive options: off, or one of its closed subsets /
-   ranks. Exact merges are always applied: they cost no accuracy.
+1. **Options.** Every learned plan entry (streamline, branch and block merges), every
+   depth chain that saves MACs (``drop_activation``, ``merge_convs``) and every Tucker-2
+   decomposition at each of a few ranks. Entries that only apply on top of another (a
+   block merge needs its branch's head pool gone) form one group with it, and chains that
+   share a layer form one group, so each *group* offers mutually exclusive options: off,
+   or one of its closed subsets / non-overlapping sets of chains / ranks. Tucker is not
+   offered on a conv a chain takes. Other exact merges are always applied: they cost no
+   accuracy.
 2. **Lookup table.** Each option is applied alone to the exact-only model; its latency is
    measured on the target runtime, interleaved with all the others and the base in one
    run; the saving is base minus option. The table is cached on disk per model, input,
@@ -47,6 +50,8 @@ from .plan import Plan, PlanEntry
 RANK_RATIOS = (0.25, 0.5)
 #: Largest group of interdependent merges whose every subset is an option (2^n - 1 of them).
 MAX_GROUP_SUBSETS = 4
+#: Most options a group of overlapping depth chains offers (its non-overlapping sets).
+MAX_DEPTH_OPTIONS = 32
 
 
 class BudgetError(DeepRebirthError):
@@ -148,6 +153,19 @@ def _applies(model, plan: Plan, example, entries: Sequence[PlanEntry]) -> bool:
     return all(e.id in report.applied for e in entries)
 
 
+def _is_alternative(entry: PlanEntry) -> bool:
+    """A depth entry: one of overlapping options, exact or not (``Merge.alternatives``)."""
+    from ..transforms import MERGES
+
+    merge = MERGES.get(entry.kind)
+    return merge is not None and merge.alternatives
+
+
+def _always_on(entry: PlanEntry) -> bool:
+    """Exact merges cost no accuracy and are always applied, except overlapping options."""
+    return entry.exact and not _is_alternative(entry)
+
+
 def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
     """``plan`` with its exact entries and the ``chosen`` learned ones enabled (Tucker last)."""
     ids = {e.id: e for e in chosen}
@@ -156,7 +174,7 @@ def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
         if e.kind == "tucker":
             continue
         e = copy.copy(e)
-        e.enabled = e.exact or e.id in ids
+        e.enabled = _always_on(e) or e.id in ids
         entries.append(e)
     entries += [copy.copy(e) for e in chosen if e.kind == "tucker"]
     return Plan(plan.model, plan.input_shape, entries, plan.model_config)
@@ -173,7 +191,10 @@ def build_options(
     A learned entry that does not apply alone is grouped with the earlier learned entries
     it needs (found by trial: the fewest earlier entries with which it applies).
     """
-    learned = [e for e in plan.entries if not e.exact and e.kind != "tucker"]
+    depth = [e for e in plan.entries if _is_alternative(e) and e.macs_saved > 0]
+    learned = [
+        e for e in plan.entries if not e.exact and e.kind != "tucker" and not _is_alternative(e)
+    ]
     needs: dict[str, list[PlanEntry]] = {}
     for i, e in enumerate(learned):
         if _applies(model, plan, example, [e]):
@@ -215,13 +236,50 @@ def build_options(
             if all(r.id in ids for e in subset for r in needs[e.id]):
                 key = "+".join(e.id for e in subset)
                 options.append(Option(key, g, list(subset)))
+    options += depth_options(depth)
+    chained = {n for e in depth for n in e.nodes}  # Tucker and a chain are not combined yet
     seen = set()
     for tp in tucker_plans:
         for e in tp.entries:
-            if e.kind == "tucker" and _tucker_key(e) not in seen:
+            if e.kind == "tucker" and e.nodes[0] not in chained and _tucker_key(e) not in seen:
                 seen.add(_tucker_key(e))
                 options.append(Option(_tucker_key(e), e.id, [e]))
     return options
+
+
+def depth_options(entries: Sequence[PlanEntry]) -> list[Option]:
+    """Options from depth entries (chains of convs as one conv). Chains that share a layer
+    are one group; its options are the sets of its chains that share none, at most
+    ``MAX_DEPTH_OPTIONS`` of them per group (those saving the most MACs)."""
+    groups: list[list[PlanEntry]] = []
+    for e in entries:
+        touching = [g for g in groups if any(set(e.nodes) & set(o.nodes) for o in g)]
+        merged = [e, *(o for g in touching for o in g)]
+        groups = [g for g in groups if g not in touching] + [merged]
+    options = []
+    for members in groups:
+        members.sort(key=lambda e: entries.index(e))
+        sets = _disjoint_sets(members)
+        sets.sort(key=lambda es: -sum(e.macs_saved for e in es))
+        name = members[0].id
+        for subset in sets[:MAX_DEPTH_OPTIONS]:
+            options.append(Option("+".join(e.id for e in subset), name, subset))
+    return options
+
+
+def _disjoint_sets(members: list[PlanEntry], limit: int = 4096) -> list[list[PlanEntry]]:
+    """Non-empty sets of ``members`` that share no layer (at most ``limit`` of them)."""
+    sets: list[list[PlanEntry]] = []
+    stack: list[tuple[list[PlanEntry], int]] = [([], 0)]
+    while stack and len(sets) < limit:
+        chosen, start = stack.pop()
+        if chosen:
+            sets.append(chosen)
+        taken = {n for c in chosen for n in c.nodes}
+        for i in range(len(members) - 1, start - 1, -1):
+            if not taken & set(members[i].nodes):
+                stack.append(([*chosen, members[i]], i + 1))
+    return sets
 
 
 def group_options(options: Sequence[Option]) -> dict[str, list[Option]]:
