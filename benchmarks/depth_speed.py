@@ -56,8 +56,9 @@ def main() -> None:
             labels=(name, f"{name} slimmed"),
             log=print,
         )
+        applied = set(result.report.applied)
         r["depth_entries"] = [
-            {"id": e.id, "enabled": e.enabled, "macs_saved": e.macs_saved} for e in depth
+            {"id": e.id, "applied": e.id in applied, "macs_saved": e.macs_saved} for e in depth
         ]
         rows[name] = r
     info = machine_info()
@@ -84,7 +85,7 @@ def main() -> None:
         "|---|---:|---:|" + "---|" * len(RUNTIMES),
     ]
     for name, r in rows.items():
-        merged = sum(e["enabled"] for e in r["depth_entries"])
+        merged = sum(e["applied"] for e in r["depth_entries"])
         macs = f"{r['macs']['a'] / 1e6:.0f} -> {r['macs']['b'] / 1e6:.0f}"
         cells = [
             f"{t['a_ms']:.2f} -> {t['b_ms']:.2f} ({t['speedup']:.2f}x)"

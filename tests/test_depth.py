@@ -44,14 +44,24 @@ def conv_chains(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(convs=conv_chains(), size=st.integers(20, 28))
-def test_composed_chain_equals_the_chain_without_activations(convs, size):
+@given(convs=conv_chains(), size=st.integers(20, 28), residual=st.booleans())
+def test_composed_chain_equals_the_chain_without_activations(convs, size, residual):
     x = torch.randn(2, convs[0].in_channels, size, size)
     y = x
     with torch.no_grad():
         for conv in convs:
             y = conv(y)
         merged = compose_convs(convs)
+        # a residual folds in where the chain keeps the shape with a centred odd kernel
+        k, p = merged.kernel_size, merged.padding
+        if (
+            residual
+            and y.shape == x.shape
+            and k[0] % 2
+            and k[1] % 2
+            and p == (k[0] // 2, k[1] // 2)
+        ):
+            y, merged = y + x, compose_convs(convs, residual=True)
         assert merged(x).shape == y.shape
         torch.testing.assert_close(merged(x), y, rtol=1e-4, atol=1e-5)
     depthwise = all(c.groups == c.in_channels == c.out_channels for c in convs)
@@ -137,6 +147,25 @@ def test_a_single_block_merges_exactly_inside():
     torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
 
 
+def test_a_conv_called_from_two_places_is_never_merged():
+    """Shared weights: replacing the module would change its other call site."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return (self.b(torch.relu(self.a(x))) + self.a(2 * x)).mean((2, 3))
+
+    model = Shared().eval()
+    x = torch.randn(1, 8, 8, 8)
+    plan = make_plan(model, x, depth=True)
+    assert not [e for e in plan.entries if e.kind in ("drop_activation", "merge_convs")]
+    gm, _ = apply_plan(model, plan, x)
+    torch.testing.assert_close(gm(x), model(x))
+
+
 def test_choose_alternatives_never_overlaps():
     from deeprebirth.plan.plan import PlanEntry
 
@@ -186,8 +215,8 @@ def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path):
 
 
 def test_depth_chains_are_budget_options(mobilenet_plan):
-    """Chains that share a layer are one group of non-overlapping sets; Tucker is not
-    offered on a conv a chain takes; with_entries turns on only the chosen chains."""
+    """Chains that share a layer are one group of non-overlapping sets; Tucker on a conv a
+    chain takes joins the chain's group; with_entries turns on only the chosen chains."""
     from deeprebirth.plan.select import build_options, depth_options, with_entries
 
     model, plan = mobilenet_plan
@@ -211,9 +240,11 @@ def test_depth_chains_are_budget_options(mobilenet_plan):
         model, x, name="mobilenet_v2", tucker=True, rank_ratio=0.5, pointwise_ratio=0.5
     )
     all_options = build_options(model, x, plan, [tucker])
-    chained = {n for e in depth if e.macs_saved > 0 for n in e.nodes}
+    group_of = {n: o.group for o in options for e in o.entries for n in e.nodes}
     tucker_options = [o for o in all_options if o.entries[0].kind == "tucker"]
-    assert tucker_options and not any(o.entries[0].nodes[0] in chained for o in tucker_options)
+    on_chains = [o for o in tucker_options if o.entries[0].nodes[0] in group_of]
+    # Tucker on a chained conv is one more option of that chain's group: one or the other
+    assert on_chains and all(o.group == group_of[o.entries[0].nodes[0]] for o in on_chains)
 
 
 def test_a_latency_budget_can_choose_depth_merges(capsys, tmp_path):

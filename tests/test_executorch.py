@@ -117,6 +117,11 @@ def test_operator_events_map_to_kinds():
     kinds = [r["kind"] for r in _spans_to_layers(rows)]
     # the first Square ... Divide is an LRN; a Square with no Divide after it stays itself
     assert kinds == ["conv", "lrn", "lrn", "lrn", "lrn", "eltwise", "eltwise"]
+    # only the rewrite's own operators may stand between: a pool in between is no LRN
+    rows = [
+        {"op": op, "kind": executorch_kind(op, True)} for op in ("Square", "Max Pooling", "Divide")
+    ]
+    assert [r["kind"] for r in _spans_to_layers(rows)] == ["eltwise", "pool", "eltwise"]
 
 
 def test_without_executorch_the_error_names_the_extra(monkeypatch):

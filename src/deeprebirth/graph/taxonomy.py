@@ -218,10 +218,16 @@ XNNPACK_KINDS: dict[str, str] = {
     "Minimum": "eltwise",
 }
 
-#: Runs of XNNPACK operators that one source layer became, as (first op, last op) -> kind:
-#: everything from the first to the next last is that layer. ``BandedLRN`` squares its
-#: input first and divides by the window's power last.
-XNNPACK_SPANS: dict[tuple[str, str], str] = {("Square", "Divide"): "lrn"}
+#: Runs of XNNPACK operators that one source layer became, as (first op, last op) ->
+#: (kind, the operators allowed between them): a run from the first to the next last with
+#: only those between is that layer. ``BandedLRN`` squares its input first, sums the window
+#: by a constant 1x1 conv (a GEMM), takes the power as exp(beta * log) and divides last.
+XNNPACK_SPANS: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
+    ("Square", "Divide"): (
+        "lrn",
+        frozenset({"Fully Connected", "Convolution", "Transpose", "Multiply", "Add", "Log", "Exp"}),
+    )
+}
 
 #: Portable-kernel operators (ETDump names them ``native_call_<op>.out``) -> kind.
 ATEN_KINDS: dict[str, str] = {

@@ -5,9 +5,9 @@
    decomposition at each of a few ranks. Entries that only apply on top of another (a
    block merge needs its branch's head pool gone) form one group with it, and chains that
    share a layer form one group, so each *group* offers mutually exclusive options: off,
-   or one of its closed subsets / non-overlapping sets of chains / ranks. Tucker is not
-   offered on a conv a chain takes. Other exact merges are always applied: they cost no
-   accuracy.
+   or one of its closed subsets / non-overlapping sets of chains / ranks. Tucker on a
+   conv a chain takes is one more option of the chain's group. Other exact merges are
+   always applied: they cost no accuracy.
 2. **Lookup table.** Each option is applied alone to the exact-only model; its latency is
    measured on the target runtime, interleaved with all the others and the base in one
    run; the saving is base minus option. The table is cached on disk per model, input,
@@ -236,14 +236,17 @@ def build_options(
             if all(r.id in ids for e in subset for r in needs[e.id]):
                 key = "+".join(e.id for e in subset)
                 options.append(Option(key, g, list(subset)))
-    options += depth_options(depth)
-    chained = {n for e in depth for n in e.nodes}  # Tucker and a chain are not combined yet
+    chains = depth_options(depth)
+    options += chains
+    # Tucker and a chain are not combined yet: Tucker on a conv a chain takes joins the
+    # chain's group (one or the other).
+    chain_group = {n: o.group for o in chains for e in o.entries for n in e.nodes}
     seen = set()
     for tp in tucker_plans:
         for e in tp.entries:
-            if e.kind == "tucker" and e.nodes[0] not in chained and _tucker_key(e) not in seen:
+            if e.kind == "tucker" and _tucker_key(e) not in seen:
                 seen.add(_tucker_key(e))
-                options.append(Option(_tucker_key(e), e.id, [e]))
+                options.append(Option(_tucker_key(e), chain_group.get(e.nodes[0], e.id), [e]))
     return options
 
 
@@ -258,7 +261,7 @@ def depth_options(entries: Sequence[PlanEntry]) -> list[Option]:
         groups = [g for g in groups if g not in touching] + [merged]
     options = []
     for members in groups:
-        members.sort(key=lambda e: entries.index(e))
+        members.sort(key=lambda e: -e.macs_saved)  # the enumeration starts from the best
         sets = _disjoint_sets(members)
         sets.sort(key=lambda es: -sum(e.macs_saved for e in es))
         name = members[0].id

@@ -97,11 +97,13 @@ def _spans_to_layers(rows: list[dict]) -> list[dict]:
     out, i = [], 0
     while i < len(rows):
         kind = None
-        for (first, last), span_kind in XNNPACK_SPANS.items():
+        for (first, last), (span_kind, between) in XNNPACK_SPANS.items():
             if rows[i]["op"] != first:
                 continue
-            end = next((j for j in range(i + 1, len(rows)) if rows[j]["op"] == last), None)
-            if end is not None:
+            end = i + 1
+            while end < len(rows) and rows[end]["op"] in between:
+                end += 1
+            if end < len(rows) and rows[end]["op"] == last:
                 kind = span_kind
                 break
         if kind is None:

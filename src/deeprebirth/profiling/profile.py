@@ -74,6 +74,8 @@ def profile(
     unknown = set(runtimes) - set(RUNTIMES)
     if unknown:
         raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {list(RUNTIMES)}")
+    if "executorch" in runtimes and batch != 1:
+        raise ValueError("ExecuTorch programs run batch 1: profile with batch=1")
     pin_threads(threads)
     model = model.eval()
     x = example_input(batch, in_chans, input_size)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -154,16 +155,25 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 and users[0].args[:1] == (node,) else None
 
 
-def _links(start: fx.Node, modules: dict[str, nn.Module]) -> list[tuple[fx.Node | None, fx.Node]]:
+def _called_once(gm: fx.GraphModule) -> set[str]:
+    """Modules the graph calls from one place only: a merge may replace those (a module
+    called twice shares its weights with another call site, which must not change)."""
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    return {target for target, count in calls.items() if count == 1}
+
+
+def _links(
+    start: fx.Node, modules: dict[str, nn.Module], once: set[str]
+) -> list[tuple[fx.Node | None, fx.Node]]:
     """From conv ``start`` on: each next conv, with the activation before it (or None),
-    while every layer in between has exactly one reader."""
+    while every layer in between has exactly one reader and each conv one call site."""
     links, node = [], start
     while len(links) < MAX_CHAIN - 1:
         user = _only_user(node)
         act = None
         if user is not None and _activation(user, modules):
             act, user = user, _only_user(user)
-        if user is None or _conv(user, modules) is None:
+        if user is None or _conv(user, modules) is None or user.target not in once:
             break
         links.append((act, user))
         node = user
@@ -182,8 +192,10 @@ def _residual(first: fx.Node, last: fx.Node) -> fx.Node | None:
     return add if set(operands) == {first.args[0], last} else None
 
 
-def _name(node: fx.Node) -> str:
-    return node.target if node.op == "call_module" else node.name
+def _name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A chain member's name in the plan: a conv by its module, anything else by its node
+    (an activation module may be called from several places)."""
+    return node.target if _conv(node, modules) is not None else node.name
 
 
 class _ConvChain(Merge):
@@ -197,11 +209,12 @@ class _ConvChain(Merge):
 
     def find(self, gm):
         modules = modules_of(gm)
+        once = _called_once(gm)
         entries = []
         for n in gm.graph.nodes:
-            if _conv(n, modules) is None:
+            if _conv(n, modules) is None or n.target not in once:
                 continue
-            links = _links(n, modules)
+            links = _links(n, modules, once)
             for length in range(1, len(links) + 1):
                 chain = links[:length]
                 acts = [a for a, _ in chain if a is not None]
@@ -223,7 +236,7 @@ class _ConvChain(Merge):
             and merged_geometry["padding"] == [k // 2 for k in merged_geometry["kernel"]]
         ):
             residual = None
-        nodes = [_name(x) for c in chain for x in (c[0], c[1]) if x is not None]
+        nodes = [_name(x, modules) for c in chain for x in (c[0], c[1]) if x is not None]
         nodes = [first.target, *nodes] + ([residual.name] if residual is not None else [])
         geometry = {
             **merged_geometry,
@@ -236,7 +249,7 @@ class _ConvChain(Merge):
         before = sum(conv_macs(modules[c.target], shape_of(c)) for c in convs)
         pads_inside = any(pair(modules[c.target].padding) != (0, 0) for c in convs[1:])
         what = (
-            "drops " + ", ".join(_name(a) for a, _ in chain if a is not None)
+            "drops " + ", ".join(_name(a, modules) for a, _ in chain if a is not None)
             if self.dropping
             else "merges"
         )
@@ -268,22 +281,27 @@ class _ConvChain(Merge):
     def apply(self, gm, entry):
         modules = modules_of(gm)
         first = module_node(gm, entry.nodes[0], entry)
-        by_name = {_name(n): n for n in gm.graph.nodes}
+        by_name = {n.name: n for n in gm.graph.nodes}
         chain, node = [first], first
         expected = entry.nodes[1:-1] if entry.geometry.get("residual") else entry.nodes[1:]
         for name in expected:
             user = _only_user(node)
-            if user is None or _name(user) != name:
-                found = ", ".join(_name(u) for u in node.users) or "nothing"
+            if user is None or _name(user, modules) != name:
+                found = ", ".join(_name(u, modules) for u in node.users) or "nothing"
                 raise PlanError(
-                    f"plan entry {entry.id}: expected {name} after {_name(node)}, found {found}; "
-                    "re-run `deeprebirth plan`"
+                    f"plan entry {entry.id}: expected {name} after {_name(node, modules)}, "
+                    f"found {found}; re-run `deeprebirth plan`"
                 )
             chain.append(user)
             node = user
         convs = [n for n in chain if _conv(n, modules) is not None]
         if len(convs) < 2 or any(n not in convs and not _activation(n, modules) for n in chain):
             raise PlanError(f"plan entry {entry.id}: the chain is no longer convs and activations")
+        once = _called_once(gm)
+        if any(c.target not in once for c in convs):
+            raise PlanError(
+                f"plan entry {entry.id}: a conv of the chain is called from elsewhere too"
+            )
         out = node
         if entry.geometry.get("residual"):
             add = by_name.get(entry.nodes[-1])

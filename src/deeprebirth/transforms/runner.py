@@ -26,8 +26,9 @@ PHASES: tuple[tuple[Merge, ...], ...] = (
     (BlockPool(),),
     (FuseParallel(),),
 )
-#: Optional, after the exact merges (batch-norm folded): depth compression, chains of convs
-#: as one conv (``make_plan(depth=True)``).
+#: Optional, after the merges (batch-norm folded, heads fused): depth compression, chains
+#: of convs as one conv (``make_plan(depth=True)``). Last, so that every other entry is
+#: found on a graph without chains and applies whichever chains are chosen.
 DEPTH_PHASE: tuple[Merge, ...] = (DropActivation(), MergeConvs())
 #: Optional, after the merges: Tucker-2 decomposition of the remaining kxk convs.
 COMPRESSION_PHASE: tuple[Merge, ...] = (Tucker(),)
@@ -37,11 +38,11 @@ MERGES: dict[str, Merge] = {
 
 
 def phases(depth: bool = False, tucker: Merge | None = None) -> list[tuple[Merge, ...]]:
-    """The phases a plan is found in: PHASES, with depth compression after the exact merges
-    and a Tucker merge at the end when asked for."""
+    """The phases a plan is found in: PHASES, then depth compression and a Tucker merge
+    when asked for."""
     out = list(PHASES)
     if depth:
-        out.insert(1, DEPTH_PHASE)
+        out.append(DEPTH_PHASE)
     return [*out, (tucker,)] if tucker is not None else out
 
 
@@ -101,15 +102,19 @@ def apply_plan(
             _apply(gm, run, example, report)
             continue
         before = copy.deepcopy(gm)
-        applied = _apply(gm, run, example, report)
+        _apply(gm, run, example, report)
         if _parity_error(gm, before, example) <= PARITY_TOLERANCE:
             continue
         gm = before  # one of them broke parity: again one by one, reverting what fails
-        for entry in applied:
-            report.applied.remove(entry.id)
-        for entry in applied:
+        for entry in run:  # (an entry skipped in the batch may apply once another is out)
+            if entry.id in report.applied:
+                report.applied.remove(entry.id)
+            elif entry.id in report.skipped:
+                report.skipped.remove(entry.id)
+        for entry in run:
             step = copy.deepcopy(gm)
-            _apply(gm, [entry], example, report)
+            if not _apply(gm, [entry], example, report):
+                continue  # skipped
             err = _parity_error(gm, step, example)
             if err > PARITY_TOLERANCE:
                 gm = step
