@@ -65,6 +65,7 @@ def test_options_cover_learned_merges_and_tucker_ranks():
 
 def _slim_budget(tmp_path, budget):
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
+    args += ["--report-runtimes", "ort"]
     return main([*args, "--latency-budget", str(budget), "--out", str(tmp_path / "s")])
 
 
@@ -83,6 +84,8 @@ def test_generous_budget_needs_no_learned_merge(capsys, tmp_path):
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
     assert all(e["exact"] for e in plan["entries"] if e["enabled"])
     assert "Selection under a latency budget" in (tmp_path / "s" / "report.md").read_text()
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert list(report["latency"]) == ["ort"]  # --report-runtimes
 
 
 def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
