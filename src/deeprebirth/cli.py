@@ -898,7 +898,7 @@ def check_tucker_args(args: argparse.Namespace) -> None:
             raise DeepRebirthError(f"--{flag.replace('_', '-')} needs --tucker")
 
 
-def add_tucker_args(p: argparse.ArgumentParser) -> None:
+def add_compression_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drop-activations",
         action="store_true",
@@ -962,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="find the merges (streamline, branch, exact) in a model")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, help="write the plan as JSON (editable)")
-    add_tucker_args(p)
+    add_compression_args(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("slim", help="apply a plan and save the slimmed model")
@@ -970,7 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plan", type=Path, help="a plan from `deeprebirth plan -o` (default: make one)"
     )
-    add_tucker_args(p)
+    add_compression_args(p)
     p.add_argument(
         "--exact-only", action="store_true", help="apply only merges that keep the function"
     )

@@ -31,7 +31,7 @@ def make_plan(
     ``tucker``, the kxk convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``),
     and the 1x1 convs too when ``pointwise_ratio`` is given (at that share of channels).
     With ``depth``, chains of convs become one conv (``transforms.depth``): each chain is
-    measured alone, and the non-overlapping ones that save the most MACs are enabled.
+    costed alone, and the set that shares no layer and saves the most MACs is enabled.
 
     Example:
         >>> from deeprebirth import get_model
