@@ -247,7 +247,7 @@ def test_depth_chains_are_budget_options(mobilenet_plan):
     assert on_chains and all(o.group == group_of[o.entries[0].nodes[0]] for o in on_chains)
 
 
-def test_a_latency_budget_can_choose_depth_merges(capsys, tmp_path):
+def test_a_latency_budget_offers_depth_merges(capsys, tmp_path):
     args = ["slim", "user_models:mbv2_block", "--input-size", "16", "--drop-activations"]
     code = main(
         [*args, "--selection-runs", "3", "--latency-budget", "1e6", "--no-report"]
