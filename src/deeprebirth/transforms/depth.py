@@ -89,6 +89,21 @@ def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
     )
 
 
+def chain_geometry(convs: list[nn.Conv2d]) -> dict:
+    """Kernel, stride and padding of the conv composing ``convs``: each kernel widens by
+    (k - 1) times the stride before it, strides multiply, a later padding is passed through
+    to the input at that stride."""
+    kernel, stride, padding = (
+        list(pair(getattr(convs[0], a))) for a in ("kernel_size", "stride", "padding")
+    )
+    for conv in convs[1:]:
+        k2, s2, p2 = pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
+        padding = [p + q * s for p, q, s in zip(padding, p2, stride, strict=True)]
+        kernel = [k + (q - 1) * s for k, q, s in zip(kernel, k2, stride, strict=True)]
+        stride = [s * t for s, t in zip(stride, s2, strict=True)]
+    return {"kernel": kernel, "stride": stride, "padding": padding}
+
+
 def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
     """One conv computing ``convs[-1](...convs[0](x))``, the activations between them gone.
 
@@ -99,10 +114,9 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
     first = convs[0]
     weight = dense_weight(first).detach()
     bias = first.bias.detach() if first.bias is not None else None
-    kernel, stride, padding = pair(first.kernel_size), pair(first.stride), pair(first.padding)
+    stride = pair(first.stride)  # of what came before the next conv: its dilation
     for conv in convs[1:]:
         nxt = dense_weight(conv).detach()
-        k2, s2, p2 = pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
         # W[o, i, w] = sum over m and u + p * stride = w of nxt[o, m, p] * weight[m, i, u]
         weight = F.conv_transpose2d(
             weight.transpose(0, 1), nxt.transpose(0, 1), dilation=stride
@@ -111,9 +125,9 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
         bias = carried + (conv.bias.detach() if conv.bias is not None else 0)
         if not torch.is_tensor(bias):
             bias = None
-        padding = tuple(p + q * s for p, q, s in zip(padding, p2, stride, strict=True))
-        kernel = tuple(k + (q - 1) * s for k, q, s in zip(kernel, k2, stride, strict=True))
-        stride = tuple(s * t for s, t in zip(stride, s2, strict=True))
+        stride = tuple(s * t for s, t in zip(stride, pair(conv.stride), strict=True))
+    geometry = chain_geometry(convs)
+    kernel = geometry["kernel"]
     if residual:
         c = weight.shape[0]
         weight = weight.clone()
@@ -122,9 +136,9 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
     merged = nn.Conv2d(
         first.in_channels,
         convs[-1].out_channels,
-        kernel,
-        stride=stride,
-        padding=padding,
+        tuple(kernel),
+        stride=tuple(geometry["stride"]),
+        padding=tuple(geometry["padding"]),
         groups=groups,
         bias=bias is not None,
     ).to(first.weight.device, first.weight.dtype)
@@ -227,7 +241,7 @@ class _ConvChain(Merge):
         convs = [first] + [c for _, c in chain]
         last = convs[-1]
         residual = _residual(first, last)
-        merged_geometry = self._geometry([modules[c.target] for c in convs])
+        merged_geometry = chain_geometry([modules[c.target] for c in convs])
         in_shape, out_shape = shape_of(first.args[0]), shape_of(last)
         if residual is not None and not (
             in_shape == out_shape
@@ -265,18 +279,6 @@ class _ConvChain(Merge):
         entry.macs_saved = before - merged_macs
         geometry["groups"] = groups
         return entry
-
-    @staticmethod
-    def _geometry(convs: list[nn.Conv2d]) -> dict:
-        kernel, stride, padding = (
-            list(pair(getattr(convs[0], a))) for a in ("kernel_size", "stride", "padding")
-        )
-        for conv in convs[1:]:
-            k2, s2, p2 = pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
-            padding = [p + q * s for p, q, s in zip(padding, p2, stride, strict=True)]
-            kernel = [k + (q - 1) * s for k, q, s in zip(kernel, k2, stride, strict=True)]
-            stride = [s * t for s, t in zip(stride, s2, strict=True)]
-        return {"kernel": kernel, "stride": stride, "padding": padding}
 
     def apply(self, gm, entry):
         modules = modules_of(gm)
