@@ -16,6 +16,6 @@ def report_runtimes(request, monkeypatch):
     """Slim reports measure PyTorch eager and ONNX Runtime in tests, which is quicker; tests
     marked ``full_report`` get the real default (ExecuTorch too, when installed)."""
     if request.node.get_closest_marker("full_report") is None:
-        from deeprebirth import cli
+        from deeprebirth import pipeline
 
-        monkeypatch.setattr(cli, "report_runtimes", lambda: ["torch", "ort"])
+        monkeypatch.setattr(pipeline, "report_runtimes", lambda: ["torch", "ort"])

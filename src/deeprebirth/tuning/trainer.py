@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
+from ..config import ConfigError, option
 from ..errors import DeepRebirthError
 from ..files import write_json
 from .stages import Stage, trainable_parameters, truncate
@@ -35,32 +36,52 @@ STATE_FILE, WEIGHTS_FILE, LOG_FILE = "state.json", "student.safetensors", "tune_
 
 @dataclass
 class TuneConfig:
-    #: Batches per stage (at most); and epochs over the data per stage.
-    max_batches: int = 200
-    epochs_per_stage: int = 1
-    lr: float = 1e-3
-    #: Whole-network distillation after the stages (0 turns it off).
-    finetune_batches: int = 300
-    #: Passes over the data in the final fine-tune, at most.
-    finetune_epochs: int = 1
-    finetune_lr: float = 1e-4
-    temperature: float = 4.0
-    #: Use labels in the final fine-tune (cross-entropy beside distillation).
-    use_labels: bool = False
-    #: Train every merge at once (one stage, judged at the output) instead of layer-wise.
-    all_at_once: bool = False
-    #: Re-initialise the merged layers before tuning (train them from scratch) instead of
-    #: starting from the weights the merge copied: the paper's other arm.
-    reinit: bool = False
-    #: Wall-clock budget in minutes for the whole tuning; None for no limit.
-    budget_minutes: float | None = None
-    #: Share of the budget kept for the final fine-tune (the stages split the rest).
-    finetune_share: float = 0.3
-    #: Validation batches a stage must leave no worse (the keep/rollback probe).
-    probe_batches: int = 4
-    max_retries: int = 3
-    #: A loss this many times the stage's first loss counts as exploding.
-    explode_factor: float = 1e3
+    max_batches: int = option(200, "batches per stage, at most")
+    epochs_per_stage: int = option(1, "passes over the data per stage, at most")
+    lr: float = option(1e-3, "stage learning rate (Adam, cosine decay)")
+    finetune_batches: int = option(
+        300, "whole-network distillation batches after the stages (0: no fine-tune)"
+    )
+    finetune_epochs: int = option(1, "passes over the data in the fine-tune, at most")
+    finetune_lr: float = option(1e-4, "fine-tune learning rate")
+    temperature: float = option(4.0, "distillation temperature of the fine-tune")
+    use_labels: bool = option(
+        False, "cross-entropy on the labels beside distillation in the fine-tune (stages never)"
+    )
+    all_at_once: bool = option(
+        False, "train every merged layer in one stage, judged at the output (for comparison)"
+    )
+    reinit: bool = option(
+        False,
+        "re-initialise the merged layers instead of starting from the weights the merge "
+        "copied: train them from scratch, the paper's other arm",
+    )
+    budget_minutes: float | None = option(None, "wall-clock budget for all tuning (none: no limit)")
+    finetune_share: float = option(
+        0.3, "share of budget_minutes kept for the fine-tune (the stages split the rest)"
+    )
+    probe_batches: int = option(
+        4, "validation batches a stage must leave no worse (else it is rolled back)"
+    )
+    max_retries: int = option(3, "retries of a diverged stage, each at a smaller learning rate")
+    explode_factor: float = option(
+        1e3, "a loss this many times the stage's first loss counts as diverged"
+    )
+
+    def check(self) -> None:
+        """Values in range, or a ConfigError naming the key."""
+        for key in ("max_batches", "epochs_per_stage", "finetune_epochs", "probe_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tune.{key} must be at least 1, not {getattr(self, key)}")
+        if self.finetune_batches < 0 or self.max_retries < 0:
+            raise ConfigError("tune.finetune_batches and tune.max_retries must be at least 0")
+        if not 0.0 <= self.finetune_share < 1.0:
+            raise ConfigError(f"tune.finetune_share must be in [0, 1), not {self.finetune_share}")
+        for key in ("lr", "finetune_lr", "temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"tune.{key} must be positive, not {getattr(self, key)}")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise ConfigError(f"tune.budget_minutes must be positive, not {self.budget_minutes}")
 
 
 class Diverged(DeepRebirthError):

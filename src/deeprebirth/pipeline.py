@@ -1,0 +1,614 @@
+"""The pipeline: one recipe, run end to end.
+
+    profile -> plan -> (select) -> slim -> tune -> evaluate -> export -> report
+
+:func:`run` is what ``deeprebirth run RECIPE.toml``, ``deeprebirth slim``, ``make demo`` and
+the benchmark scripts all call. It prints nothing: it reports through :class:`Hooks`
+(progress lines, notes, and results to show), which the command line fills with printing.
+Everything it makes goes into ``recipe.out``, beside the resolved recipe
+(``recipe.toml``). Interrupted tuning continues with ``tune.resume = true``.
+
+Example:
+    >>> from deeprebirth.pipeline import run
+    >>> from deeprebirth.recipe import Recipe
+    >>> result = run(Recipe.load("recipes/demo.toml"))  # doctest: +SKIP
+    >>> result.out_dir / "report.md"  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import __version__
+from .errors import DeepRebirthError
+from .recipe import RECIPE_FILE, ModelConfig, Recipe
+
+#: What each export format writes into the output directory.
+EXPORT_FILES = {"onnx": "model.onnx", "executorch": "model.pte", "torchscript": "model.pt"}
+INT8_FILES = {"onnx": "model_int8.onnx", "executorch": "model_int8.pte"}
+
+
+def _nothing(*args) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """How the pipeline talks to whoever runs it (the CLI prints; Python callers need not)."""
+
+    #: A line of progress ("tracing ...", "wrote ...").
+    log: Callable[[str], None] = _nothing
+    #: Something the user should know (an untuned model, a reference left out).
+    note: Callable[[str], None] = _nothing
+    #: A result to show: ("profile", dict), ("plan", Plan), ("reverted", (id, why)),
+    #: ("selection", Selection), ("accuracy", dict), ("reference", (name, dict)),
+    #: ("export", dict).
+    show: Callable[[str, Any], None] = _nothing
+    #: A context manager giving the tuning progress callback (stage, step, total, loss).
+    tuning_progress: Callable[[bool], AbstractContextManager] = lambda is_main: nullcontext()
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    recipe: Recipe
+    plan: Any = None
+    report: Any = None
+    summary: dict = field(default_factory=dict)
+    selection: Any = None
+
+
+# --- the model -------------------------------------------------------------------------
+
+
+def load_model(spec: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+    """The model ``spec`` names, and ``spec`` resolved: input size, channels and classes
+    filled in from the zoo, a weights file's metadata or a slimmed directory."""
+    from .slimming import input_shape_of, is_slimmed_dir, load
+    from .zoo import get_model, model_meta
+
+    if is_slimmed_dir(spec.name):
+        _, in_chans, size, _ = input_shape_of(spec.name)
+        return load(spec.name), dataclasses.replace(spec, input_size=size, in_chans=in_chans)
+    meta = model_meta(spec.name)
+    checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+    if checkpoint is not None and checkpoint.suffix == ".safetensors" and checkpoint.is_file():
+        from .evaluation import weights_meta
+
+        saved = weights_meta(checkpoint)  # files from save_weights describe their model
+        filled = {
+            k: int(saved[k])
+            for k in ("num_classes", "in_chans", "input_size")
+            if getattr(spec, k) is None and k in saved
+        }
+        spec = dataclasses.replace(spec, **filled)
+    model = get_model(
+        spec.name, checkpoint=checkpoint, pretrained=spec.pretrained, **model_config(spec)
+    )
+    return model, dataclasses.replace(
+        spec,
+        input_size=spec.input_size or meta["input_size"],
+        in_chans=spec.in_chans or meta["in_chans"],
+    )
+
+
+def model_config(spec: ModelConfig) -> dict:
+    """The keyword arguments the zoo builds the model with (what a plan records)."""
+    return {k: v for k in ("num_classes", "in_chans") if (v := getattr(spec, k)) is not None}
+
+
+def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
+    """The plan the recipe asks for (every merge found, or the plan file)."""
+    from .graph import example_input
+    from .plan import make_plan as find_merges
+
+    p = recipe.plan
+    return find_merges(
+        model,
+        example_input(1, spec.in_chans, spec.input_size),
+        name=spec.name,
+        model_config=model_config(spec),
+        tucker=p.tucker,
+        rank_ratio=p.rank_ratio,
+        pointwise_ratio=p.pointwise_rank_ratio,
+        depth=p.drop_activations,
+    )
+
+
+def _load_plan_file(recipe: Recipe):
+    """The plan in ``plan.file``, and the model spec completed from it."""
+    from .plan import Plan, PlanError
+
+    plan = Plan.load(recipe.plan.file)
+    spec = recipe.model
+    if plan.model != spec.name:
+        raise PlanError(f"{recipe.plan.file} is a plan for {plan.model}, not {spec.name}")
+    filled = {k: v for k, v in plan.model_config.items() if getattr(spec, k, None) is None}
+    if spec.input_size is None:
+        filled["input_size"] = plan.input_shape[2]
+    return plan, dataclasses.replace(spec, **filled)
+
+
+# --- checks before any work ------------------------------------------------------------
+
+
+def report_runtimes() -> list[str]:
+    """The report's runtimes: PyTorch eager, ONNX Runtime, and ExecuTorch if installed."""
+    import importlib.util
+
+    return ["torch", "ort"] + (["executorch"] if importlib.util.find_spec("executorch") else [])
+
+
+def references_of(recipe: Recipe) -> list[str]:
+    from .report import REFERENCES
+
+    if not recipe.report.enabled:
+        return []
+    refs = recipe.report.references
+    return list(REFERENCES) if refs is None else [r for r in refs if r]
+
+
+def check(recipe: Recipe) -> None:
+    """What can be checked before any work, so a typo costs nothing: the references load,
+    ExecuTorch is installed where asked for."""
+    from .report import reference_model
+
+    for ref in references_of(recipe):
+        reference_model(ref, num_classes=10)
+    wants_et = "executorch" in recipe.export.formats or (
+        recipe.profile.enabled and "executorch" in recipe.profile.runtimes
+    )
+    wants_et |= recipe.report.enabled and "executorch" in (recipe.report.runtimes or [])
+    if wants_et:
+        from .export.executorch import require_executorch
+
+        require_executorch()
+
+
+# --- the steps ---------------------------------------------------------------------------
+
+
+def profile_step(
+    recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: Path, hooks, command: str
+) -> dict:
+    from .files import write_json
+    from .profiling import plot_profile, profile
+
+    p = recipe.profile
+    result = profile(
+        model,
+        name=spec.name,
+        runtimes=p.runtimes,
+        threads=p.threads,
+        input_size=spec.input_size,
+        in_chans=spec.in_chans,
+        runs=p.runs,
+        log=hooks.log,
+    )
+    result["command"] = command
+    hooks.show("profile", result)
+    hooks.log(f"wrote {write_json(out_dir / 'profile.json', result)}")
+    hooks.log(f"wrote {plot_profile(result, out_dir / 'profile.png')}")
+    return result
+
+
+def validation_batches(recipe: Recipe, spec: ModelConfig, n: int = 4, size: int = 16) -> list:
+    """Batches of the validation split (what choices are scored on), or random inputs."""
+    from .graph import example_input
+
+    if recipe.data.spec:
+        from .data import get_dataset, get_loader
+
+        ds = get_dataset(
+            recipe.data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans
+        )
+        return [x for x, _ in islice(get_loader(ds, size), n)]
+    return [example_input(size, spec.in_chans, spec.input_size) for _ in range(n)]
+
+
+def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
+    """The plan meeting ``select.latency_budget_ms`` at the least estimated error, checked
+    by measuring it beside the original and the plan with every merge."""
+    from .graph import example_input
+    from .plan import make_plan as find_merges
+    from .plan.select import RANK_RATIOS, reconstruction_error, select_plan
+    from .profiling.bench import latencies
+    from .transforms import apply_plan
+
+    s = recipe.select
+    example = example_input(1, spec.in_chans, spec.input_size)
+    config = model_config(spec)
+    hooks.log("finding every merge and Tucker rank to choose from")
+    plan = find_merges(
+        model, example, name=spec.name, model_config=config, depth=recipe.plan.drop_activations
+    )
+    tucker_plans = [
+        find_merges(model, example, name=spec.name, model_config=config, tucker=True, rank_ratio=r)
+        for r in (None, *RANK_RATIOS)
+    ]
+    if not recipe.data.spec:
+        hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
+    batches = validation_batches(recipe, spec)
+    selection = select_plan(
+        model,
+        example,
+        plan,
+        s.latency_budget_ms,
+        tucker_plans=tucker_plans,
+        batches=batches,
+        runtime=s.runtime,
+        threads=s.threads,
+        runs=s.runs,
+        log=hooks.log,
+    )
+    selected, _ = apply_plan(model, selection.plan, example)
+    fixed, _ = apply_plan(model, plan, example)
+    hooks.log(f"measuring the selected plan on {s.runtime}")
+    t = latencies(
+        {
+            k: (m, example)
+            for k, m in (("original", model), ("selected", selected), ("fixed", fixed))
+        },
+        runtimes=[s.runtime],
+        threads=s.threads,
+        runs=s.runs,
+    )[s.runtime]
+    selection.extra = {
+        "original_ms": t["original"].median_ms,
+        "measured_ms": t["selected"].median_ms,
+        "fixed_plan_ms": t["fixed"].median_ms,
+        "error": reconstruction_error(selected, model, batches),
+        "fixed_plan_error": reconstruction_error(fixed, model, batches),
+    }
+    hooks.show("selection", selection)
+    if selection.extra["measured_ms"] > s.latency_budget_ms:
+        hooks.note(
+            f"measured {selection.extra['measured_ms']:.2f} ms is over the budget: savings did "
+            "not add up as the table predicts (timing noise or interactions)"
+        )
+    return selection
+
+
+def tune_step(
+    recipe: Recipe, teacher: nn.Module, result, spec: ModelConfig, ctx, out_dir: Path, hooks
+) -> dict:
+    from .data import get_dataset, get_loader
+    from .slimming import tune
+    from .tuning import distributed
+    from .tuning.trainer import config_dict
+
+    data = recipe.data
+    train = get_dataset(data.spec, "train", input_size=spec.input_size, in_chans=spec.in_chans)
+    loader = distributed.loader(train, data.batch_size, ctx)
+    config = recipe.tune.tune_config()
+    # A stage is kept only if it leaves the student no worse on these held-out images.
+    val = get_dataset(data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans)
+    probe = list(islice(get_loader(val, data.batch_size), config.probe_batches))
+    with hooks.tuning_progress(ctx.is_main) as progress:
+        records = tune(
+            result,
+            teacher,
+            loader,
+            config,
+            f"{out_dir}.partial",
+            resume=recipe.tune.resume,
+            progress=progress,
+            is_main=ctx.is_main,
+            wrap=distributed.wrapper(ctx),
+            device=ctx.device,
+            probe=probe,
+        )
+    return {"config": config_dict(config), "stages": records}
+
+
+def evaluate_step(
+    recipe: Recipe, teacher: nn.Module, student: nn.Module, spec: ModelConfig, hooks
+) -> dict:
+    """Top-1/top-5 of teacher and student: on val (what recipes are compared on) and on test
+    (read once, to report the finished model)."""
+    from .data import get_dataset, get_loader
+    from .evaluation import evaluate
+
+    def loader(split: str):
+        ds = get_dataset(
+            recipe.data.spec, split, input_size=spec.input_size, in_chans=spec.in_chans
+        )
+        return get_loader(ds, 256)
+
+    val, test = loader("val"), loader("test")
+    acc = {}
+    for who, model in (("teacher", teacher), ("slimmed", student)):
+        v = evaluate(model, val)
+        acc[who] = {**evaluate(model, test), "val_top1": v["top1"], "val_top5": v["top5"]}
+    hooks.show("accuracy", acc)
+    return acc
+
+
+def evaluate_references(recipe: Recipe, references: list[str], spec: ModelConfig, hooks) -> dict:
+    """Top-1/top-5 of the trained references (weights files) on the test split; one that
+    does not fit the data is noted and left out (the slimmed model is saved by now)."""
+    from .data import get_dataset, get_loader
+    from .evaluation import evaluate
+    from .report import reference_model
+
+    acc = {}
+    for ref in references:
+        if not Path(ref).is_file():  # a zoo name: random weights, nothing to evaluate
+            continue
+        name, model, ref_chans, _ = reference_model(ref, num_classes=10)
+        try:
+            ds = get_dataset(
+                recipe.data.spec, "test", input_size=spec.input_size, in_chans=ref_chans
+            )
+            acc[name] = evaluate(model, get_loader(ds, 256))
+        except DeepRebirthError as e:
+            hooks.note(f"reference {ref} not evaluated: {e}")
+            continue
+        hooks.show("reference", (name, acc[name]))
+    return acc
+
+
+def export_step(
+    recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: Path, hooks
+) -> list[dict]:
+    """Each format of ``export.formats`` into ``out_dir``, checked against PyTorch on real
+    validation images (random ones without data); int8 calibrated on training images."""
+    from .export import export, export_executorch, export_int8
+
+    e = recipe.export
+    inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
+    records = []
+    for fmt in e.formats:
+        path = out_dir / EXPORT_FILES[fmt]
+        r = export(model, path, fmt, inputs)
+        records.append({**r, "what": describe_export(fmt), "real_inputs": bool(recipe.data.spec)})
+        hooks.show("export", records[-1])
+    if e.int8:
+        batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
+        hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
+        for fmt in (f for f in e.formats if f in INT8_FILES):
+            path = out_dir / INT8_FILES[fmt]
+            if fmt == "executorch":
+                r = export_executorch(model, path, inputs, batches)
+            else:
+                r = export_int8(model, path, inputs, batches, e.int8_format)
+            what = describe_export(fmt, int8=e.int8_format)
+            records.append({**r, "format": f"{fmt}_int8", "what": what, "real_inputs": True})
+            hooks.show("export", records[-1])
+    return records
+
+
+def describe_export(fmt: str, int8: str | None = None) -> str:
+    if int8 is None:
+        return {"onnx": "ONNX", "executorch": "ExecuTorch program", "torchscript": "TorchScript"}[
+            fmt
+        ]
+    return (
+        "int8 ExecuTorch program, XNNPACK quantizer"
+        if fmt == "executorch"
+        else f"int8 ONNX, {int8}"
+    )
+
+
+def calibration_batches(data: str, spec: ModelConfig, images: int, batch: int = 64) -> list:
+    """The first ``images`` training images (the same every run), for int8 ranges."""
+    from .data import get_dataset, get_loader
+
+    ds = get_dataset(data, "train", input_size=spec.input_size, in_chans=spec.in_chans)
+    return list(islice((x for x, _ in get_loader(ds, batch)), -(-images // batch)))
+
+
+def check_inputs(data: str | None, spec: ModelConfig, n: int) -> Any:
+    """``n`` validation images for an export's parity check (random ones without data)."""
+    from .graph import example_input
+
+    if not data:
+        return example_input(2, spec.in_chans, spec.input_size)
+    from .data import get_dataset, get_loader
+
+    ds = get_dataset(data, "val", input_size=spec.input_size, in_chans=spec.in_chans)
+    return next(iter(get_loader(ds, n)))[0]
+
+
+# --- the whole run -----------------------------------------------------------------------
+
+
+def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = None) -> RunResult:
+    """Run ``recipe`` end to end; everything goes into ``recipe.out``.
+
+    Under ``torchrun``, tuning runs data-parallel and only rank 0 evaluates and writes.
+    """
+    import torch
+
+    from .slimming import save, slim
+    from .tuning import distributed
+
+    hooks = hooks or Hooks()
+    command = command or f"deeprebirth run (recipe for {recipe.model.name})"
+    recipe.check()
+    check(recipe)
+    out_dir = Path(recipe.out)
+    ctx = distributed.setup(recipe.tune.device)  # under torchrun: one of N processes
+    plan = None
+    if recipe.plan.file:
+        plan, spec = _load_plan_file(recipe)
+        recipe = recipe.replace(model=spec)
+    model, spec = load_model(recipe.model)
+    recipe = recipe.replace(model=spec)
+    run_result = RunResult(out_dir, recipe)
+    if recipe.profile.enabled and ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_result.summary["profile"] = profile_step(recipe, model, spec, out_dir, hooks, command)
+    if recipe.select.latency_budget_ms is not None:
+        run_result.selection = select_step(recipe, model, spec, hooks)
+        plan = run_result.selection.plan
+    hooks.log("planning" if plan is None else "applying the plan")
+    p = recipe.plan
+    result = slim(
+        model,
+        plan,
+        name=spec.name,
+        input_size=spec.input_size,
+        in_chans=spec.in_chans,
+        model_config=model_config(spec),
+        exact_only=p.exact_only,
+        tucker=p.tucker,
+        rank_ratio=p.rank_ratio,
+        pointwise_ratio=p.pointwise_rank_ratio,
+        depth=p.drop_activations,
+    )
+    run_result.plan, rep = result.plan, result.report
+    run_result.report = rep
+    hooks.show("plan", result.plan)
+    for entry_id, why in rep.reverted:
+        hooks.show("reverted", (entry_id, why))
+    learned = [e for e in result.plan.entries if not e.exact and e.id in rep.applied]
+    tune_it = bool(recipe.data.spec) and recipe.tune.enabled
+    if learned and not tune_it:
+        how = "tune.enabled is false" if recipe.data.spec else "give data.spec to tune them"
+        hooks.note(
+            f"{len(learned)} learned merges keep the original weights untuned ({how}): the "
+            "slimmed model is fast but not accurate"
+        )
+    summary = run_result.summary
+    if tune_it and learned:
+        summary["tuning"] = tune_step(recipe, model, result, spec, ctx, out_dir, hooks)
+        distributed.barrier(ctx)
+    if not ctx.is_main:  # rank 0 evaluates and writes
+        distributed.teardown(ctx)
+        return run_result
+    if recipe.data.spec and recipe.evaluate.enabled:
+        summary["accuracy"] = evaluate_step(recipe, model, result.model, spec, hooks)
+    save(result, out_dir, dtype=torch.float16 if recipe.fp16_weights else None)
+    recipe.save(out_dir / RECIPE_FILE, header=_recipe_header(command))
+    _finish_tuning_files(summary, out_dir)
+    distributed.teardown(ctx)
+    from .files import write_json
+
+    if run_result.selection is not None:
+        sel = run_result.selection.to_dict()
+        hooks.log(f"wrote {write_json(out_dir / 'selection.json', sel)}")
+    if recipe.export.formats:
+        summary["export"] = export_step(recipe, result.model, spec, out_dir, hooks)
+    if recipe.report.enabled:
+        from .report import build_report, write_report
+
+        references = references_of(recipe)
+        if recipe.data.spec and recipe.evaluate.enabled:
+            summary["accuracy"].update(evaluate_references(recipe, references, spec, hooks))
+        data = build_report(
+            model,
+            result.model,
+            result.plan.input_shape,
+            plan=result.plan,
+            slim_report=rep,
+            accuracy=summary.get("accuracy"),
+            selection=run_result.selection.to_dict() if run_result.selection is not None else None,
+            references=references,
+            command=command,
+            runtimes=recipe.report.runtimes or report_runtimes(),
+            runs=recipe.report.runs,
+            log=hooks.log,
+        )
+        hooks.log(f"wrote {write_report(data, out_dir)}")
+    return run_result
+
+
+def _finish_tuning_files(summary: dict, out_dir: Path) -> None:
+    """tune_report.json (what tuning and evaluation measured) and the stage log beside the
+    model; the checkpoints of OUT.partial/ are no longer needed."""
+    from .files import write_json
+
+    partial = Path(f"{out_dir}.partial")
+    record = {k: v for k, v in summary.items() if k in ("tuning", "accuracy")}
+    if record:
+        write_json(out_dir / "tune_report.json", record)
+        if (partial / "tune_log.jsonl").is_file():
+            os.replace(partial / "tune_log.jsonl", out_dir / "tune_log.jsonl")
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def _recipe_header(command: str) -> str:
+    return (
+        f"The resolved recipe of this directory (deeprebirth {__version__}).\n"
+        f"Made by: {command}\n"
+        "Run it again: deeprebirth run recipe.toml --set out=ANOTHER_DIR\n"
+    )
+
+
+# --- the demo ----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_RECIPE = ROOT / "recipes/demo.toml"
+
+
+def demo_recipe(
+    path: str | Path = DEMO_RECIPE, overrides: list[str] = ()
+) -> tuple[Recipe, str | None]:
+    """The demo's recipe, its relative paths taken from the repository root; without the
+    data or the teacher weights, the speed-only variant (random weights at 224, nothing to
+    tune or evaluate), and why."""
+    from .data import FASHION_MNIST, fashion_mnist_root
+    from .errors import DataNotFoundError
+
+    recipe = Recipe.load(path, overrides)
+    root = Path(path).resolve().parent.parent
+
+    def rooted(p: str) -> str:
+        return str(root / p) if not Path(p).is_absolute() and (root / p).exists() else p
+
+    refs = [rooted(r) for r in recipe.report.references or []] or None
+    checkpoint = recipe.model.checkpoint and rooted(recipe.model.checkpoint)
+    recipe = recipe.replace(
+        model=dataclasses.replace(recipe.model, checkpoint=checkpoint),
+        report=dataclasses.replace(recipe.report, references=refs),
+    )
+    why = None
+    if checkpoint and not Path(checkpoint).is_file():
+        why = f"no teacher weights at {checkpoint}"
+    elif recipe.data.spec == FASHION_MNIST:
+        try:
+            fashion_mnist_root()
+        except DataNotFoundError as e:
+            why = str(e)
+    if why is None:
+        return recipe, None
+    speed_only = recipe.replace(
+        model=ModelConfig(name=recipe.model.name),
+        data=dataclasses.replace(recipe.data, spec=None),
+        export=dataclasses.replace(recipe.export, int8=False),
+        report=dataclasses.replace(recipe.report, references=None),
+    )
+    return speed_only, f"{why}; running the speed-only demo (random weights)"
+
+
+def load_for_bench(spec: str, config: dict, input_size: int | None):
+    """A zoo model, a slimmed directory, a weights file or an exported file (.onnx, .pte);
+    ``(model, input_shape)``. ``config`` builds a zoo model like the slimmed one beside it."""
+    from .evaluation import load_model_file
+    from .export import is_deployed_file, load_deployed
+    from .slimming import input_shape_of, is_slimmed_dir, load
+    from .zoo import get_model, model_meta
+
+    if is_slimmed_dir(spec):
+        return load(spec), input_shape_of(spec)
+    if is_deployed_file(spec):
+        model = load_deployed(spec)
+        return model, list(model.input_shape)
+    if spec.endswith(".safetensors") and Path(spec).is_file():
+        model, size, in_chans = load_model_file(spec)
+        return model, [1, in_chans, size, size]
+    meta = model_meta(spec)
+    in_chans = config.get("in_chans", meta["in_chans"])
+    size = input_size or meta["input_size"]
+    return get_model(spec, **config), [1, in_chans, size, size]
