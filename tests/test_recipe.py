@@ -1,0 +1,166 @@
+"""Recipes: typed TOML configurations of a whole run, and the pipeline that runs them."""
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+from deeprebirth.cli import main
+from deeprebirth.config import ConfigError
+from deeprebirth.recipe import ModelConfig, Recipe, recipe_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def one_line_error(code, err, pattern):
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("deeprebirth: error:") and pattern in last, err
+
+
+def test_round_trip_through_toml():
+    recipe = Recipe(
+        model=ModelConfig(name="bvlc_googlenet", input_size=64, checkpoint="t.safetensors"),
+        out="runs/x",
+    )
+    recipe.plan.tucker, recipe.plan.rank_ratio = True, 0.5
+    recipe.tune.max_batches, recipe.tune.budget_minutes = 7, 1.5
+    recipe.report.references = ["squeezenet1_1"]
+    assert Recipe.from_toml_text(recipe.to_toml("a header\nof two lines")) == recipe
+
+
+def test_optional_keys_default_to_none():
+    """TOML has no null: a None value is written as an absent key, which must read back as
+    None, so every optional key's default is None."""
+
+    def walk(cls):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp)
+            elif type(None) in typing.get_args(tp):
+                yield f
+
+    optional = list(walk(Recipe))
+    assert optional and all(f.default is None for f in optional)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[model]\nname = "a"\n[plan]\ntuker = true', "unknown key plan.tuker"),
+        ('[model]\nname = "a"\n[tune]\nlr = "fast"', "tune.lr should be a number"),
+        ('[model]\nname = "a"\n[tune]\nmax_batches = 0', "tune.max_batches must be at least 1"),
+        ('[model]\nname = "a"\n[plan]\nrank_ratio = 0.5', "plan.rank_ratio needs plan.tucker"),
+        ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
+        ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
+        ("model = 3", "[model] must be a table"),
+        ("[data]\nspec = 'synthetic'", "missing key model"),
+        ('version = 2\n[model]\nname = "a"', "reads version 1"),
+        ('[model\nname = "a"', "is not valid TOML"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        Recipe.load(write(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_overrides_and_default_out(tmp_path):
+    path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\n')
+    recipe = Recipe.load(
+        path, ["tune.max_batches=5", "plan.tucker=true", "data.spec=synthetic", "out='o'"]
+    )
+    assert (recipe.tune.max_batches, recipe.plan.tucker, recipe.data.spec) == (5, True, "synthetic")
+    assert recipe.out == "o" and Recipe.load(path).out == "runs/r"
+    with pytest.raises(ConfigError, match="unknown key tune.max_batchs"):
+        Recipe.load(path, ["tune.max_batchs=5"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        Recipe.load(path, ["tune.max_batches"])
+
+
+def test_run_a_recipe_and_rerun_its_resolved_copy(capsys, tmp_path):
+    path = write(
+        tmp_path,
+        f"""
+out = "{tmp_path / "a"}"
+[model]
+name = "user_models:tiny_cnn"
+input_size = 16
+[data]
+spec = "synthetic"
+[tune]
+max_batches = 2
+finetune_batches = 1
+[export]
+formats = ["onnx"]
+[report]
+enabled = false
+""",
+    )
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    a = tmp_path / "a"
+    for name in ("recipe.toml", "plan.json", "model.safetensors", "model.onnx", "tune_report.json"):
+        assert (a / name).is_file(), name
+    saved = Recipe.load(a / "recipe.toml")
+    assert saved.model.in_chans == 3 and saved.model.input_size == 16  # resolved
+    assert saved.tune.max_batches == 2 and saved.export.formats == ["onnx"]
+    # The resolved recipe makes the same model again.
+    assert main(["run", str(a / "recipe.toml"), "--set", f"out='{tmp_path / 'b'}'"]) == 0
+    plans = [json.loads((tmp_path / d / "plan.json").read_text()) for d in ("a", "b")]
+    assert plans[0]["applied"] == plans[1]["applied"]
+    out = capsys.readouterr().out
+    assert "parity with PyTorch" in out and "top-1" in out
+
+
+def test_slim_flags_are_recipe_keys(capsys, tmp_path):
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--tucker", "--no-report"]
+    assert main([*args, "--max-batches", "3", "--out", str(tmp_path / "s")]) == 0
+    recipe = Recipe.load(tmp_path / "s" / "recipe.toml")
+    assert recipe.plan.tucker and recipe.tune.max_batches == 3 and not recipe.report.enabled
+    assert recipe.model.name == "user_models:tiny_cnn"
+    out = capsys.readouterr()
+    assert "recipe.toml" in out.err
+    # Help texts and defaults come from the recipe.
+    from deeprebirth.cli import build_parser
+
+    slim = build_parser()._subparsers._group_actions[0].choices["slim"]
+    helps = {a.dest: a.help for a in slim._actions}
+    assert helps["tune.max_batches"] == "batches per stage, at most (default 200)"
+
+
+def test_run_errors_are_one_line(capsys, tmp_path):
+    code = main(["run", str(tmp_path / "missing.toml")])
+    one_line_error(code, capsys.readouterr().err, "no recipe at")
+    path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\n[tune]\nlr = -1.0\n')
+    one_line_error(main(["run", str(path)]), capsys.readouterr().err, "tune.lr must be positive")
+    # Given as flags, the error names the flag.
+    code = main(["slim", "user_models:tiny_cnn", "--lr", "-1", "--out", str(tmp_path / "s")])
+    one_line_error(code, capsys.readouterr().err, "--lr must be positive")
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_demo_recipe_loads_and_falls_back_to_speed_only(tmp_path):
+    from deeprebirth.pipeline import DEMO_RECIPE, demo_recipe
+
+    assert DEMO_RECIPE.is_file()
+    recipe = Recipe.load(DEMO_RECIPE)
+    assert recipe.model.name == "bvlc_googlenet" and recipe.export.formats == ["onnx"]
+    missing = f"model.checkpoint='{tmp_path / 'none.safetensors'}'"
+    speed_only, why = demo_recipe(DEMO_RECIPE, [missing])
+    assert "no teacher weights" in why and "speed-only" in why
+    assert speed_only.model.checkpoint is None and speed_only.data.spec is None
+
+
+def test_the_key_reference_is_generated():
+    assert (ROOT / "docs/recipes.md").read_text() == recipe_reference()
+    assert "`tune.max_batches`" in recipe_reference()
