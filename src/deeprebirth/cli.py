@@ -76,14 +76,22 @@ def share(text: str) -> float:
 # --- flags that are recipe keys ---------------------------------------------------------
 
 
+def field_help(key: str) -> str:
+    from .config import field_of
+    from .recipe import Recipe
+
+    return field_of(Recipe, key).metadata.get("help", "")
+
+
 def key_arg(group, *flags: str, key: str, help: str | None = None, **kwargs) -> None:
     """``flags`` set the recipe key ``key``; help and default come from the recipe."""
     from .config import default_of, field_of
     from .recipe import Recipe
 
-    f = field_of(Recipe, key)
-    default = default_of(f)
-    text = help or f.metadata.get("help", "")
+    default = default_of(field_of(Recipe, key))
+    if not {"action", "metavar", "choices"} & set(kwargs):
+        kwargs["metavar"] = flags[0].lstrip("-").upper().replace("-", "_")
+    text = help or field_help(key)
     if help is None and default not in (None, False, [], ""):
         shown = ",".join(default) if isinstance(default, list) else default
         text += f" (default {shown})"
@@ -104,74 +112,81 @@ def model_spec(args: argparse.Namespace):
     return recipe_from_args(argparse.Namespace(out="-", **vars(args))).model
 
 
+ON, OFF = {"action": "store_true"}, {"action": "store_false"}
+POSITIVE = {"type": positive_int}
+# The flags that set recipe keys, by group: (flag, key, argparse options).
+MODEL_FLAGS = (
+    ("--checkpoint", "model.checkpoint", {}),
+    ("--pretrained", "model.pretrained", ON),
+    ("--num-classes", "model.num_classes", POSITIVE),
+    ("--in-chans", "model.in_chans", POSITIVE),
+    ("--input-size", "model.input_size", POSITIVE),
+)
+COMPRESSION_FLAGS = (
+    ("--drop-activations", "plan.drop_activations", ON),
+    ("--tucker", "plan.tucker", ON),
+    ("--rank-ratio", "plan.rank_ratio", {"type": rank_share}),
+    ("--pointwise-rank-ratio", "plan.pointwise_rank_ratio", {"type": rank_share, "metavar": "R"}),
+)
+SLIM_FLAGS = {
+    None: (
+        ("--plan", "plan.file", {}),
+        ("--exact-only", "plan.exact_only", ON),
+        ("--fp16-weights", "fp16_weights", ON),
+    ),
+    "tuning (layer-wise, against the original; needs --data)": (
+        ("--data", "data.spec", {}),
+        ("--no-tune", "tune.enabled", OFF | {"help": "skip tuning"}),
+        ("--no-eval", "evaluate.enabled", OFF | {"help": "skip the accuracy before and after"}),
+        ("--max-batches", "tune.max_batches", POSITIVE),
+        ("--epochs-per-stage", "tune.epochs_per_stage", POSITIVE),
+        ("--finetune-batches", "tune.finetune_batches", {"type": int}),
+        ("--finetune-epochs", "tune.finetune_epochs", POSITIVE),
+        ("--finetune-share", "tune.finetune_share", {"type": share}),
+        ("--lr", "tune.lr", {"type": float}),
+        ("--finetune-lr", "tune.finetune_lr", {"type": float}),
+        ("--batch-size", "data.batch_size", POSITIVE),
+        ("--budget-minutes", "tune.budget_minutes", {"type": float}),
+        ("--labels", "tune.use_labels", ON),
+        ("--all-at-once", "tune.all_at_once", ON),
+        ("--from-scratch", "tune.reinit", ON),
+        ("--resume", "tune.resume", ON),
+        ("--device", "tune.device", {}),
+    ),
+    "plan selection under a latency budget": (
+        ("--latency-budget", "select.latency_budget_ms", {"type": float, "metavar": "MS"}),
+        ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
+        ("--threads", "select.threads", POSITIVE),
+        ("--selection-runs", "select.runs", POSITIVE),
+    ),
+    "report (DIR/report.md)": (
+        (
+            "--no-report",
+            "report.enabled",
+            OFF | {"help": "skip the report (it measures both models)"},
+        ),
+        ("--report-runs", "report.runs", POSITIVE),
+        ("--report-runtimes", "report.runtimes", {"type": parse_runtimes, "metavar": "LIST"}),
+        ("--references", "report.references", {"type": comma_list, "metavar": "LIST"}),
+    ),
+}
+
+
+def add_keys(group, flags) -> None:
+    for flag, key, options in flags:
+        key_arg(group, flag, key=key, **options)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "model.name",
-        metavar="model",
-        help="zoo name (see `deeprebirth models`), package.module:factory, or a slimmed directory",
-    )
-    key_arg(p, "--checkpoint", key="model.checkpoint")
-    key_arg(p, "--pretrained", key="model.pretrained", action="store_true")
-    key_arg(p, "--num-classes", key="model.num_classes", type=positive_int)
-    key_arg(p, "--in-chans", key="model.in_chans", type=positive_int)
-    key_arg(p, "--input-size", key="model.input_size", type=positive_int)
-
-
-def add_compression_args(p: argparse.ArgumentParser) -> None:
-    key_arg(p, "--drop-activations", key="plan.drop_activations", action="store_true")
-    key_arg(p, "--tucker", key="plan.tucker", action="store_true")
-    key_arg(p, "--rank-ratio", key="plan.rank_ratio", type=rank_share)
-    key_arg(
-        p, "--pointwise-rank-ratio", key="plan.pointwise_rank_ratio", type=rank_share, metavar="R"
-    )
+    p.add_argument("model.name", metavar="model", help=field_help("model.name"))
+    add_keys(p, MODEL_FLAGS)
 
 
 def add_slim_args(p: argparse.ArgumentParser) -> None:
-    key_arg(p, "--plan", key="plan.file")
-    add_compression_args(p)
-    key_arg(p, "--exact-only", key="plan.exact_only", action="store_true")
+    add_keys(p, COMPRESSION_FLAGS)
     p.add_argument("--out", required=True, help="output directory")
-    key_arg(p, "--fp16-weights", key="fp16_weights", action="store_true")
-    t = p.add_argument_group("tuning (layer-wise, against the original; needs --data)")
-    key_arg(t, "--data", key="data.spec")
-    key_arg(t, "--no-tune", key="tune.enabled", action="store_false", help="skip tuning")
-    key_arg(
-        t,
-        "--no-eval",
-        key="evaluate.enabled",
-        action="store_false",
-        help="skip the accuracy before and after",
-    )
-    key_arg(t, "--max-batches", key="tune.max_batches", type=positive_int)
-    key_arg(t, "--epochs-per-stage", key="tune.epochs_per_stage", type=positive_int)
-    key_arg(t, "--finetune-batches", key="tune.finetune_batches", type=int)
-    key_arg(t, "--finetune-epochs", key="tune.finetune_epochs", type=positive_int)
-    key_arg(t, "--finetune-share", key="tune.finetune_share", type=share)
-    key_arg(t, "--lr", key="tune.lr", type=float)
-    key_arg(t, "--finetune-lr", key="tune.finetune_lr", type=float)
-    key_arg(t, "--batch-size", key="data.batch_size", type=positive_int)
-    key_arg(t, "--budget-minutes", key="tune.budget_minutes", type=float)
-    key_arg(t, "--labels", key="tune.use_labels", action="store_true")
-    key_arg(t, "--all-at-once", key="tune.all_at_once", action="store_true")
-    key_arg(t, "--from-scratch", key="tune.reinit", action="store_true")
-    key_arg(t, "--resume", key="tune.resume", action="store_true")
-    key_arg(t, "--device", key="tune.device")
-    b = p.add_argument_group("plan selection under a latency budget")
-    key_arg(b, "--latency-budget", key="select.latency_budget_ms", type=float, metavar="MS")
-    key_arg(b, "--runtime", key="select.runtime", choices=("ort", "torch"))
-    key_arg(b, "--threads", key="select.threads", type=positive_int)
-    key_arg(b, "--selection-runs", key="select.runs", type=positive_int)
-    r = p.add_argument_group("report (DIR/report.md)")
-    key_arg(
-        r,
-        "--no-report",
-        key="report.enabled",
-        action="store_false",
-        help="skip the report (it measures both models)",
-    )
-    key_arg(r, "--report-runs", key="report.runs", type=positive_int)
-    key_arg(r, "--report-runtimes", key="report.runtimes", type=parse_runtimes, metavar="LIST")
-    key_arg(r, "--references", key="report.references", type=comma_list, metavar="LIST")
+    for title, flags in SLIM_FLAGS.items():
+        add_keys(p.add_argument_group(title) if title else p, flags)
 
 
 def add_timing_args(p: argparse.ArgumentParser) -> None:
@@ -386,25 +401,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from .data import get_dataset, get_loader, num_classes_of
-    from .evaluation import evaluate, load_model_file
-    from .export import is_deployed_file, load_deployed
-    from .pipeline import load_model
+    from .evaluation import evaluate
+    from .pipeline import load_for_evaluate
+    from .recipe import ModelConfig
 
-    path = Path(args.model)
-    if path.suffix == ".safetensors" and path.is_file():
-        model, input_size, in_chans = load_model_file(path)
-    elif is_deployed_file(path):
-        model = load_deployed(path)
-        input_size, in_chans = model.input_size, model.in_chans
-        if args.input_size not in (None, input_size):
-            raise DeepRebirthError(f"{path} takes {input_size}x{input_size} inputs")
-    else:
-        from .recipe import ModelConfig
-
-        config = {k: getattr(args, k) for k in ("num_classes", "in_chans", "input_size")}
-        config["checkpoint"] = str(args.checkpoint) if args.checkpoint else None
-        model, spec = load_model(ModelConfig(name=args.model, **config))
-        input_size, in_chans = spec.input_size, spec.in_chans
+    config = {k: getattr(args, k) for k in ("num_classes", "in_chans", "input_size")}
+    spec = ModelConfig(
+        name=args.model, checkpoint=args.checkpoint and str(args.checkpoint), **config
+    )
+    model, input_size, in_chans = load_for_evaluate(spec)
     input_size = args.input_size or input_size
     ds = get_dataset(args.data, args.split, input_size=input_size, in_chans=in_chans)
     with Progress(console=console, transient=True) as bar:
@@ -456,42 +461,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
     from .files import write_json
-    from .pipeline import load_for_bench
-    from .plan import Plan
+    from .pipeline import bench_pair
     from .profiling.bench import bench
     from .report.tables import bench_table
-    from .slimming import PLAN_FILE, is_slimmed_dir
 
-    config, size = {}, args.input_size
-    for spec in (args.a, args.b):  # a zoo model is built like the slimmed one beside it
-        if is_slimmed_dir(spec):
-            plan = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text()))
-            config, size = plan.model_config, size or plan.input_shape[2]
-    a, shape_a = load_for_bench(args.a, config, size)
-    b, shape_b = load_for_bench(args.b, config, size)
-    # An exported file runs only in its own runtime: time both there.
-    files = {spec: m.runtime for spec, m in ((args.a, a), (args.b, b)) if hasattr(m, "runtime")}
-    if len(set(files.values())) > 1:
-        raise DeepRebirthError(f"{args.a} and {args.b} run in different runtimes")
-    for spec, runtime in files.items():
-        if runtime not in args.runtime:
-            raise DeepRebirthError(f"{spec} runs only in {runtime}: use --runtime {runtime}")
-        if args.runtime != [runtime]:
-            _log(f"{spec}: an exported file, timed in {runtime} only")
-            args.runtime = [runtime]
-    if shape_a[1:] != shape_b[1:]:
-        raise DeepRebirthError(
-            f"{args.a} takes input {shape_a[1:]} but {args.b} takes {shape_b[1:]}"
-        )
-    shape = [args.batch, *shape_a[1:]]
+    a, b, shape, runtimes = bench_pair(args.a, args.b, args.input_size, args.runtime, log=_log)
+    shape = [args.batch, *shape[1:]]
     r = bench(
         a,
         b,
         input_shape=shape,
-        runtimes=args.runtime,
+        runtimes=runtimes,
         threads=args.threads,
         runs=args.runs,
         labels=(args.a, args.b),
@@ -534,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="find the merges (streamline, branch, exact) in a model")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, help="write the plan as JSON (editable)")
-    add_compression_args(p)
+    add_keys(p, COMPRESSION_FLAGS)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(

@@ -612,3 +612,51 @@ def load_for_bench(spec: str, config: dict, input_size: int | None):
     in_chans = config.get("in_chans", meta["in_chans"])
     size = input_size or meta["input_size"]
     return get_model(spec, **config), [1, in_chans, size, size]
+
+
+def bench_pair(a: str, b: str, input_size: int | None, runtimes: list[str], log=_nothing):
+    """Two models to time side by side: ``(model_a, model_b, input_shape, runtimes)``. A zoo
+    model is built like the slimmed directory beside it; an exported file runs only in its
+    own runtime, so both are timed there."""
+    import json
+
+    from .plan import Plan
+    from .slimming import PLAN_FILE, is_slimmed_dir
+
+    config, size = {}, input_size
+    for spec in (a, b):
+        if is_slimmed_dir(spec):
+            plan = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text()))
+            config, size = plan.model_config, size or plan.input_shape[2]
+    model_a, shape_a = load_for_bench(a, config, size)
+    model_b, shape_b = load_for_bench(b, config, size)
+    files = {s: m.runtime for s, m in ((a, model_a), (b, model_b)) if hasattr(m, "runtime")}
+    if len(set(files.values())) > 1:
+        raise DeepRebirthError(f"{a} and {b} run in different runtimes")
+    for spec, runtime in files.items():
+        if runtime not in runtimes:
+            raise DeepRebirthError(f"{spec} runs only in {runtime}: use --runtime {runtime}")
+        if runtimes != [runtime]:
+            log(f"{spec}: an exported file, timed in {runtime} only")
+            runtimes = [runtime]
+    if shape_a[1:] != shape_b[1:]:
+        raise DeepRebirthError(f"{a} takes input {shape_a[1:]} but {b} takes {shape_b[1:]}")
+    return model_a, model_b, shape_a, runtimes
+
+
+def load_for_evaluate(spec: ModelConfig) -> tuple[nn.Module, int, int]:
+    """A weights file written by deeprebirth, an exported file (.onnx, .pte), a slimmed
+    directory or a zoo model: ``(model, input_size, in_chans)``."""
+    from .evaluation import load_model_file
+    from .export import is_deployed_file, load_deployed
+
+    path = Path(spec.name)
+    if path.suffix == ".safetensors" and path.is_file():
+        return load_model_file(path)
+    if is_deployed_file(path):
+        model = load_deployed(path)
+        if spec.input_size not in (None, model.input_size):
+            raise DeepRebirthError(f"{path} takes {model.input_size}x{model.input_size} inputs")
+        return model, model.input_size, model.in_chans
+    model, spec = load_model(spec)
+    return model, spec.input_size, spec.in_chans
