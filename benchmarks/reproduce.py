@@ -11,8 +11,8 @@ finished step is skipped unless --force):
   squeezenet1_1         the references: trained with the teacher's recipe, same input (1
   mobilenet_v2          channel, 64x64), then distilled from the teacher for as many epochs
                         of extra training as the students get (EXTRA_EPOCHS)
-  slimmed               `deeprebirth slim` on the teacher: layer-wise stages, then the
-                        fine-tune (TUNE), the paper's way
+  slimmed               the students: `deeprebirth run recipes/fashion_mnist_64/STEP.toml`
+                        on the teacher: layer-wise stages, then the fine-tune, the paper's way
   slimmed_all_at_once   the same budget, all merged layers trained in one stage
   slimmed_from_scratch  layer-wise, the merged layers re-initialised (the paper's other arm)
   slimmed_tucker        Tucker-2 on the slimmed model, tuned against it (the paper's order)
@@ -56,6 +56,7 @@ from deeprebirth.data import get_dataset, get_loader  # noqa: E402
 from deeprebirth.evaluation import evaluate, load_model_file, save_weights  # noqa: E402
 from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
 from deeprebirth.profiling.machine import machine_info  # noqa: E402
+from deeprebirth.recipe import Recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/fashion_mnist_64.json"
@@ -67,18 +68,20 @@ TEACHER = WEIGHTS / "teacher.safetensors"
 SIZE, CHANS, DATA = 64, 1, "fashion-mnist"
 SPEED_SIZES = (64, 224)
 
-# The students' tuning budget, in passes over the data rather than minutes (machine-free):
-# every stage sees STAGE_BATCHES batches of 64, then the whole network is fine-tuned with
-# labels for FINETUNE_EPOCHS passes. All at once gets the stages' batches in its one stage.
-STAGE_BATCHES, FINETUNE_EPOCHS = 200, 2
-TUNE = [
-    "--data", DATA, "--batch-size", "64", "--epochs-per-stage", "1",
-    "--finetune-batches", "1000000", "--finetune-epochs", str(FINETUNE_EPOCHS),
-    "--finetune-lr", "3e-4", "--labels", "--fp16-weights", "--no-report", "--resume",
-]  # fmt: skip
-# Tucker-2 after the merges: kxk convs at EVBMF ranks, 1x1 convs at a third of their channels.
-POINTWISE_RANK = 0.33
-TUCKER = ["--tucker", "--pointwise-rank-ratio", str(POINTWISE_RANK)]
+# The students are the committed recipes: recipes/fashion_mnist_64/STEP.toml, run by
+# `deeprebirth run`. Their budget is in passes over the data rather than minutes
+# (machine-free): every stage sees tune.max_batches batches of 64, then the whole network is
+# fine-tuned with labels for tune.finetune_epochs passes. All at once, and the Tucker stages,
+# get the layer-wise stages' batches in all (set here, since it depends on the plan).
+RECIPES = ROOT / "recipes/fashion_mnist_64"
+
+
+def student_recipe(key: str) -> Recipe:
+    return Recipe.load(RECIPES / f"{key}.toml")
+
+
+STAGE_BATCHES = student_recipe("slimmed").tune.max_batches
+FINETUNE_EPOCHS = student_recipe("slimmed").tune.finetune_epochs
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 CALIBRATION_IMAGES = 512
 
@@ -205,18 +208,16 @@ def extra_epochs() -> int:
     return math.ceil(stage_count() * STAGE_BATCHES * 64 / train_images) + FINETUNE_EPOCHS
 
 
-def student(key: str, base: Path, flags: list[str], args) -> None:
-    """`deeprebirth slim` on ``base`` with the students' budget; evaluate what is saved."""
+def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
+    """`deeprebirth run` on the student's committed recipe; evaluate what it saved."""
     from deeprebirth.slimming import load
 
-    out = WEIGHTS / key
-    work = Path(args.work) / key
-    provenance = started(work)
-    base_args = ["bvlc_googlenet", "--checkpoint", str(base)] if base.is_file() else [str(base)]
-    command = [
-        sys.executable, "-m", "deeprebirth", "slim", *base_args, *TUNE, *flags,
-        "--device", args.device, "--out", str(out),
-    ]  # fmt: skip
+    recipe = RECIPES.relative_to(ROOT) / f"{key}.toml"
+    out = Path(student_recipe(key).out)
+    provenance = started(Path(args.work) / key)
+    sets = [f"tune.device={args.device}", *overrides]
+    command = [sys.executable, "-m", "deeprebirth", "run", str(recipe)]
+    command += [a for s in sets for a in ("--set", s)]
     print("$", " ".join(command[2:]), flush=True)
     start = time.time()
     subprocess.run(command, cwd=ROOT, check=True)
@@ -227,35 +228,34 @@ def student(key: str, base: Path, flags: list[str], args) -> None:
         **accuracy(load(ROOT / out)),
         "minutes": sum(r["seconds"] for r in stages) / 60,
         "wall_minutes_this_session": (time.time() - start) / 60,
-        "base": str(base),
-        "flags": [*TUNE, *flags],
+        "recipe": str(recipe),
+        "overrides": sets,
         "stages": len(stages) - 1,
     }
     record(key, entry, provenance)
 
 
 def step_slimmed(args) -> None:
-    student("slimmed", TEACHER, ["--max-batches", str(STAGE_BATCHES)], args)
+    student("slimmed", args)
 
 
 def step_slimmed_all_at_once(args) -> None:
-    batches = stage_count() * STAGE_BATCHES
-    student("slimmed_all_at_once", TEACHER, ["--all-at-once", "--max-batches", str(batches)], args)
+    student("slimmed_all_at_once", args, (f"tune.max_batches={stage_count() * STAGE_BATCHES}",))
 
 
 def step_slimmed_from_scratch(args) -> None:
-    flags = ["--from-scratch", "--max-batches", str(STAGE_BATCHES)]
-    student("slimmed_from_scratch", TEACHER, flags, args)
+    student("slimmed_from_scratch", args)
 
 
 def step_slimmed_tucker(args) -> None:
     """Tucker makes a stage per decomposed conv: they share the merges' stage batches."""
     from deeprebirth.slimming import load
 
-    base = WEIGHTS / "slimmed"
-    tucker = stage_count(load(ROOT / base), tucker=True, pointwise_ratio=POINTWISE_RANK)
+    plan = student_recipe("slimmed_tucker").plan
+    base = load(ROOT / student_recipe("slimmed").out)
+    tucker = stage_count(base, tucker=True, pointwise_ratio=plan.pointwise_rank_ratio)
     batches = max(1, stage_count() * STAGE_BATCHES // tucker)
-    student("slimmed_tucker", base, [*TUCKER, "--max-batches", str(batches)], args)
+    student("slimmed_tucker", args, (f"tune.max_batches={batches}",))
 
 
 def float_model(key: str):

@@ -164,3 +164,9 @@ def test_the_demo_recipe_loads_and_falls_back_to_speed_only(tmp_path):
 def test_the_key_reference_is_generated():
     assert (ROOT / "docs/recipes.md").read_text() == recipe_reference()
     assert "`tune.max_batches`" in recipe_reference()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").rglob("*.toml")), ids=lambda p: p.stem)
+def test_every_committed_recipe_loads(path):
+    recipe = Recipe.load(path)
+    assert recipe.model.name and recipe.out
