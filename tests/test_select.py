@@ -83,6 +83,13 @@ def test_generous_budget_needs_no_learned_merge(capsys, tmp_path):
     assert sel["extra"]["error"] <= sel["extra"]["fixed_plan_error"]
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
     assert all(e["exact"] for e in plan["entries"] if e["enabled"])
+    # The plan says what each learned entry saves, measured: the option of that entry alone.
+    alone = {o["entries"][0]: o["saving_ms"] for o in sel["options"] if len(o["entries"]) == 1}
+    learned = {e["id"]: e["latency_saved_ms"] for e in plan["entries"] if not e["exact"]}
+    assert learned and all(
+        learned[k] == pytest.approx(v, abs=1e-4) for k, v in alone.items() if k in learned
+    )
+    assert "ms saved" in capsys.readouterr().out
     assert "Selection under a latency budget" in (tmp_path / "s" / "report.md").read_text()
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert list(report["latency"]) == ["ort"]  # --report-runtimes

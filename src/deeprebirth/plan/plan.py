@@ -36,6 +36,10 @@ class PlanEntry:
     geometry: dict[str, Any] = field(default_factory=dict)
     #: MACs the merge removes at the plan's input shape (negative: it adds some).
     macs_saved: int = 0
+    #: Milliseconds the entry alone saves, measured by a latency-budget selection on its
+    #: runtime (``selection.json`` names it); None when not measured. A merged dense kernel
+    #: can save MACs and still cost time.
+    latency_saved_ms: float | None = None
     enabled: bool = True
     note: str = ""
 

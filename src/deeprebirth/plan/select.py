@@ -440,7 +440,7 @@ def select_plan(
     picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
     chosen_entries = [e for o in picked for e in o.entries]
     return Selection(
-        plan=with_entries(plan, chosen_entries),
+        plan=record_savings(with_entries(plan, chosen_entries), options),
         chosen=[o.key for o in picked],
         options=options,
         runtime=runtime,
@@ -450,6 +450,20 @@ def select_plan(
         cost=cost,
         rounds=rounds,
     )
+
+
+def record_savings(plan: Plan, options: Sequence[Option]) -> Plan:
+    """``plan`` with each entry's measured saving, where an option enables that entry alone
+    (a Tucker entry at the very ranks it has)."""
+
+    def key(e: PlanEntry) -> tuple[str, str]:
+        return e.id, json.dumps(e.geometry, sort_keys=True, default=str)
+
+    alone = {key(o.entries[0]): o.saving_ms for o in options if len(o.entries) == 1}
+    for e in plan.entries:
+        if key(e) in alone:
+            e.latency_saved_ms = round(alone[key(e)], 4)
+    return plan
 
 
 def _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms) -> float:

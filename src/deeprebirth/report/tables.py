@@ -21,8 +21,10 @@ def _geometry(entry) -> str:
 def plan_table(plan) -> Table:
     shape = "x".join(map(str, plan.input_shape))
     table = Table(title=f"plan for {plan.model} at {shape}: {len(plan.entries)} merges")
-    for col in ("#", "merge", "type", "layers", "new geometry", "MACs saved", "on"):
-        table.add_column(col, justify="right" if col in ("#", "MACs saved") else "left")
+    measured = any(e.latency_saved_ms is not None for e in plan.entries)
+    cols = ("#", "merge", "type", "layers", "new geometry", "MACs saved")
+    for col in (*cols, *(("ms saved",) if measured else ()), "on"):
+        table.add_column(col, justify="right" if col in ("#", "MACs saved", "ms saved") else "left")
     for i, e in enumerate(plan.entries):
         layers = ", ".join(e.nodes) if len(e.nodes) <= 3 else f"{e.nodes[0]} (+{len(e.nodes) - 1})"
         table.add_row(
@@ -32,6 +34,11 @@ def plan_table(plan) -> Table:
             layers,
             _geometry(e),
             f"{e.macs_saved / 1e6:.1f} M",
+            *(
+                ()
+                if not measured
+                else ("-" if e.latency_saved_ms is None else f"{e.latency_saved_ms:.3f}",)
+            ),
             "yes" if e.enabled else "no",
         )
     return table
