@@ -170,3 +170,17 @@ def test_the_key_reference_is_generated():
 def test_every_committed_recipe_loads(path):
     recipe = Recipe.load(path)
     assert recipe.model.name and recipe.out
+
+
+def test_a_slimmed_directory_is_a_trained_reference(capsys, tmp_path):
+    """What the demo does: the live result beside a committed full-recipe model."""
+    base = ["--input-size", "16", "--data", "synthetic", "--max-batches", "1"]
+    first = ["slim", "user_models:tiny_cnn", *base, "--finetune-batches", "0", "--no-report"]
+    assert main([*first, "--out", str(tmp_path / "full")]) == 0
+    args = ["slim", "user_models:tiny_cnn", *base, "--finetune-batches", "0"]
+    args += ["--references", str(tmp_path / "full"), "--report-runs", "2"]
+    assert main([*args, "--out", str(tmp_path / "live")]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "live" / "report.json").read_text())
+    name = f"{tmp_path.name}/full"
+    assert report["references_trained"] == [name] and name in report["accuracy"]
+    assert f"{name} (reference): top-1" in capsys.readouterr().out

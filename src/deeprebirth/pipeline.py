@@ -343,9 +343,9 @@ def evaluate_references(recipe: Recipe, references: list[str], spec: ModelConfig
 
     acc = {}
     for ref in references:
-        if not Path(ref).is_file():  # a zoo name: random weights, nothing to evaluate
+        name, model, ref_chans, trained = reference_model(ref, num_classes=10)
+        if not trained:  # a zoo name: random weights, nothing to evaluate
             continue
-        name, model, ref_chans, _ = reference_model(ref, num_classes=10)
         try:
             ds = get_dataset(
                 recipe.data.spec, "test", input_size=spec.input_size, in_chans=ref_chans

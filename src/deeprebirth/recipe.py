@@ -131,8 +131,8 @@ class ReportConfig:
     )
     references: list[str] | None = option(
         None,
-        "reference networks: zoo names (random weights, latency only) or weights files written "
-        "by deeprebirth (accuracy too); none: squeezenet1_1, mobilenet_v2",
+        "reference networks: zoo names (random weights, latency only), weights files written "
+        "by deeprebirth or slimmed directories (accuracy too); none: squeezenet1_1, mobilenet_v2",
     )
 
 

@@ -34,11 +34,16 @@ def reference_model(
     ref: str, num_classes: int, in_chans: int = 3
 ) -> tuple[str, nn.Module, int, bool]:
     """``(name, model, in_chans, trained)`` for a reference: a zoo name (random weights,
-    built for ``in_chans``, the slimmed model's) or a weights file written by deeprebirth
-    (trained; it names its model and channels)."""
+    built for ``in_chans``, the slimmed model's), a weights file written by deeprebirth or a
+    slimmed directory (trained; they name their model and channels; a slimmed directory is
+    named by its last two path parts, e.g. ``fashion_mnist_64/slimmed``)."""
     from ..evaluation import load_model_file, weights_meta
+    from ..slimming import input_shape_of, is_slimmed_dir, load
     from ..zoo import get_model
 
+    if is_slimmed_dir(ref):
+        path = Path(ref).resolve()
+        return f"{path.parent.name}/{path.name}", load(path), input_shape_of(path)[1], True
     if Path(ref).is_file():
         model, _, in_chans = load_model_file(ref)
         return weights_meta(ref)["model"], model, in_chans, True
