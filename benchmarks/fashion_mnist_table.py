@@ -94,9 +94,16 @@ def readme_section(results: dict) -> str:
 def update_readme(readme: Path, section: str) -> None:
     text = readme.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} section to fill")
-    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{section}\n{END}", text))
+    block = f"{BEGIN}\n{section}\n{END}"
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda _: block, text))
+        return
+    # The first time: the block goes at the top of the README's results.
+    heading = re.search(r"^## Results\n", text, re.M)
+    if heading is None:
+        raise SystemExit(f"{readme} has neither a {BEGIN} block nor a '## Results' heading")
+    at = heading.end()
+    readme.write_text(f"{text[:at]}\n{block}\n{text[at:]}")
 
 
 def readme_results(readme: Path) -> str | None:

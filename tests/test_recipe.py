@@ -101,6 +101,10 @@ spec = "synthetic"
 [tune]
 max_batches = 2
 finetune_batches = 1
+[profile]
+enabled = true
+runtimes = ["torch"]
+runs = 3
 [export]
 formats = ["onnx"]
 [report]
@@ -109,10 +113,11 @@ enabled = false
     )
     assert main(["run", str(path)]) == 0, capsys.readouterr().err
     a = tmp_path / "a"
-    for name in ("recipe.toml", "plan.json", "model.safetensors", "model.onnx", "tune_report.json"):
+    made = ("recipe.toml", "plan.json", "model.safetensors", "model.onnx", "tune_report.json")
+    for name in (*made, "profile.json", "profile.png"):
         assert (a / name).is_file(), name
     saved = Recipe.load(a / "recipe.toml")
-    assert saved.model.in_chans == 3 and saved.model.input_size == 16  # resolved
+    assert (saved.model.in_chans, saved.model.input_size) == (3, 16)  # resolved
     assert saved.tune.max_batches == 2 and saved.export.formats == ["onnx"]
     # The resolved recipe makes the same model again.
     assert main(["run", str(a / "recipe.toml"), "--set", f"out='{tmp_path / 'b'}'"]) == 0

@@ -92,6 +92,9 @@ def test_tables_from_a_results_file(tmp_path):
     )
     update_readme(readme, section)
     assert readme_results(readme) == section and readme.read_text().endswith("rest\n")
+    readme.write_text("intro\n## Results\n\nolder results\n")  # the first time: inserted
+    update_readme(readme, section)
+    assert readme_results(readme) == section and readme.read_text().endswith("older results\n")
 
 
 def test_the_accuracy_latency_plot_is_written(tmp_path):

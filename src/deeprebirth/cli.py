@@ -389,7 +389,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end, as recipes/demo.toml says."""
     from .pipeline import demo_recipe
 
-    recipe, why = demo_recipe(args.recipe, [*(args.set or []), f"out={args.out!r}"])
+    out = [f"out={str(args.out)!r}"] if args.out else []
+    recipe, why = demo_recipe(args.recipe, [*(args.set or []), *out])
     if why:
         _note(why)
     code = run_recipe(recipe)
@@ -617,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_RECIPE,
         help="the demo's recipe (default recipes/demo.toml)",
     )
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--out", help="output directory (default: the recipe's out, runs/demo)")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)"
     )
