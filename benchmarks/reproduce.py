@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -78,6 +79,14 @@ RECIPES = ROOT / "recipes/fashion_mnist_64"
 
 def student_recipe(key: str) -> Recipe:
     return Recipe.load(RECIPES / f"{key}.toml")
+
+
+def train_recipe(**changes) -> TrainRecipe:
+    """The teacher's and the references' training recipe: recipes/fashion_mnist_64/train.toml."""
+    from deeprebirth.config import from_dict, read_toml
+
+    recipe = from_dict(TrainRecipe, read_toml(RECIPES / "train.toml")["train"])
+    return dataclasses.replace(recipe, **changes)
 
 
 STAGE_BATCHES = student_recipe("slimmed").tune.max_batches
@@ -155,7 +164,7 @@ def step_teacher(args) -> None:
 def classifier(key: str, model_name: str, args) -> None:
     """Train (and, for a reference, then distill from the teacher); save fp16; evaluate
     what is saved."""
-    recipe = TrainRecipe(input_size=SIZE, in_chans=CHANS)
+    recipe = train_recipe()
     work = Path(args.work) / key
     provenance = started(work)
     model = get_model(model_name, num_classes=10, in_chans=CHANS)
@@ -164,7 +173,7 @@ def classifier(key: str, model_name: str, args) -> None:
     minutes = run["minutes"]
     if key != "teacher":
         teacher, _, _ = load_model_file(ROOT / TEACHER)
-        extra = TrainRecipe(input_size=SIZE, in_chans=CHANS, distill_epochs=extra_epochs())
+        extra = train_recipe(distill_epochs=extra_epochs())
         distilled = train_classifier(
             model, extra, work / "distill", device=args.device, teacher=teacher
         )
@@ -180,7 +189,7 @@ def classifier(key: str, model_name: str, args) -> None:
         **describe(path, model_name),
         **accuracy(saved),
         "minutes": minutes,
-        "recipe": "benchmarks/train_classifier.py TrainRecipe defaults",
+        "recipe": "recipes/fashion_mnist_64/train.toml",
         **entry,
     }
     record(key, entry, provenance)
