@@ -1,9 +1,10 @@
 """The ``deeprebirth`` command line: it parses arguments and prints; the work is in
 :mod:`deeprebirth.pipeline` and the library.
 
-``plan``, ``slim`` and ``export`` flags are recipe keys (:mod:`deeprebirth.recipe`): each
-flag's help and default come from the recipe, and ``slim`` builds a recipe and runs the
-same pipeline as ``deeprebirth run RECIPE.toml``. Bad input is one line on stderr and a
+Flags are recipe keys (:mod:`deeprebirth.recipe`) wherever the recipe has one: each such
+flag is a row of a table below (flag, key, argparse options), its help and default come
+from the recipe, and ``slim`` builds a recipe and runs the same pipeline as
+``deeprebirth run RECIPE.toml``. Bad input is one line on stderr and a
 non-zero exit; ``--debug`` shows the traceback instead.
 """
 
@@ -11,25 +12,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 from . import __version__
 from .errors import DeepRebirthError
+from .report.console import ConsoleHooks
 
 console = Console(stderr=True)
 # Tables go to stdout; when piped, give them room instead of rich's 80 columns.
 out = Console() if Console().is_terminal else Console(width=120)
-
-
-def _log(msg: str) -> None:
-    console.print(f"[dim]… {msg}[/dim]")
-
-
-def _note(msg: str) -> None:
-    console.print(f"[yellow]note:[/yellow] {msg}")
+printer = ConsoleHooks(console, out)
+_log, _note = printer.log, printer.note
 
 
 def _command() -> str:
@@ -98,18 +93,22 @@ def key_arg(group, *flags: str, key: str, help: str | None = None, **kwargs) -> 
     group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=text, **kwargs)
 
 
-def recipe_from_args(args: argparse.Namespace):
-    """The recipe the flags describe (every flag given is a key; the rest are defaults)."""
+def recipe_from_args(args: argparse.Namespace, **fixed):
+    """The recipe the flags describe (every flag given is a key, ``fixed`` are keys the
+    command sets; the rest are defaults)."""
     from .config import nest
     from .recipe import Recipe
 
-    given = {k: v for k, v in vars(args).items() if "." in k or k in ("out", "fp16_weights")}
+    given = {**fixed, **vars(args)}
+    given = {k: v for k, v in given.items() if "." in k or k in ("out", "fp16_weights")}
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     return Recipe.from_dict(nest(given))
 
 
-def model_spec(args: argparse.Namespace):
-    return recipe_from_args(argparse.Namespace(out="-", **vars(args))).model
+def command_recipe(args: argparse.Namespace, **fixed):
+    """The recipe of a one-step command (profile, plan, export, evaluate): no output
+    directory, no report."""
+    return recipe_from_args(args, out="-", **{"report.enabled": False, **fixed})
 
 
 ON, OFF = {"action": "store_true"}, {"action": "store_false"}
@@ -170,6 +169,27 @@ SLIM_FLAGS = {
         ("--references", "report.references", {"type": comma_list, "metavar": "LIST"}),
     ),
 }
+PROFILE_FLAGS = (
+    ("--runtime", "profile.runtimes", {"type": parse_runtimes, "metavar": "LIST"}),
+    ("--threads", "profile.threads", POSITIVE),
+    ("--batch", "profile.batch", POSITIVE),
+    ("--runs", "profile.runs", POSITIVE),
+)
+EXPORT_FLAGS = (
+    (
+        "--format",
+        "export.formats",
+        {
+            "type": lambda text: [text],
+            "help": "onnx (default), executorch (a .pte program for XNNPACK, the phone "
+            "runtime) or torchscript (deprecated upstream)",
+        },
+    ),
+    ("--data", "data.spec", {"help": "real images: the parity check and int8 calibration"}),
+    ("--int8", "export.int8", ON | {"help": "write an int8 model (needs --data)"}),
+    ("--int8-format", "export.int8_format", {}),
+    ("--calibration-images", "export.calibration_images", POSITIVE),
+)
 
 
 def add_keys(group, flags) -> None:
@@ -177,107 +197,7 @@ def add_keys(group, flags) -> None:
         key_arg(group, flag, key=key, **options)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model.name", metavar="model", help=field_help("model.name"))
-    add_keys(p, MODEL_FLAGS)
-
-
-def add_slim_args(p: argparse.ArgumentParser) -> None:
-    add_keys(p, COMPRESSION_FLAGS)
-    p.add_argument("--out", required=True, help="output directory")
-    for title, flags in SLIM_FLAGS.items():
-        add_keys(p.add_argument_group(title) if title else p, flags)
-
-
-def add_timing_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--runtime",
-        type=parse_runtimes,
-        default=["torch", "ort"],
-        help="comma list of runtimes: torch (PyTorch eager), ort (ONNX Runtime), executorch "
-        "(ExecuTorch with XNNPACK, the phone runtime: the [mobile] extra); default torch,ort",
-    )
-    p.add_argument(
-        "--threads", type=positive_int, default=1, help="threads per runtime (default 1)"
-    )
-    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
-    p.add_argument("--runs", type=positive_int, default=30, help="timed runs (default 30)")
-    p.add_argument("--top", type=int, default=10, help="slowest layers to list (default 10)")
-
-
-# --- what the pipeline shows -------------------------------------------------------------
-
-
-def show(what: str, value) -> None:
-    from .report.tables import plan_table, selection_summary, selection_table
-
-    if what == "profile":
-        from .profiling.console import print_profile
-
-        print_profile(value, out)
-    elif what == "plan":
-        out.print(plan_table(value))
-    elif what == "reverted":
-        console.print(f"[yellow]reverted[/yellow] {value[0]}: {value[1]}")
-    elif what == "selection":
-        out.print(selection_table(value, value.budget_ms, value.runtime))
-        out.print(selection_summary(value))
-    elif what == "accuracy":
-        for who, r in value.items():
-            out.print(
-                f"{who}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} "
-                f"test images); validation top-1 {100 * r['val_top1']:.2f}%"
-            )
-    elif what == "reference":
-        out.print(f"{value[0]} (reference): top-1 {100 * value[1]['top1']:.2f}%")
-    elif what == "export":
-        show_export(value)
-
-
-def show_export(r: dict) -> None:
-    if "delegation" in r:
-        d = r["delegation"]
-        portable = {k: v for k, v in d["portable_ops"].items() if k != "getitem"}
-        out.print(
-            f"XNNPACK runs {d['delegated_nodes']} operators in {d['delegated_subgraphs']} "
-            "subgraph(s); portable kernels run "
-            + (", ".join(f"{k} x{v}" for k, v in portable.items()) or "nothing else")
-        )
-    if r.get("leftover_non_tensor"):
-        _note(f"non-tensor layers left in the ONNX graph: {r['leftover_non_tensor']}")
-    where = "real" if r["real_inputs"] else "random"
-    line = f"exported {r['path']} ({r['what']}); parity with PyTorch on {r['inputs'][0]} {where} inputs: "
-    if "top1_agreement" in r:
-        line += f"top-1 unchanged on {100 * r['top1_agreement']:.1f}%, "
-    out.print(f"{line}error {r['relative_error']:.1e} of the output's scale")
-
-
-@contextmanager
-def tuning_progress(is_main: bool):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-    )
-    tasks: dict[str, int] = {}
-    with Progress(*columns, console=console, disable=not is_main) as bar:
-
-        def progress(stage: str, step: int, total: int, loss: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(f"tune {stage}", total=total, loss=loss)
-            bar.update(tasks[stage], completed=step, loss=loss)
-
-        yield progress
-
-
-def hooks():
-    from .pipeline import Hooks
-
-    return Hooks(log=_log, note=_note, show=show, tuning_progress=tuning_progress)
+# --- what the pipeline shows ------------------------------------------------------------
 
 
 def run_recipe(recipe) -> int:
@@ -286,7 +206,7 @@ def run_recipe(recipe) -> int:
     from . import pipeline
 
     console.quiet = out.quiet = int(os.environ.get("RANK", "0")) != 0  # torchrun: rank 0 prints
-    r = pipeline.run(recipe, hooks(), command=_command())
+    r = pipeline.run(recipe, printer.hooks(), command=_command())
     if r.report is not None and not console.quiet:
         rep = r.report
         console.print(
@@ -317,31 +237,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from . import pipeline
     from .files import write_json
-    from .pipeline import load_model
-    from .profiling import plot_profile, profile
-    from .profiling.console import print_profile
+    from .profiling import plot_profile
 
-    if "executorch" in args.runtime:
-        from .export.executorch import require_executorch
-
-        require_executorch()  # before any work
-        if args.batch != 1:
-            raise DeepRebirthError("ExecuTorch programs run batch 1: use --batch 1")
-    model, spec = load_model(model_spec(args))
-    result = profile(
-        model,
-        name=spec.name,
-        runtimes=args.runtime,
-        threads=args.threads,
-        batch=args.batch,
-        input_size=spec.input_size,
-        in_chans=spec.in_chans,
-        runs=args.runs,
-        log=_log,
-    )
-    result["command"] = _command()
-    print_profile(result, out, top=args.top)
+    recipe = command_recipe(args, **{"profile.enabled": True})
+    recipe.check()
+    pipeline.check(recipe)  # before any work
+    model, spec = pipeline.load_model(recipe.model)
+    result = pipeline.profile_step(recipe, model, spec, printer.hooks(), _command())
     if args.json:
         _log(f"wrote {write_json(args.json, result)}")
     if args.plot:
@@ -365,7 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from . import pipeline
     from .report.tables import plan_table
 
-    recipe = recipe_from_args(argparse.Namespace(out="-", **vars(args)))
+    recipe = command_recipe(args)
     model, spec = pipeline.load_model(recipe.model)
     _log(f"tracing {spec.name} and finding merges at {spec.input_size}x{spec.input_size}")
     plan = pipeline.make_plan(recipe, model, spec)
@@ -399,65 +303,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from .files import write_json
+    from .pipeline import evaluate_split
 
-    from .data import get_dataset, get_loader, num_classes_of
-    from .evaluation import evaluate
-    from .pipeline import load_for_evaluate
-    from .recipe import ModelConfig
-
-    config = {k: getattr(args, k) for k in ("num_classes", "in_chans", "input_size")}
-    spec = ModelConfig(
-        name=args.model, checkpoint=args.checkpoint and str(args.checkpoint), **config
-    )
-    model, input_size, in_chans = load_for_evaluate(spec)
-    input_size = args.input_size or input_size
-    ds = get_dataset(args.data, args.split, input_size=input_size, in_chans=in_chans)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"evaluating {args.model}", total=len(ds))
-        r = evaluate(
-            model, get_loader(ds, args.batch_size), on_batch=lambda n: bar.advance(task, n)
-        )
-    if (classes := num_classes_of(ds)) is not None:
-        r["classes"] = classes
-    r["model"], r["data"], r["split"] = args.model, args.data, args.split
-    out.print(
-        f"{args.model} on {args.data} ({args.split}): top-1 {100 * r['top1']:.2f}%  "
-        f"top-5 {100 * r['top5']:.2f}%  ({r['n']} images)"
-    )
+    spec = command_recipe(args).model
+    with printer.counting(f"evaluating {spec.name}") as progress:
+        r = evaluate_split(spec, args.data, args.split, args.batch_size, progress)
+    printer.show("evaluation", r)
     if args.json:
-        from .files import write_json
-
         _log(f"wrote {write_json(args.json, r)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .export import export, export_executorch, export_int8
+    from .pipeline import export_one
 
-    if args.int8 and (args.format == "torchscript" or not args.data):
-        raise DeepRebirthError(
-            "--int8 needs --format onnx or executorch, and --data (calibration images)"
-        )
-    if args.format == "executorch":
-        from .export.executorch import require_executorch
-
-        require_executorch()  # before any work
-    model, spec = pipeline.load_model(model_spec(args))
-    inputs = pipeline.check_inputs(args.data, spec, 64 if args.int8 else 8)
-    fmt = args.format
-    if args.int8:
-        batches = pipeline.calibration_batches(args.data, spec, args.calibration_images)
-        _log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
-        if fmt == "executorch":
-            r = export_executorch(model, args.output, inputs, batches)
-        else:
-            r = export_int8(model, args.output, inputs, batches, args.int8_format)
-        what = pipeline.describe_export(fmt, int8=args.int8_format)
-    else:
-        r, what = export(model, args.output, fmt, inputs), pipeline.describe_export(fmt)
-    show_export({**r, "path": str(args.output), "what": what, "real_inputs": bool(args.data)})
+    export_one(command_recipe(args, **{"export.formats": ["onnx"]}), args.output, printer.hooks())
     return 0
 
 
@@ -467,20 +328,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .profiling.bench import bench
     from .report.tables import bench_table
 
-    a, b, shape, runtimes = bench_pair(args.a, args.b, args.input_size, args.runtime, log=_log)
-    shape = [args.batch, *shape[1:]]
+    t = command_recipe(args, **{"model.name": "-"}).profile
+    a, b, shape, runtimes = bench_pair(args.a, args.b, args.input_size, t.runtimes, log=_log)
+    shape = [t.batch, *shape[1:]]
+    labels = (args.a, args.b)
     r = bench(
         a,
         b,
         input_shape=shape,
         runtimes=runtimes,
-        threads=args.threads,
-        runs=args.runs,
-        labels=(args.a, args.b),
+        threads=t.threads,
+        runs=t.runs,
+        labels=labels,
         log=_log,
     )
     r["command"] = _command()
-    out.print(bench_table(r, args.a, args.b, shape, args.threads, args.runs))
+    out.print(bench_table(r, args.a, args.b, shape, t.threads, t.runs))
     if args.json:
         _log(f"wrote {write_json(args.json, r)}")
     return 0
@@ -489,8 +352,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- the parser ----------------------------------------------------------------------------
 
 
+MODEL_KINDS = "zoo name, slimmed directory, weights file from deeprebirth, or .onnx/.pte file"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .export.int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS
+    from .pipeline import DEMO_RECIPE
 
     parser = argparse.ArgumentParser(
         prog="deeprebirth",
@@ -500,130 +366,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("models", help="list the models the zoo knows")
+    def command(name: str, func, help: str, model: str = "") -> argparse.ArgumentParser:
+        """A subcommand; ``model``: it takes a model (these kinds), and MODEL_FLAGS."""
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        if model:
+            p.add_argument("model.name", metavar="model", help=model)
+            add_keys(p, MODEL_FLAGS)
+        return p
+
+    zoo = field_help("model.name")
+
+    def json_flag(p, what: str = "the result") -> None:
+        p.add_argument("--json", type=Path, help=f"write {what} as JSON")
+
+    p = command("models", cmd_models, "list the models the zoo knows")
     p.add_argument("pattern", nargs="?", help="only names containing this")
-    p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser(
-        "profile", help="where inference time goes, per layer and layer kind, per runtime"
-    )
-    add_model_args(p)
-    add_timing_args(p)
-    p.add_argument("--json", type=Path, help="write the full result as JSON")
+    p = command("profile", cmd_profile, "where inference time goes, per layer kind", model=zoo)
+    add_keys(p, (*PROFILE_FLAGS, ("--top", "profile.top", {"type": int})))
+    json_flag(p)
     p.add_argument("--plot", type=Path, help="write a bar chart (PNG) of time per layer kind")
-    p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("plan", help="find the merges (streamline, branch, exact) in a model")
-    add_model_args(p)
+    p = command("plan", cmd_plan, "find the merges (streamline, branch, exact)", model=zoo)
     p.add_argument("-o", "--output", type=Path, help="write the plan as JSON (editable)")
     add_keys(p, COMPRESSION_FLAGS)
-    p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser(
-        "slim", help="plan, slim, tune, evaluate and report (a recipe made of flags)"
-    )
-    add_model_args(p)
-    add_slim_args(p)
-    p.set_defaults(func=cmd_slim)
+    help = "plan, slim, tune, evaluate and report (a recipe made of flags)"
+    p = command("slim", cmd_slim, help, model=zoo)
+    add_keys(p, COMPRESSION_FLAGS)
+    p.add_argument("--out", required=True, help="output directory")
+    for title, flags in SLIM_FLAGS.items():
+        add_keys(p.add_argument_group(title) if title else p, flags)
 
-    p = sub.add_parser("run", help="run a recipe (TOML): the whole pipeline, as `slim` does")
+    p = command("run", cmd_run, "run a recipe (TOML): the whole pipeline, as `slim` does")
     p.add_argument("recipe", type=Path, help="a recipe file (keys: docs/recipes.md)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a key, e.g. tune.max_batches=50 (repeatable)",
-    )
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
 
-    p = sub.add_parser(
-        "export", help="export to ONNX, ExecuTorch or TorchScript, checked against PyTorch"
-    )
-    add_model_args(p)
-    p.add_argument(
-        "--format",
-        choices=("onnx", "executorch", "torchscript"),
-        default="onnx",
-        help="onnx (default), executorch (a .pte program for XNNPACK, the phone runtime) or "
-        "torchscript (deprecated upstream)",
-    )
+    help = "export to ONNX, ExecuTorch or TorchScript, checked against PyTorch"
+    p = command("export", cmd_export, help, model=zoo)
     p.add_argument("-o", "--output", type=Path, required=True, help="output file")
-    p.add_argument(
-        "--data", help="real images from this data set: the parity check, int8 calibration"
-    )
-    q = p.add_argument_group(
-        "int8 (ONNX Runtime static quantization, or the XNNPACK quantizer for executorch; needs --data)"
-    )
-    q.add_argument("--int8", action="store_true", help="write an int8 model")
-    q.add_argument(
-        "--int8-format",
-        choices=tuple(INT8_FORMATS),
-        default=DEFAULT_INT8_FORMAT,
-        help=f"ONNX: QDQ pairs or quantized operators (default {DEFAULT_INT8_FORMAT})",
-    )
-    q.add_argument(
-        "--calibration-images",
-        type=positive_int,
-        default=512,
-        help="training images that fix the activation ranges (default 512)",
-    )
-    p.set_defaults(func=cmd_export)
+    add_keys(p, EXPORT_FLAGS)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 on a data set's test (or val) split")
-    p.add_argument(
-        "model",
-        help="zoo name, slimmed directory, weights file from deeprebirth, or .onnx file (run in ONNX Runtime)",
-    )
-    p.add_argument(
-        "--data", required=True, help="fashion-mnist, an ImageFolder directory, or synthetic"
-    )
-    p.add_argument("--checkpoint", type=Path, help="weights for a zoo model")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--input-size", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument(
-        "--split",
-        choices=("train", "val", "test"),
-        default="test",
-        help="val: held out of the training set, for choosing; test (default): for reporting",
-    )
-    p.add_argument("--json", type=Path, help="write {top1, top5, n} (fractions) as JSON")
-    p.set_defaults(func=cmd_evaluate)
+    help = "top-1/top-5 on a data set's test (or val) split"
+    p = command("evaluate", cmd_evaluate, help, model=MODEL_KINDS)
+    p.add_argument("--data", required=True, help="fashion-mnist, an ImageFolder, or synthetic")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="default 256")
+    p.add_argument("--split", choices=SPLITS, default="test", help=SPLIT_HELP)
+    json_flag(p, "{top1, top5, n} (fractions)")
 
-    p = sub.add_parser("bench", help="two models side by side: latency, memory, MACs")
-    p.add_argument(
-        "a", help="zoo name, slimmed directory, weights file or .onnx file (the baseline)"
-    )
-    p.add_argument("b", help="zoo name, slimmed directory, weights file or .onnx file")
-    p.add_argument(
-        "--input-size", type=positive_int, help="input size for zoo models (default: theirs)"
-    )
-    add_timing_args(p)
-    p.add_argument("--json", type=Path, help="write the result as JSON")
-    p.set_defaults(func=cmd_bench)
+    p = command("bench", cmd_bench, "two models side by side: latency, memory, MACs")
+    p.add_argument("a", help=f"the baseline: {MODEL_KINDS}")
+    p.add_argument("b", help="the other model, of the same kinds")
+    p.add_argument("--input-size", type=positive_int, help="for zoo models (default: theirs)")
+    add_keys(p, PROFILE_FLAGS)
+    json_flag(p)
 
-    p = sub.add_parser("data", help="check that a data set is found and how it is adapted")
+    p = command("data", cmd_data, "check that a data set is found and how it is adapted")
     p.add_argument("spec", help="fashion-mnist, synthetic, or an ImageFolder directory")
-    p.add_argument("--input-size", type=positive_int, default=224, help="resize to (default 224)")
-    p.add_argument("--in-chans", type=int, choices=(1, 3), default=3, help="channels (default 3)")
-    p.set_defaults(func=cmd_data)
+    p.add_argument("--input-size", type=positive_int, default=224, help="default 224")
+    p.add_argument("--in-chans", type=int, choices=(1, 3), default=3, help="default 3")
 
-    from .pipeline import DEMO_RECIPE
-
-    p = sub.add_parser("demo", help="the main job end to end: recipes/demo.toml")
-    p.add_argument(
-        "--recipe",
-        type=Path,
-        default=DEMO_RECIPE,
-        help="the demo's recipe (default recipes/demo.toml)",
-    )
+    p = command("demo", cmd_demo, "the main job end to end: recipes/demo.toml")
+    p.add_argument("--recipe", type=Path, default=DEMO_RECIPE, help="default recipes/demo.toml")
     p.add_argument("--out", help="output directory (default: the recipe's out, runs/demo)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)"
-    )
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     return parser
+
+
+SET_HELP = "override a recipe key, e.g. tune.max_batches=50 (repeatable)"
+SPLITS = ("train", "val", "test")
+SPLIT_HELP = "val: held out of the training set, for choosing; test (default): for reporting"
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

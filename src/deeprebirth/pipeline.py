@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from . import __version__
+from .config import ConfigError
 from .errors import DeepRebirthError
 from .recipe import RECIPE_FILE, ModelConfig, Recipe
 
@@ -50,7 +51,7 @@ class Hooks:
     log: Callable[[str], None] = _nothing
     #: Something the user should know (an untuned model, a reference left out).
     note: Callable[[str], None] = _nothing
-    #: A result to show: ("profile", dict), ("plan", Plan), ("reverted", (id, why)),
+    #: A result to show: ("profile", (dict, slowest layers to list)), ("plan", Plan), ("reverted", (id, why)),
     #: ("selection", Selection), ("accuracy", dict), ("reference", (name, dict)),
     #: ("export", dict).
     show: Callable[[str, Any], None] = _nothing
@@ -174,13 +175,17 @@ def check(recipe: Recipe) -> None:
         from .export.executorch import require_executorch
 
         require_executorch()
+    profile = recipe.profile
+    if profile.enabled and "executorch" in profile.runtimes and profile.batch != 1:
+        raise ConfigError("profile.batch must be 1: ExecuTorch programs run batch 1")
 
 
 # --- the steps ---------------------------------------------------------------------------
 
 
 def profile_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks, command: str) -> dict:
-    """Where the original's time goes (written with the slimmed model, by :func:`run`)."""
+    """Where the model's time goes, per layer and layer kind, in each of ``profile.runtimes``
+    (``deeprebirth profile``; :func:`run` writes it beside the slimmed model)."""
     from .profiling import profile
 
     p = recipe.profile
@@ -189,13 +194,14 @@ def profile_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks, com
         name=spec.name,
         runtimes=p.runtimes,
         threads=p.threads,
+        batch=p.batch,
         input_size=spec.input_size,
         in_chans=spec.in_chans,
         runs=p.runs,
         log=hooks.log,
     )
     result["command"] = command
-    hooks.show("profile", result)
+    hooks.show("profile", (result, p.top))
     return result
 
 
@@ -360,29 +366,58 @@ def export_step(
 ) -> list[dict]:
     """Each format of ``export.formats`` into ``out_dir``, checked against PyTorch on real
     validation images (random ones without data); int8 calibrated on training images."""
-    from .export import export, export_executorch, export_int8
-
     e = recipe.export
     inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
-    records = []
-    for fmt in e.formats:
-        path = out_dir / EXPORT_FILES[fmt]
-        r = export(model, path, fmt, inputs)
-        records.append({**r, "what": describe_export(fmt), "real_inputs": bool(recipe.data.spec)})
-        hooks.show("export", records[-1])
+    batches = None
     if e.int8:
         batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
         hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
-        for fmt in (f for f in e.formats if f in INT8_FILES):
-            path = out_dir / INT8_FILES[fmt]
-            if fmt == "executorch":
-                r = export_executorch(model, path, inputs, batches)
-            else:
-                r = export_int8(model, path, inputs, batches, e.int8_format)
-            what = describe_export(fmt, int8=e.int8_format)
-            records.append({**r, "format": f"{fmt}_int8", "what": what, "real_inputs": True})
-            hooks.show("export", records[-1])
+    records = []
+    for fmt in e.formats:
+        records.append(export_file(recipe, model, fmt, out_dir / EXPORT_FILES[fmt], inputs))
+        hooks.show("export", records[-1])
+    for fmt in (f for f in e.formats if f in INT8_FILES and e.int8):
+        path = out_dir / INT8_FILES[fmt]
+        records.append(export_file(recipe, model, fmt, path, inputs, batches))
+        hooks.show("export", records[-1])
     return records
+
+
+def export_file(
+    recipe: Recipe, model: nn.Module, fmt: str, path: Path, inputs, batches: list | None = None
+) -> dict:
+    """``model`` as one ``fmt`` file at ``path``, checked against PyTorch on ``inputs``;
+    int8 when calibration ``batches`` are given (``export.int8_format`` for ONNX)."""
+    from .export import export, export_executorch, export_int8
+
+    real = bool(recipe.data.spec)
+    if batches is None:
+        r = export(model, path, fmt, inputs)
+        return {**r, "what": describe_export(fmt), "real_inputs": real}
+    if fmt == "executorch":
+        r = export_executorch(model, path, inputs, batches)
+    else:
+        r = export_int8(model, path, inputs, batches, recipe.export.int8_format)
+    what = describe_export(fmt, int8=recipe.export.int8_format)
+    return {**r, "format": f"{fmt}_int8", "what": what, "real_inputs": real}
+
+
+def export_one(recipe: Recipe, path: Path, hooks) -> dict:
+    """``deeprebirth export``: the recipe's model as one file, in the one format of
+    ``export.formats`` (int8 with ``export.int8``), checked against PyTorch."""
+    recipe.check()
+    check(recipe)  # ExecuTorch installed, before any work
+    (fmt,) = recipe.export.formats
+    model, spec = load_model(recipe.model)
+    e = recipe.export
+    inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
+    batches = None
+    if e.int8:
+        batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
+        hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
+    record = export_file(recipe, model, fmt, path, inputs, batches)
+    hooks.show("export", record)
+    return record
 
 
 def describe_export(fmt: str, int8: str | None = None) -> str:
@@ -661,3 +696,27 @@ def load_for_evaluate(spec: ModelConfig) -> tuple[nn.Module, int, int]:
         return model, model.input_size, model.in_chans
     model, spec = load_model(spec)
     return model, spec.input_size, spec.in_chans
+
+
+def evaluate_split(
+    spec: ModelConfig, data: str, split: str, batch_size: int = 256, progress=_nothing
+) -> dict:
+    """``deeprebirth evaluate``: top-1/top-5 of the model ``spec`` names (any kind that
+    :func:`load_for_evaluate` reads) on one split of ``data``; ``progress(done, total)``
+    after each batch (images)."""
+    from .data import get_dataset, get_loader, num_classes_of
+    from .evaluation import evaluate
+
+    model, input_size, in_chans = load_for_evaluate(spec)
+    ds = get_dataset(data, split, input_size=spec.input_size or input_size, in_chans=in_chans)
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, len(ds))
+
+    r = evaluate(model, get_loader(ds, batch_size), on_batch=on_batch)
+    if (classes := num_classes_of(ds)) is not None:
+        r["classes"] = classes
+    return {**r, "model": spec.name, "data": data, "split": split}

@@ -63,6 +63,7 @@ class ProfileConfig:
     enabled: bool = option(False, "profile the original model first (profile.json, profile.png)")
     runtimes: list[str] = option(list(DEFAULT_RUNTIMES), f"any of {', '.join(RUNTIMES)}")
     threads: int = option(1, "threads per runtime")
+    batch: int = option(1, "batch size (ExecuTorch programs run batch 1)")
     runs: int = option(30, "timed runs")
     top: int = option(10, "slowest layers to list")
 
