@@ -249,7 +249,13 @@ def step_slimmed(args) -> None:
 
 
 def step_slimmed_all_at_once(args) -> None:
-    student("slimmed_all_at_once", args, (f"tune.max_batches={stage_count() * STAGE_BATCHES}",))
+    """One stage with every layer-wise stage's batches: as many passes over the data as
+    those batches need (a stage stops at tune.epochs_per_stage passes)."""
+    batches = stage_count() * STAGE_BATCHES
+    train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
+    passes = math.ceil(batches * 64 / train_images)
+    sets = (f"tune.max_batches={batches}", f"tune.epochs_per_stage={passes}")
+    student("slimmed_all_at_once", args, sets)
 
 
 def step_slimmed_from_scratch(args) -> None:

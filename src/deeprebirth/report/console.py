@@ -7,6 +7,7 @@ command still prints its results whole.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -86,6 +87,9 @@ class ConsoleHooks:
             TextColumn("loss {task.fields[loss]:.4f}"),
             TimeRemainingColumn(),
         )
+        if is_main and not self.console.is_terminal:  # a log file: a plain line per tenth
+            yield self._progress_lines()
+            return
         tasks: dict[str, int] = {}
         with Progress(*columns, console=self.console, disable=not is_main) as bar:
 
@@ -95,6 +99,24 @@ class ConsoleHooks:
                 bar.update(tasks[stage], completed=step, loss=loss)
 
             yield progress
+
+    def _progress_lines(self):
+        """``progress`` for a console that is not a terminal (a log, a pipe): a line when a
+        stage starts and at every tenth of it, with the loss and the time left."""
+        started: dict[str, float] = {}
+
+        def progress(stage: str, step: int, total: int, loss: float) -> None:
+            now = time.monotonic()
+            start = started.setdefault(stage, now)
+            if step != 1 and step * 10 // total == (step - 1) * 10 // total:
+                return
+            left = (now - start) / step * (total - step)
+            self.console.print(
+                f"tune {stage}: {step}/{total} batches, loss {loss:.4f}, {left / 60:.1f} min left",
+                highlight=False,
+            )
+
+        return progress
 
     @contextmanager
     def counting(self, what: str):

@@ -253,7 +253,7 @@ class Tuner:
                     opt.step()
                     losses.append(value)
                     steps += 1
-                    self.progress(name, steps, batches, value)
+                    self.progress(name, steps, planned, value)
                     if seconds is not None and time.time() - t0 > seconds:
                         break
             except Diverged as e:
