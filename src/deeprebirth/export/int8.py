@@ -99,9 +99,11 @@ def quantize_int8(
             # 7-bit weights: u8 x s8 products can saturate on x86 CPUs without VNNI
             # (AVX2 only, as here), which cost the slimmed GoogLeNet 4 points of top-1.
             reduce_range=reduce_range,
-            op_types_to_quantize=QUANTIZED_OPS,
-            calibrate_method=CalibrationMethod.MinMax,
-            **options,
+            **{
+                "op_types_to_quantize": QUANTIZED_OPS,
+                "calibrate_method": CalibrationMethod.MinMax,
+                **options,
+            },
         )
         onnx.checker.check_model(str(result))
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,8 @@ def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
         )
     tl.set_backend("pytorch")
     weight = conv.weight.detach().double()
+    if pair(conv.kernel_size) == (1, 1):  # W = U_out G U_in^T has rank min(R_out, R_in) at most
+        r_out = r_in = min(r_out, r_in)
     (core, (u_out, u_in)), _ = partial_tucker(
         weight, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=50
     )
