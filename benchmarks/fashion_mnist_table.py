@@ -176,6 +176,7 @@ def paper_table(results: dict) -> str:
 def plot_pareto(results: dict, path: Path) -> Path | None:
     """Test top-1 against ORT latency at 64x64, with the Pareto front drawn."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,8 +198,10 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
     xs, ys = zip(*(points[k] for k in front), strict=True)
     ax.step(xs, ys, where="post", color="gray", lw=1, ls="--", label="Pareto front")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("ONNX Runtime latency at 64x64, 1 thread (ms, median; log scale)")
     ax.set_ylabel("top-1 on the test split (%)")
     ax.set_title("Fashion-MNIST 64x64: accuracy against latency")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower left")
     return save_figure(fig, path, dpi=110)

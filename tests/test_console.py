@@ -15,7 +15,7 @@ def test_tuning_progress_writes_a_line_per_tenth_to_a_log():
             progress("streamline:conv2", step, 100, 1.0 / step)
     lines = log.getvalue().splitlines()
     assert len(lines) == 11  # the first batch, then every tenth
-    assert lines[0].startswith("tune streamline:conv2: 1/100 batches, loss 1.0000")
+    assert lines[0] == "tune streamline:conv2: 1/100 batches, loss 1.0000"
     assert lines[-1].startswith("tune streamline:conv2: 100/100 batches, loss 0.0100, 0.0 min left")
 
 

@@ -110,11 +110,10 @@ class ConsoleHooks:
             start = started.setdefault(stage, now)
             if step != 1 and step * 10 // total == (step - 1) * 10 // total:
                 return
-            left = (now - start) / step * (total - step)
-            self.console.print(
-                f"tune {stage}: {step}/{total} batches, loss {loss:.4f}, {left / 60:.1f} min left",
-                highlight=False,
-            )
+            line = f"tune {stage}: {step}/{total} batches, loss {loss:.4f}"
+            if step > 1:  # the time left, at the pace since the first batch
+                line += f", {(now - start) / (step - 1) * (total - step) / 60:.1f} min left"
+            self.console.print(line, highlight=False, soft_wrap=True)
 
         return progress
 
