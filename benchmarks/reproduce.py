@@ -90,6 +90,7 @@ def train_recipe(**changes) -> TrainRecipe:
 
 
 STAGE_BATCHES = student_recipe("slimmed").tune.max_batches
+BATCH = student_recipe("slimmed").data.batch_size
 FINETUNE_EPOCHS = student_recipe("slimmed").tune.finetune_epochs
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 CALIBRATION_IMAGES = 512
@@ -214,7 +215,7 @@ def extra_epochs() -> int:
     """The students' extra training as whole passes over the training split: the stages'
     images plus the fine-tune's passes, rounded up (what the references are given)."""
     train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
-    return math.ceil(stage_count() * STAGE_BATCHES * 64 / train_images) + FINETUNE_EPOCHS
+    return math.ceil(stage_count() * STAGE_BATCHES * BATCH / train_images) + FINETUNE_EPOCHS
 
 
 def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
@@ -253,7 +254,7 @@ def step_slimmed_all_at_once(args) -> None:
     those batches need (a stage stops at tune.epochs_per_stage passes)."""
     batches = stage_count() * STAGE_BATCHES
     train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
-    passes = math.ceil(batches * 64 / train_images)
+    passes = math.ceil(batches * BATCH / train_images)
     sets = (f"tune.max_batches={batches}", f"tune.epochs_per_stage={passes}")
     student("slimmed_all_at_once", args, sets)
 
