@@ -87,7 +87,11 @@ def readme_section(results: dict) -> str:
         if speed
         else "speed: not measured yet (`reproduce.py speed`)"
     )
-    lines += ["", f"Top-1 on Fashion-MNIST's validation (5,000) and test (10,000) splits; {where}."]
+    lines += [
+        "",
+        "Top-1 on Fashion-MNIST's validation (5,000) and test (10,000) splits, at 64x64; at "
+        f"224x224 the same architectures, timed only (not trained at that size); {where}.",
+    ]
     return "\n".join(lines)
 
 
