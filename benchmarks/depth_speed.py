@@ -19,7 +19,7 @@ import torch
 from deeprebirth import get_model
 from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.profiling.bench import bench
-from deeprebirth.profiling.machine import machine_info
+from deeprebirth.profiling.machine import cpu_label, machine_info
 from deeprebirth.profiling.plot import RUNTIME_LABELS
 from deeprebirth.slimming import slim
 
@@ -76,7 +76,7 @@ def main() -> None:
     lines = [
         f"# Depth compression at {args.size}x{args.size} (speed only, random weights, not tuned)",
         "",
-        f"`{out['command']}` at {out['commit'][:12]}, {out['date']}, {info['cpu']}, 1 thread, "
+        f"`{out['command']}` at {out['commit'][:12]}, {out['date']}, {cpu_label(info)}, 1 thread, "
         f"batch 1, {args.runs} interleaved runs, medians.",
         "",
         "| model | chains merged | MMACs | "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from deeprebirth.profiling.machine import cpu_label
+
 LABELS = {
     "teacher": "BVLC GoogLeNet (teacher)",
     "slimmed": "slimmed, layer-wise (the paper's way)",
@@ -20,6 +22,8 @@ LABELS = {
     "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
     "mobilenet_v2": "MobileNetV2",
     "mobilenet_v2_int8": "MobileNetV2 + int8",
+    "mobilenet_v2_depth": "MobileNetV2, depth-compressed (0.75x budget)",
+    "mobilenet_v2_depth_int8": "MobileNetV2, depth-compressed + int8",
 }
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
 
@@ -82,7 +86,7 @@ def readme_section(results: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     speed = results.get("speed")
     where = (
-        f"speed: {speed['date'][:10]}, {speed['machine']['cpu']}, 1 thread, medians of "
+        f"speed: {speed['date'][:10]}, {cpu_label(speed['machine'])}, 1 thread, medians of "
         f"{speed['runs']} interleaved runs"
         if speed
         else "speed: not measured yet (`reproduce.py speed`)"
@@ -125,7 +129,7 @@ def paper_table(results: dict) -> str:
         return "\n".join([*lines, "Speed not measured yet: `reproduce.py speed`.", ""])
     m = speed["machine"]
     lines += [
-        f"`{speed['command']}` — {speed['date']}, {m['cpu']}, {m['cores']} cores, torch "
+        f"`{speed['command']}` — {speed['date']}, {cpu_label(m)}, {m['cores']} cores, torch "
         f"{m['torch']}, onnxruntime {m['onnxruntime']}. 1 thread, batch 1, {speed['runs']} "
         "interleaved runs per runtime, medians; speed-ups against the teacher in the same run. "
         "int8 is ONNX Runtime's static quantization in ORT and the XNNPACK quantizer's program "

@@ -19,6 +19,10 @@ finished step is skipped unless --force):
   slimmed_tucker_int8   int8 (ONNX Runtime static quantization, calibrated on training
   squeezenet1_1_int8    images) of each float model
   mobilenet_v2_int8
+  mobilenet_v2_depth    depth compression of the MobileNetV2 reference: activations dropped
+                        and the convs around them merged, chosen to reach 0.75 of its ORT
+                        latency, tuned layer-wise against it with the students' budget
+  mobilenet_v2_depth_int8
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -242,6 +246,13 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
         "overrides": sets,
         "stages": len(stages) - 1,
     }
+    if (ROOT / out / "selection.json").is_file():  # chosen under a latency budget
+        sel = json.loads((ROOT / out / "selection.json").read_text())
+        entry["selection"] = {
+            "chosen": sel["chosen"],
+            "budget_ms": sel["budget_ms"],
+            **{k: sel["extra"][k] for k in ("original_ms", "measured_ms", "share")},
+        }
     record(key, entry, provenance)
 
 
@@ -272,6 +283,10 @@ def step_slimmed_tucker(args) -> None:
     tucker = stage_count(base, tucker=True, pointwise_ratio=plan.pointwise_rank_ratio)
     batches = max(1, stage_count() * STAGE_BATCHES // tucker)
     student("slimmed_tucker", args, (f"tune.max_batches={batches}",))
+
+
+def step_mobilenet_v2_depth(args) -> None:
+    student("mobilenet_v2_depth", args)
 
 
 def float_model(key: str):
@@ -323,6 +338,11 @@ def at_size(key: str, size: int, built: dict):
         return OnnxModel(path)
     if key in ("teacher", *REFERENCES):
         return float_model(key)  # global pooling: the same weights run at any size
+    if key == "mobilenet_v2_depth":  # the committed chains, merged at this size
+        committed = Plan.load(ROOT / entry["path"] / "plan.json")
+        entries = [copy.copy(e) for e in committed.entries]
+        plan = Plan(committed.model, [1, CHANS, size, size], entries, committed.model_config)
+        return slim(built["mobilenet_v2"], plan).model
     teacher = built["teacher"]
     if key.startswith("slimmed") and "tucker" not in key:
         return slim(teacher, name="bvlc_googlenet", input_size=size, in_chans=CHANS).model
@@ -409,7 +429,11 @@ STEPS = {
     "slimmed_all_at_once": step_slimmed_all_at_once,
     "slimmed_from_scratch": step_slimmed_from_scratch,
     "slimmed_tucker": step_slimmed_tucker,
-    **{f"{k}_int8": (lambda args, k=k: int8(k, args)) for k in ("slimmed_tucker", *REFERENCES)},
+    "mobilenet_v2_depth": step_mobilenet_v2_depth,
+    **{
+        f"{k}_int8": (lambda args, k=k: int8(k, args))
+        for k in ("slimmed_tucker", *REFERENCES, "mobilenet_v2_depth")
+    },
     "speed": step_speed,
     "table": step_table,
 }

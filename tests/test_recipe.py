@@ -154,6 +154,17 @@ def test_run_errors_are_one_line(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_latency_budget_is_in_ms_or_a_share_not_both(capsys, tmp_path):
+    both = "[select]\nlatency_budget_ms = 5.0\nlatency_budget_share = 0.75\n"
+    path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\n' + both)
+    one_line_error(main(["run", str(path)]), capsys.readouterr().err, "give one, not both")
+    with pytest.raises(SystemExit) as e:
+        main(["slim", "user_models:tiny_cnn", "--latency-budget-share", "1.5", "--out", "x"])
+    assert e.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+    recipe = Recipe.load(write(tmp_path, '[model]\nname = "x"\n[select]\nlatency_budget_share = 0.5\n'))
+    assert recipe.select.selects() and recipe.select.latency_budget_ms is None
+
+
 def test_the_demo_recipe_loads_and_falls_back_to_speed_only(tmp_path):
     from deeprebirth.pipeline import DEMO_RECIPE, demo_recipe
 

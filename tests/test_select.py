@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -95,6 +96,21 @@ def test_generous_budget_needs_no_learned_merge(capsys, tmp_path):
     assert list(report["latency"]) == ["ort"]  # --report-runtimes
 
 
+def test_a_budget_share_is_judged_against_the_original(capsys, tmp_path, monkeypatch):
+    import deeprebirth.pipeline as pipeline
+
+    # A slow original makes the budget generous, whatever this machine's timing noise.
+    monkeypatch.setattr(pipeline, "original_latency_ms", lambda *a: 1e6)
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
+    args += ["--no-report", "--latency-budget-share", "1.0", "--out", str(tmp_path / "s")]
+    assert main(args) == 0
+    sel = json.loads((tmp_path / "s" / "selection.json").read_text())
+    x = sel["extra"]
+    assert sel["budget_ms"] == pytest.approx(1e6) and sel["chosen"] == []
+    assert x["share"] == pytest.approx(x["measured_ms"] / x["original_ms"])
+    assert "of the original's" in capsys.readouterr().out
+
+
 def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
     import deeprebirth.plan.select as sel
 
@@ -114,3 +130,39 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
     # When even everything misses the budget, the fastest choice is kept and reported.
     s = sel.select_plan(model, x, make_plan(model, x), budget_ms=5.0)
     assert s.rounds[-1]["measured_ms"] == 7.0 and sorted(s.chosen) == ["a", "b", "c"]
+
+
+def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
+    import deeprebirth.pipeline as pipeline
+    from deeprebirth.errors import DeepRebirthError
+    from deeprebirth.plan.select import Selection
+    from deeprebirth.recipe import Recipe
+
+    model = get_model("user_models:tiny_cnn")
+    plan = make_plan(model, example_input(1, 3, 16), name="user_models:tiny_cnn")
+    calls = []
+
+    def select_step(recipe, model, spec, hooks):
+        calls.append(recipe.select.latency_budget_ms)
+        return Selection(plan, [], [], "ort", 5.0, 6.0, 5.5, 0.0)
+
+    monkeypatch.setattr(pipeline, "select_step", select_step)
+    recipe = Recipe.from_dict(
+        {
+            "model": {"name": "user_models:tiny_cnn", "input_size": 16},
+            "data": {"spec": "synthetic"},
+            "select": {"latency_budget_ms": 5.0},
+            "tune": {"resume": True},
+            "out": str(tmp_path / "s"),
+        }
+    )
+    _, spec = pipeline.load_model(recipe.model)
+    hooks = pipeline.Hooks()
+    first = pipeline.selection_for(recipe, model, spec, tmp_path / "s", hooks)
+    again = pipeline.selection_for(recipe, model, spec, tmp_path / "s", hooks)
+    assert calls == [5.0]  # selected once; the interrupted run's choice is read back
+    assert again.plan.to_dict() == first.plan.to_dict()
+    assert again.to_dict()["budget_ms"] == 5.0
+    other = recipe.replace(select=dataclasses.replace(recipe.select, latency_budget_ms=4.0))
+    with pytest.raises(DeepRebirthError, match="another model or budget"):
+        pipeline.selection_for(other, model, spec, tmp_path / "s", hooks)

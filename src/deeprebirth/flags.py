@@ -46,6 +46,13 @@ def share(text: str) -> float:
     return value
 
 
+def budget_share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value}")
+    return value
+
+
 # --- flags that are recipe keys ---------------------------------------------------------
 
 
@@ -132,6 +139,11 @@ SLIM_FLAGS = {
     ),
     "plan selection under a latency budget": (
         ("--latency-budget", "select.latency_budget_ms", {"type": float, "metavar": "MS"}),
+        (
+            "--latency-budget-share",
+            "select.latency_budget_share",
+            {"type": budget_share, "metavar": "SHARE"},
+        ),
         ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
         ("--threads", "select.threads", POSITIVE),
         ("--selection-runs", "select.runs", POSITIVE),

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .recipe import RECIPE_FILE, ModelConfig, Recipe
 
 #: What each export format writes into the output directory.
 EXPORT_FILES = {"onnx": "model.onnx", "executorch": "model.pte", "torchscript": "model.pt"}
+SELECTION_FILE = "selection.json"
 INT8_FILES = {"onnx": "model_int8.onnx", "executorch": "model_int8.pte"}
 
 
@@ -219,8 +221,17 @@ def validation_batches(recipe: Recipe, spec: ModelConfig, n: int = 4, size: int 
     return [example_input(size, spec.in_chans, spec.input_size) for _ in range(n)]
 
 
+def original_latency_ms(model: nn.Module, example, s) -> float:
+    """The original's median latency on ``s.runtime`` (what a budget share is of)."""
+    from .profiling.bench import latencies
+
+    t = latencies({"original": (model, example)}, runtimes=[s.runtime], threads=s.threads, runs=s.runs)
+    return t[s.runtime]["original"].median_ms
+
+
 def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
-    """The plan meeting ``select.latency_budget_ms`` at the least estimated error, checked
+    """The plan meeting the latency budget (``select.latency_budget_ms``, or
+    ``select.latency_budget_share`` of the original's) at the least estimated error, checked
     by measuring it beside the original and the plan with every merge."""
     from .graph import example_input
     from .plan import make_plan as find_merges
@@ -242,11 +253,19 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
     batches = validation_batches(recipe, spec)
+    budget_ms = s.latency_budget_ms
+    if budget_ms is None:  # a share of the original's latency, measured here
+        hooks.log(f"measuring the original on {s.runtime} for its latency budget")
+        original = original_latency_ms(model, example, s)
+        budget_ms = s.latency_budget_share * original
+        hooks.log(
+            f"budget: {s.latency_budget_share:g} of {original:.3f} ms = {budget_ms:.3f} ms"
+        )
     selection = select_plan(
         model,
         example,
         plan,
-        s.latency_budget_ms,
+        budget_ms,
         tucker_plans=tucker_plans,
         batches=batches,
         runtime=s.runtime,
@@ -273,12 +292,58 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         "error": reconstruction_error(selected, model, batches),
         "fixed_plan_error": reconstruction_error(fixed, model, batches),
     }
+    extra = selection.extra
+    if s.latency_budget_share is not None:
+        # Judged beside the original, in the same run: the share is what was asked.
+        extra["share"] = extra["measured_ms"] / extra["original_ms"]
     hooks.show("selection", selection)
-    if selection.extra["measured_ms"] > s.latency_budget_ms:
+    over = (
+        extra["share"] > s.latency_budget_share
+        if s.latency_budget_share is not None
+        else extra["measured_ms"] > budget_ms
+    )
+    if over:
         hooks.note(
-            f"measured {selection.extra['measured_ms']:.2f} ms is over the budget: savings did "
+            f"measured {extra['measured_ms']:.2f} ms is over the budget: savings did "
             "not add up as the table predicts (timing noise or interactions)"
         )
+    return selection
+
+
+@dataclass
+class ResumedSelection:
+    """A selection made by an interrupted run, read back so its tuning can continue."""
+
+    plan: Any
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: Path, hooks):
+    """The latency-budget selection; kept in OUT.partial/ while tuning may be interrupted,
+    so that a resumed run tunes the plan it started with (timing noise could choose
+    another)."""
+    from .files import write_json
+    from .plan import Plan
+
+    work = Path(f"{out_dir}.partial")
+    asked = {"model": spec.name, "select": dataclasses.asdict(recipe.select)}
+    if recipe.tune.resume and (work / SELECTION_FILE).is_file():
+        data = json.loads((work / SELECTION_FILE).read_text())
+        if data.get("asked") != asked:
+            raise DeepRebirthError(
+                f"{work} holds a run selected for another model or budget: remove it, or "
+                "set tune.resume=false to start again"
+            )
+        hooks.log(f"resuming: the plan selected before, from {work}")
+        return ResumedSelection(Plan.load(work / "selected_plan.json"), data)
+    selection = select_step(recipe, model, spec, hooks)
+    if recipe.tune.resume and recipe.data.spec and recipe.tune.enabled:
+        work.mkdir(parents=True, exist_ok=True)
+        selection.plan.save(work / "selected_plan.json")
+        write_json(work / SELECTION_FILE, selection.to_dict() | {"asked": asked})
     return selection
 
 
@@ -480,8 +545,8 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     run_result = RunResult(out_dir, recipe)
     if recipe.profile.enabled and ctx.is_main:
         run_result.summary["profile"] = profile_step(recipe, model, spec, hooks, command)
-    if recipe.select.latency_budget_ms is not None:
-        run_result.selection = select_step(recipe, model, spec, hooks)
+    if recipe.select.selects():
+        run_result.selection = selection_for(recipe, model, spec, out_dir, hooks)
         plan = run_result.selection.plan
     hooks.log("planning" if plan is None else "applying the plan")
     p = recipe.plan
@@ -533,7 +598,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         hooks.log(f"wrote {plot_profile(summary['profile'], out_dir / 'profile.png')}")
     if run_result.selection is not None:
         sel = run_result.selection.to_dict()
-        hooks.log(f"wrote {write_json(out_dir / 'selection.json', sel)}")
+        hooks.log(f"wrote {write_json(out_dir / SELECTION_FILE, sel)}")
     if recipe.export.formats:
         summary["export"] = export_step(recipe, result.model, spec, out_dir, hooks)
     if recipe.report.enabled:

@@ -341,6 +341,7 @@ def measure_options(
         "runtime": runtime,
         "threads": threads,
         "cpu": machine["cpu"],
+        "isa": machine["isa"],
         "torch": machine["torch"],
         "onnxruntime": machine["onnxruntime"],
         "options": sorted(o.key for o in options),

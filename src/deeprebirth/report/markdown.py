@@ -19,7 +19,7 @@ from ..files import atomic_write_text, write_json
 from ..graph.capture import capture
 from ..graph.taxonomy import KINDS, is_tensor_kind
 from ..profiling.bench import latencies
-from ..profiling.machine import machine_info
+from ..profiling.machine import cpu_label, machine_info
 from ..profiling.plot import RUNTIME_LABELS
 from ..profiling.profile import profile
 from ..profiling.stats import count_macs, count_params, peak_activation_bytes
@@ -168,7 +168,9 @@ def _selection_lines(sel: dict) -> list[str]:
         "",
         f"Exact merges only: {sel['base_ms']:.2f} ms. Predicted with the chosen options: "
         f"{sel['predicted_ms']:.2f} ms; measured: {x.get('measured_ms', float('nan')):.2f} ms "
-        f"(original {x.get('original_ms', float('nan')):.2f} ms; every merge, the fixed plan: "
+        f"(original {x.get('original_ms', float('nan')):.2f} ms, so "
+        f"{x.get('measured_ms', float('nan')) / x.get('original_ms', float('nan')):.2f} of it; "
+        "every merge, the fixed plan: "
         f"{x.get('fixed_plan_ms', float('nan')):.2f} ms). Output error: "
         f"{x.get('error', float('nan')):.2e} chosen vs {x.get('fixed_plan_error', float('nan')):.2e} fixed plan.",
         "",
@@ -213,7 +215,7 @@ def write_report(data: dict, out_dir: str | Path) -> Path:
         f"# Slimming report: {data['model']}",
         "",
         f"Input {shape}, {data['threads']} thread(s), batch 1; measured {data['machine']['date']} on "
-        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), torch {data['machine']['torch']}, "
+        f"{cpu_label(data['machine'])}, {data['machine']['cores']} cores, torch {data['machine']['torch']}, "
         f"onnxruntime {data['machine']['onnxruntime']}. Latencies are medians of runs interleaved in one process.",
         "",
         f"Command: `{data['command']}`" if data["command"] else "",
