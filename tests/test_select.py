@@ -96,19 +96,44 @@ def test_generous_budget_needs_no_learned_merge(capsys, tmp_path):
     assert list(report["latency"]) == ["ort"]  # --report-runtimes
 
 
-def test_a_budget_share_is_judged_against_the_original(capsys, tmp_path, monkeypatch):
-    import deeprebirth.pipeline as pipeline
+def fake_latencies(ms: dict[str, float], default: float):
+    """``latencies`` with fixed medians: by key (``base#1`` is ``base``), else ``default``."""
+    from deeprebirth.profiling.timing import Timing
 
-    # A slow original makes the budget generous, whatever this machine's timing noise.
-    monkeypatch.setattr(pipeline, "original_latency_ms", lambda *a: 1e6)
+    def latencies(models, *, runtimes, **kwargs):
+        t = {k: ms.get(k.split("#")[0], default) for k in models}
+        return {runtimes[0]: {k: Timing(v, v, v, 1) for k, v in t.items()}}
+
+    return latencies
+
+
+def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_path, monkeypatch):
+    import deeprebirth.profiling.bench as bench
+
+    # The original takes 10 ms, the exact merges 8, each option 7, the selected model 6.
+    times = {"original": 10.0, "base": 8.0, "chosen": 6.0, "selected": 6.0, "fixed": 5.0}
+    monkeypatch.setattr(bench, "latencies", fake_latencies(times, 7.0))
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
-    args += ["--no-report", "--latency-budget-share", "1.0", "--out", str(tmp_path / "s")]
+    args += ["--no-report", "--latency-budget-share", "0.7", "--out", str(tmp_path / "s")]
     assert main(args) == 0
     sel = json.loads((tmp_path / "s" / "selection.json").read_text())
-    x = sel["extra"]
-    assert sel["budget_ms"] == pytest.approx(1e6) and sel["chosen"] == []
-    assert x["share"] == pytest.approx(x["measured_ms"] / x["original_ms"])
-    assert "of the original's" in capsys.readouterr().out
+    assert sel["budget_ms"] == pytest.approx(7.0) and sel["original_ms"] == 10.0
+    assert len(sel["chosen"]) == 1  # one option (saving 1 ms of the 1 needed) is enough
+    assert sel["extra"]["share"] == pytest.approx(0.6)  # judged beside the original
+    assert "0.60 of the original's 10.00 ms" in capsys.readouterr().out
+
+
+def test_only_everything_reaches_the_budget(monkeypatch):
+    import deeprebirth.plan.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 1.0, 1.0), opt("b", "b", 2.0, 2.0), opt("b2", "b", 1.5, 0.5)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 12.0})
+    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 6.9)
+    # 3 ms needed: only the fastest option of each group, together, saves that.
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=7.0)
+    assert sorted(s.chosen) == ["a", "b"] and s.original_ms == 12.0
 
 
 def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
@@ -117,7 +142,8 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", 2.0, 1.0), opt("b", "b", 2.0, 2.0), opt("c", "c", 2.0, 3.0)]
     monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
-    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: 10.0)  # base: 10 ms
+    table = {"base": 10.0, "original": 11.0}  # base: 10 ms
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: table)
     # Each option really saves half of what the table says.
     monkeypatch.setattr(
         sel,

@@ -221,14 +221,6 @@ def validation_batches(recipe: Recipe, spec: ModelConfig, n: int = 4, size: int 
     return [example_input(size, spec.in_chans, spec.input_size) for _ in range(n)]
 
 
-def original_latency_ms(model: nn.Module, example, s) -> float:
-    """The original's median latency on ``s.runtime`` (what a budget share is of)."""
-    from .profiling.bench import latencies
-
-    t = latencies({"original": (model, example)}, runtimes=[s.runtime], threads=s.threads, runs=s.runs)
-    return t[s.runtime]["original"].median_ms
-
-
 def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     """The plan meeting the latency budget (``select.latency_budget_ms``, or
     ``select.latency_budget_share`` of the original's) at the least estimated error, checked
@@ -253,19 +245,12 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
     batches = validation_batches(recipe, spec)
-    budget_ms = s.latency_budget_ms
-    if budget_ms is None:  # a share of the original's latency, measured here
-        hooks.log(f"measuring the original on {s.runtime} for its latency budget")
-        original = original_latency_ms(model, example, s)
-        budget_ms = s.latency_budget_share * original
-        hooks.log(
-            f"budget: {s.latency_budget_share:g} of {original:.3f} ms = {budget_ms:.3f} ms"
-        )
     selection = select_plan(
         model,
         example,
         plan,
-        budget_ms,
+        s.latency_budget_ms,
+        budget_share=s.latency_budget_share,
         tucker_plans=tucker_plans,
         batches=batches,
         runtime=s.runtime,
@@ -300,7 +285,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     over = (
         extra["share"] > s.latency_budget_share
         if s.latency_budget_share is not None
-        else extra["measured_ms"] > budget_ms
+        else extra["measured_ms"] > s.latency_budget_ms
     )
     if over:
         hooks.note(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -51,17 +52,23 @@ def measure(fn: Callable[[], object], runs: int, warmup: int) -> Timing:
 def measure_interleaved(
     fns: dict[str, Callable[[], object]], runs: int, warmup: int
 ) -> dict[str, Timing]:
-    """Time several functions side by side: each round runs every one once, in turn.
+    """Time several functions side by side: each round runs every one once, in an order
+    shuffled afresh each round (seeded, so reruns match).
 
     Interleaving spreads machine noise evenly over the candidates, so their ratio is
-    meaningful even on a shared machine.
+    meaningful even on a shared machine; shuffling keeps any one from always running
+    after the same neighbour, or first.
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    rng = random.Random(0)
     for _ in range(runs):
-        for key, fn in fns.items():
+        rng.shuffle(order)
+        for key in order:
+            fn = fns[key]
             t0 = time.perf_counter()
             fn()
             samples[key].append(time.perf_counter() - t0)
