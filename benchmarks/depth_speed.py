@@ -5,6 +5,11 @@ ExecuTorch (XNNPACK). Writes benchmarks/results/depth_<size>.{json,md} with the 
 date and machine.
 
     .venv/bin/python benchmarks/depth_speed.py [--models mobilenet_v2] [--runs 30]
+
+With ``--budget-share S`` the chains are the ones the latency-budget selection picks to reach
+S of the original's ORT latency (1 thread) instead of all that save MACs; a model whose
+chains cannot reach it is recorded as out of reach, with the selector's reason. Writes
+benchmarks/results/depth_<size>_share.{json,md} then.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import torch
 
 from deeprebirth import get_model
 from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.graph import example_input
+from deeprebirth.plan import make_plan
+from deeprebirth.plan.select import BudgetError, select_plan
 from deeprebirth.profiling.bench import bench
 from deeprebirth.profiling.machine import cpu_label, machine_info
 from deeprebirth.profiling.plot import RUNTIME_LABELS
@@ -34,18 +42,39 @@ def git_commit() -> str:
     return run("rev-parse", "HEAD").stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
+def select(model, name: str, args):
+    """The chains the latency-budget selection picks for ``args.budget_share`` (ORT, 1
+    thread), applied; and the selection."""
+    example = example_input(1, 3, args.size)
+    plan = make_plan(model, example, name=name, depth=True)
+    selection = select_plan(
+        model, example, plan, budget_share=args.budget_share, runs=args.selection_runs, log=print
+    )
+    return slim(model, selection.plan), selection
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="mobilenet_v2")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--budget-share", type=float, help="choose chains for this share of ORT ms")
+    p.add_argument("--selection-runs", type=int, default=50)
     args = p.parse_args()
     torch.manual_seed(0)
-    rows = {}
+    rows, skipped = {}, {}
     for name in args.models.split(","):
         model = get_model(name).eval()
         print(f"--- {name}: planning with depth merges at {args.size}", flush=True)
-        result = slim(model, name=name, input_size=args.size, depth=True)
+        if args.budget_share is None:
+            result = slim(model, name=name, input_size=args.size, depth=True)
+        else:
+            try:
+                result, selection = select(model, name, args)
+            except BudgetError as e:
+                print(f"{name}: {e}", flush=True)
+                skipped[name] = str(e)
+                continue
         depth = [e for e in result.plan.entries if e.kind in ("drop_activation", "merge_convs")]
         r = bench(
             model,
@@ -60,6 +89,11 @@ def main() -> None:
         r["depth_entries"] = [
             {"id": e.id, "applied": e.id in applied, "macs_saved": e.macs_saved} for e in depth
         ]
+        if args.budget_share is not None:
+            r["selection"] = {
+                k: selection.to_dict()[k]
+                for k in ("chosen", "budget_ms", "original_ms", "base_ms", "predicted_ms", "rounds")
+            }
         rows[name] = r
     info = machine_info()
     out = {
@@ -69,12 +103,21 @@ def main() -> None:
         "machine": info,
         "size": args.size,
         "runs": args.runs,
+        "budget_share": args.budget_share,
         "models": rows,
+        "out_of_reach": skipped,
     }
-    out_path = RESULTS / f"depth_{args.size}"
+    out_path = RESULTS / f"depth_{args.size}{'' if args.budget_share is None else '_share'}"
     write_json(out_path.with_suffix(".json"), out)
+    how = (
+        "every chain that saves MACs"
+        if args.budget_share is None
+        else f"the chains selected for {args.budget_share:g} of the original's ORT latency"
+    )
     lines = [
         f"# Depth compression at {args.size}x{args.size} (speed only, random weights, not tuned)",
+        "",
+        f"Merged: {how}.",
         "",
         f"`{out['command']}` at {out['commit'][:12]}, {out['date']}, {cpu_label(info)}, 1 thread, "
         f"batch 1, {args.runs} interleaved runs, medians.",
@@ -92,6 +135,7 @@ def main() -> None:
             for t in (r["runtimes"][rt] for rt in RUNTIMES)
         ]
         lines.append(f"| {name} | {merged} | {macs} | " + " | ".join(cells) + " |")
+    lines += [f"| {name} | out of reach: {why} | | | | |" for name, why in skipped.items()]
     atomic_write_text(out_path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -257,3 +257,23 @@ def test_a_latency_budget_offers_depth_merges(capsys, tmp_path):
     assert code == 0, err
     sel = json.loads((tmp_path / "s" / "selection.json").read_text())
     assert any(o["entries"][0].startswith("drop_activation:") for o in sel["options"])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "regnet_x_400mf"])
+def test_batch_norm_era_nets_plan_slim_and_export_with_depth_merges(name, tmp_path):
+    from deeprebirth.export.check import export
+    from deeprebirth.transforms import PARITY_TOLERANCE, relative_error
+
+    model = get_model(name, num_classes=10).eval()
+    x = example_input(2, 3, 32)
+    result = slimming.slim(
+        model, name=name, input_size=32, model_config={"num_classes": 10}, depth=True
+    )
+    chains = [e for e in result.plan.entries if e.kind in ("drop_activation", "merge_convs")]
+    assert any(e.id in result.report.applied for e in chains)  # depth merges found and applied
+    assert not result.report.reverted
+    exact, _ = apply_plan(model, result.plan, x, exact_only=True)  # the exact-only result
+    with torch.no_grad():
+        assert relative_error(exact(x), model(x)) < 10 * PARITY_TOLERANCE
+    report = export(result.model, tmp_path / "m.onnx", "onnx", x)  # parity-gated in ORT
+    assert report["relative_error"] < PARITY_TOLERANCE

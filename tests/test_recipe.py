@@ -161,7 +161,9 @@ def test_a_latency_budget_is_in_ms_or_a_share_not_both(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["slim", "user_models:tiny_cnn", "--latency-budget-share", "1.5", "--out", "x"])
     assert e.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
-    recipe = Recipe.load(write(tmp_path, '[model]\nname = "x"\n[select]\nlatency_budget_share = 0.5\n'))
+    recipe = Recipe.load(
+        write(tmp_path, '[model]\nname = "x"\n[select]\nlatency_budget_share = 0.5\n')
+    )
     assert recipe.select.selects() and recipe.select.latency_budget_ms is None
 
 

@@ -192,3 +192,15 @@ def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
     other = recipe.replace(select=dataclasses.replace(recipe.select, latency_budget_ms=4.0))
     with pytest.raises(DeepRebirthError, match="another model or budget"):
         pipeline.selection_for(other, model, spec, tmp_path / "s", hooks)
+
+
+def test_options_slower_than_the_base_do_not_put_a_met_budget_out_of_reach(monkeypatch):
+    import deeprebirth.plan.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", -0.5, 1.0), opt("b", "b", -0.2, 2.0)]  # timing noise: "slower"
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 12.0})
+    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 10.0)
+    s = sel.select_plan(model, x, make_plan(model, x), budget_share=0.9)  # 10.8 ms: met
+    assert s.chosen == [] and s.budget_ms == pytest.approx(10.8)

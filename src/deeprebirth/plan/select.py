@@ -122,7 +122,9 @@ def choose(
     if need_ms <= 0:
         return [], 0.0
     step = need_ms / resolution
-    best = sum(max((o.saving_ms for o in opts), default=0.0) for opts in groups.values())
+    best = sum(
+        max((o.saving_ms for o in opts if o.saving_ms > 0), default=0.0) for opts in groups.values()
+    )
     inf = float("inf")
     # cost[s]: least cost reaching s steps (capped at `resolution`); picks[s]: the options.
     cost = [0.0] + [inf] * resolution
@@ -427,7 +429,9 @@ def select_plan(
         budget_ms = budget_share * original_ms
         log(f"budget: {budget_share:g} of the original's {original_ms:.3f} ms = {budget_ms:.3f} ms")
     groups = group_options(options)
-    best = sum(max((o.saving_ms for o in g), default=0.0) for g in groups.values())
+    best = sum(
+        max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values()
+    )
     need = base_ms - budget_ms
     out_of_reach = BudgetError(
         f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges give "
