@@ -251,7 +251,7 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
         entry["selection"] = {
             "chosen": sel["chosen"],
             "budget_ms": sel["budget_ms"],
-            **{k: sel["extra"][k] for k in ("original_ms", "measured_ms", "share")},
+            **{k: sel["extra"].get(k) for k in ("original_ms", "measured_ms", "share")},
         }
     record(key, entry, provenance)
 
