@@ -23,6 +23,11 @@ finished step is skipped unless --force):
                         and the convs around them merged, chosen to reach 0.75 of its ORT
                         latency, tuned layer-wise against it with the students' budget
   mobilenet_v2_depth_int8
+  mobilenet_v2_depth_linearized
+                        the same chains, tuned by gradual linearization instead: the
+                        activations fade out while the unmerged network is distilled, merged
+                        after (the same number of training batches)
+  mobilenet_v2_depth_linearized_int8
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -289,6 +294,10 @@ def step_mobilenet_v2_depth(args) -> None:
     student("mobilenet_v2_depth", args)
 
 
+def step_mobilenet_v2_depth_linearized(args) -> None:
+    student("mobilenet_v2_depth_linearized", args)
+
+
 def float_model(key: str):
     """A committed float model, by its results key."""
     from deeprebirth.slimming import is_slimmed_dir, load
@@ -338,7 +347,7 @@ def at_size(key: str, size: int, built: dict):
         return OnnxModel(path)
     if key in ("teacher", *REFERENCES):
         return float_model(key)  # global pooling: the same weights run at any size
-    if key == "mobilenet_v2_depth":  # the committed chains, merged at this size
+    if key.startswith("mobilenet_v2_depth"):  # the committed chains, merged at this size
         committed = Plan.load(ROOT / entry["path"] / "plan.json")
         entries = [copy.copy(e) for e in committed.entries]
         plan = Plan(committed.model, [1, CHANS, size, size], entries, committed.model_config)
@@ -430,9 +439,15 @@ STEPS = {
     "slimmed_from_scratch": step_slimmed_from_scratch,
     "slimmed_tucker": step_slimmed_tucker,
     "mobilenet_v2_depth": step_mobilenet_v2_depth,
+    "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
-        for k in ("slimmed_tucker", *REFERENCES, "mobilenet_v2_depth")
+        for k in (
+            "slimmed_tucker",
+            *REFERENCES,
+            "mobilenet_v2_depth",
+            "mobilenet_v2_depth_linearized",
+        )
     },
     "speed": step_speed,
     "table": step_table,

@@ -127,9 +127,43 @@ def tune(
     )
     if resume:
         tuner.resume()
-    records = tuner.run()
+    records = []
+    if config.linearize_batches and not tuner.state["linearized"]:
+        network, fades, merge = _before_drops(result, teacher, example)
+        if fades:
+            records.append(tuner.linearize(network, fades, merge))
+    records += tuner.run()
     result.model.cpu().eval()
     return records
+
+
+def _before_drops(result: SlimResult, teacher: nn.Module, example: torch.Tensor):
+    """For gradual linearization: the student as it is before its first drop_activation
+    entry (the plan's earlier entries applied to ``teacher``, the original), with a fade
+    after each activation the applied drop_activation entries remove; and the function that
+    finishes a trained one: fades out, the rest of the plan applied, weights into
+    ``result.model``."""
+    from .transforms.runner import apply_entries
+    from .tuning.linearize import insert_fades, remove_fades
+
+    applied = result.report.applied
+    entries = [e for e in result.plan.entries if e.id in applied]
+    first = next((i for i, e in enumerate(entries) if e.kind == "drop_activation"), None)
+    if first is None:
+        return None, [], None
+    before = copy.deepcopy(result.plan)
+    keep = {e.id for e in entries[:first]}
+    for entry in before.entries:
+        entry.enabled = entry.id in keep
+    network, _ = apply_plan(teacher, before, example, parity_gate=False)
+    fades = insert_fades(network, result.plan, applied)
+
+    def merge(trained: fx.GraphModule) -> None:
+        remove_fades(trained)
+        apply_entries(trained, entries[first:], example.to(next(trained.parameters()).device))
+        result.model.load_state_dict(trained.state_dict())
+
+    return network, fades, merge
 
 
 def reinitialise(model: nn.Module, names: list[str]) -> None:

@@ -158,7 +158,8 @@ def _conv(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Conv2d | None:
     return conv
 
 
-def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def activation_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` applies one of the element-wise activations a chain may drop."""
     if node.op == "call_module":
         return isinstance(modules[node.target], ACTIVATIONS)
     return node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS
@@ -185,7 +186,7 @@ def _links(
     while len(links) < MAX_CHAIN - 1:
         user = _only_user(node)
         act = None
-        if user is not None and _activation(user, modules):
+        if user is not None and activation_node(user, modules):
             act, user = user, _only_user(user)
         if user is None or _conv(user, modules) is None or user.target not in once:
             break
@@ -297,7 +298,7 @@ class _ConvChain(Merge):
             chain.append(user)
             node = user
         convs = [n for n in chain if _conv(n, modules) is not None]
-        if len(convs) < 2 or any(n not in convs and not _activation(n, modules) for n in chain):
+        if len(convs) < 2 or any(n not in convs and not activation_node(n, modules) for n in chain):
             raise PlanError(f"plan entry {entry.id}: the chain is no longer convs and activations")
         once = _called_once(gm)
         if any(c.target not in once for c in convs):

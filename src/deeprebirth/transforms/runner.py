@@ -129,6 +129,16 @@ def apply_plan(
     return gm, report
 
 
+def apply_entries(
+    gm: fx.GraphModule, entries: list[PlanEntry], example: torch.Tensor
+) -> SlimReport:
+    """Apply ``entries`` to ``gm`` in place, in order, with no parity gate (for a model whose
+    plan was applied, and gated, before: e.g. its last entries after tuning)."""
+    report = SlimReport()
+    _apply(gm, entries, example, report)
+    return report
+
+
 def _apply(
     gm: fx.GraphModule, entries: list[PlanEntry], example: torch.Tensor, report: SlimReport
 ) -> list[PlanEntry]:

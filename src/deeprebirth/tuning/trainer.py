@@ -1,5 +1,9 @@
 """Layer-wise fine-tuning against the original network, then a short distillation.
 
+With ``linearize_batches``, a gradual linearization comes first: the activations that
+``drop_activation`` entries remove fade out while the unmerged network is distilled, and the
+chains are merged after (``deeprebirth.tuning.linearize``).
+
 Stage by stage (input side first), the layers a learned merge created are trained so that
 the slimmed network (the *student*, fed by its own already-tuned earlier layers) reproduces
 the original (the *teacher*, frozen) at the merge's block boundary. Then the whole student
@@ -29,6 +33,7 @@ from torch import fx, nn
 from ..config import ConfigError, option
 from ..errors import DeepRebirthError
 from ..files import write_json
+from .linearize import Fade, set_fade
 from .stages import Stage, trainable_parameters, truncate
 
 STATE_FILE, WEIGHTS_FILE, LOG_FILE = "state.json", "student.safetensors", "tune_log.jsonl"
@@ -36,9 +41,19 @@ STATE_FILE, WEIGHTS_FILE, LOG_FILE = "state.json", "student.safetensors", "tune_
 
 @dataclass
 class TuneConfig:
-    max_batches: int = option(200, "batches per stage, at most")
+    max_batches: int = option(200, "batches per stage, at most (0: no stages)")
     epochs_per_stage: int = option(1, "passes over the data per stage, at most")
     lr: float = option(1e-3, "stage learning rate (Adam, cosine decay)")
+    linearize_batches: int = option(
+        0,
+        "before the stages: batches of whole-network distillation in which the activations "
+        "that drop_activation entries remove fade out, merged after (0: dropped at once)",
+    )
+    linearize_epochs: int = option(1, "passes over the data in the linearization, at most")
+    linearize_lr: float = option(3e-4, "linearization learning rate")
+    linearize_ramp: float = option(
+        0.5, "share of the linearization over which the activations fade (then held gone)"
+    )
     finetune_batches: int = option(
         300, "whole-network distillation batches after the stages (0: no fine-tune)"
     )
@@ -70,14 +85,22 @@ class TuneConfig:
 
     def check(self) -> None:
         """Values in range, or a ConfigError naming the key."""
-        for key in ("max_batches", "epochs_per_stage", "finetune_epochs", "probe_batches"):
+        for key in ("epochs_per_stage", "finetune_epochs", "linearize_epochs", "probe_batches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tune.{key} must be at least 1, not {getattr(self, key)}")
-        if self.finetune_batches < 0 or self.max_retries < 0:
-            raise ConfigError("tune.finetune_batches and tune.max_retries must be at least 0")
+        for key in ("max_batches", "finetune_batches", "linearize_batches", "max_retries"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"tune.{key} must be at least 0, not {getattr(self, key)}")
+        if not 0.0 < self.linearize_ramp <= 1.0:
+            raise ConfigError(f"tune.linearize_ramp must be in (0, 1], not {self.linearize_ramp}")
+        if self.linearize_batches and self.reinit:
+            raise ConfigError(
+                "tune.linearize_batches and tune.reinit exclude each other: linearization "
+                "starts from the original weights"
+            )
         if not 0.0 <= self.finetune_share < 1.0:
             raise ConfigError(f"tune.finetune_share must be in [0, 1), not {self.finetune_share}")
-        for key in ("lr", "finetune_lr", "temperature"):
+        for key in ("lr", "finetune_lr", "linearize_lr", "temperature"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"tune.{key} must be positive, not {getattr(self, key)}")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
@@ -145,7 +168,7 @@ class Tuner:
         self.is_main = is_main
         self.wrap = wrap or (lambda m: m)
         self.deadline = time.time() + 60 * config.budget_minutes if config.budget_minutes else None
-        self.state = {"completed": [], "finetuned": False}
+        self.state = {"completed": [], "finetuned": False, "linearized": False}
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -154,7 +177,7 @@ class Tuner:
         state_file = self.work_dir / STATE_FILE
         if not state_file.is_file():
             return []
-        self.state = json.loads(state_file.read_text())
+        self.state = {"linearized": False} | json.loads(state_file.read_text())
         weights = load_file(self.work_dir / WEIGHTS_FILE, device=str(self.device))
         self.student.load_state_dict(weights)
         return list(self.state["completed"])
@@ -194,7 +217,7 @@ class Tuner:
     def run(self) -> list[dict]:
         done = set(self.state["completed"])
         records = []
-        todo = [s for s in self.stages if s.id not in done]
+        todo = [s for s in self.stages if s.id not in done] if self.config.max_batches else []
         for i, stage in enumerate(todo):
             records.append(self._run_stage(stage, self._budget_share(len(todo) - i)))
             self.state["completed"].append(stage.id)
@@ -205,10 +228,21 @@ class Tuner:
             self._checkpoint()
         return records
 
-    def _probe_loss(self, loss_fn, probe: list) -> float:
+    def _probe_batches(self) -> list:
+        return self.probe or [[t.to(self.device) for t in next(iter(self.loader))[:2]]]
+
+    def _planned(self, batches: int, epochs: int) -> int:
+        """Steps of a run capped at ``batches`` and ``epochs`` passes."""
+        try:
+            return min(batches, epochs * len(self.loader))
+        except TypeError:  # a loader without a length
+            return batches
+
+    def _probe_loss(self, loss_fn, probe: list, module: nn.Module | None = None) -> float:
         """The mean loss on the probe batches, in inference mode (no dropout)."""
-        modes = {m: m.training for m in self.student.modules()}
-        self.student.eval()
+        module = module if module is not None else self.student
+        modes = {m: m.training for m in module.modules()}
+        module.eval()
         try:
             with torch.no_grad():
                 return sum(loss_fn(batch).item() for batch in probe) / len(probe)
@@ -216,22 +250,25 @@ class Tuner:
             for m, training in modes.items():
                 m.training = training
 
-    def _train(self, name, params, loss_fn, batches, epochs, lr, seconds) -> dict:
+    def _train(
+        self, name, params, loss_fn, batches, epochs, lr, seconds, module=None, start=None
+    ) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
         The learning rate decays on a cosine over the run (by steps, capped by ``batches``
-        and ``epochs`` passes, or by the time share, whichever is further along). A run that leaves the loss on a fixed held-out batch
-        higher than it found it is undone: a stage never makes the student worse on the
-        probe (the validation batches, when given).
+        and ``epochs`` passes, or by the time share, whichever is further along). A run that
+        leaves the loss on a fixed held-out batch higher than it found it is undone: a stage
+        never makes the student worse on the probe (the validation batches, when given).
+        ``module``: what is trained (default: the student); ``start``: called before each
+        attempt.
         """
         start_state = _snapshot(params)
-        probe = self.probe or [[t.to(self.device) for t in next(iter(self.loader))[:2]]]
-        try:  # the run ends at whichever cap comes first: batches, passes or time
-            planned = min(batches, epochs * len(self.loader))
-        except TypeError:  # a loader without a length
-            planned = batches
-        probe_before = self._probe_loss(loss_fn, probe)
+        probe = self._probe_batches()
+        planned = self._planned(batches, epochs)  # whichever cap comes first, or time
+        probe_before = self._probe_loss(loss_fn, probe, module)
         for attempt in range(self.config.max_retries + 1):
+            if start is not None:
+                start()
             opt = torch.optim.Adam(params, lr=lr)
             t0, first, losses, steps = time.time(), None, [], 0
             try:
@@ -270,7 +307,7 @@ class Tuner:
                 lr *= 0.1
                 continue
             tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
-            probe_after = self._probe_loss(loss_fn, probe)
+            probe_after = self._probe_loss(loss_fn, probe, module)
             kept = probe_after <= probe_before
             if not kept:
                 _restore(params, start_state)
@@ -319,11 +356,9 @@ class Tuner:
         self.student.eval()
         return record
 
-    def _finetune(self, seconds: float | None) -> dict:
-        params = list(self.student.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        model = self.wrap(self.student.train())
+    def _distillation(self, model: nn.Module) -> Callable:
+        """The whole-network loss: the teacher's soft logits (plus the labels' cross-entropy
+        with ``use_labels``)."""
         T = self.config.temperature
 
         def loss_fn(batch):
@@ -336,16 +371,81 @@ class Tuner:
                 loss = loss + F.cross_entropy(logits, y)
             return loss
 
+        return loss_fn
+
+    def _finetune(self, seconds: float | None) -> dict:
+        params = list(self.student.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        model = self.wrap(self.student.train())
         record = self._train(
             "finetune",
             params,
-            loss_fn,
+            self._distillation(model),
             self.config.finetune_batches,
             self.config.finetune_epochs,
             self.config.finetune_lr,
             seconds,
         )
         self.student.eval()
+        return record
+
+    def linearize(
+        self,
+        network: nn.Module,
+        fades: list[Fade],
+        merge: Callable[[nn.Module], None],
+        seconds: float | None = None,
+    ) -> dict:
+        """Gradual linearization (``deeprebirth.tuning.linearize``): distil ``network`` (the
+        student before its drop_activation merges, ``fades`` after the activations they
+        drop) while the fades go from 0 to 1, then ``merge(network)``, which loads the merged
+        weights into the student. Checkpoints; a resumed run that did this skips it."""
+        if self.state["linearized"]:
+            return {"stage": "linearize", "skipped": "done before the resume"}
+        network = network.to(self.device)
+        params = list(network.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        model = self.wrap(network.train())
+        c = self.config
+        ramp = max(1.0, c.linearize_ramp * self._planned(c.linearize_batches, c.linearize_epochs))
+        distil, step = self._distillation(model), 0
+
+        def restart() -> None:
+            nonlocal step
+            step = 0
+
+        def loss_fn(batch):
+            nonlocal step
+            if network.training:  # in inference mode (the probe) the fades are 1
+                set_fade(fades, step / ramp)
+                step += 1
+            return distil(batch)
+
+        record = self._train(
+            "linearize",
+            params,
+            loss_fn,
+            c.linearize_batches,
+            c.linearize_epochs,
+            c.linearize_lr,
+            seconds,
+            module=network,
+            start=restart,
+        )
+        network.eval()
+        with torch.no_grad():
+            merge(network)
+        self.student.to(self.device)
+        # the merged student on the probe: what merging changed (a padding conv inside a
+        # chain is exact only away from the borders)
+        record["probe_merged"] = self._probe_loss(
+            self._distillation(self.student), self._probe_batches()
+        )
+        self._log({"stage": "linearize", "event": "merged", "probe": record["probe_merged"]})
+        self.state["linearized"] = True
+        self._checkpoint()
         return record
 
 
