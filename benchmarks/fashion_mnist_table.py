@@ -24,6 +24,8 @@ LABELS = {
     "mobilenet_v2_int8": "MobileNetV2 + int8",
     "mobilenet_v2_depth": "MobileNetV2, depth-compressed (0.75x budget)",
     "mobilenet_v2_depth_int8": "MobileNetV2, depth-compressed + int8",
+    "mobilenet_v2_depth_linearized": "MobileNetV2, depth-compressed, gradual linearization",
+    "mobilenet_v2_depth_linearized_int8": "MobileNetV2, depth-compressed, linearized + int8",
 }
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
 

@@ -59,7 +59,8 @@ def test_optional_keys_default_to_none():
     [
         ('[model]\nname = "a"\n[plan]\ntuker = true', "unknown key plan.tuker"),
         ('[model]\nname = "a"\n[tune]\nlr = "fast"', "tune.lr should be a number"),
-        ('[model]\nname = "a"\n[tune]\nmax_batches = 0', "tune.max_batches must be at least 1"),
+        ('[model]\nname = "a"\n[tune]\nmax_batches = -1', "tune.max_batches must be at least 0"),
+        ('[model]\nname = "a"\n[tune]\nlinearize_ramp = 2.0', "tune.linearize_ramp must be in"),
         ('[model]\nname = "a"\n[plan]\nrank_ratio = 0.5', "plan.rank_ratio needs plan.tucker"),
         ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
         ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
@@ -140,7 +141,7 @@ def test_slim_flags_are_recipe_keys(capsys, tmp_path):
 
     slim = build_parser()._subparsers._group_actions[0].choices["slim"]
     helps = {a.dest: a.help for a in slim._actions}
-    assert helps["tune.max_batches"] == "batches per stage, at most (default 200)"
+    assert helps["tune.max_batches"] == "batches per stage, at most (0: no stages) (default 200)"
 
 
 def test_run_errors_are_one_line(capsys, tmp_path):

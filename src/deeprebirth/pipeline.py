@@ -227,7 +227,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     by measuring it beside the original and the plan with every merge."""
     from .graph import example_input
     from .plan import make_plan as find_merges
-    from .plan.select import RANK_RATIOS, reconstruction_error, select_plan
+    from .plan.select import reconstruction_error, select_plan, tucker_plans
     from .profiling.bench import latencies
     from .transforms import apply_plan
 
@@ -238,10 +238,6 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     plan = find_merges(
         model, example, name=spec.name, model_config=config, depth=recipe.plan.drop_activations
     )
-    tucker_plans = [
-        find_merges(model, example, name=spec.name, model_config=config, tucker=True, rank_ratio=r)
-        for r in (None, *RANK_RATIOS)
-    ]
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
     batches = validation_batches(recipe, spec)
@@ -251,7 +247,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         plan,
         s.latency_budget_ms,
         budget_share=s.latency_budget_share,
-        tucker_plans=tucker_plans,
+        tucker_plans=tucker_plans(model, example, name=spec.name, model_config=config),
         batches=batches,
         runtime=s.runtime,
         threads=s.threads,

@@ -187,6 +187,17 @@ def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
     return Plan(plan.model, plan.input_shape, entries, plan.model_config)
 
 
+def tucker_plans(model: nn.Module, example: torch.Tensor, **plan_options) -> list[Plan]:
+    """Plans with every kxk conv Tucker-2 decomposed, one per rank choice (EVBMF, then each
+    of ``RANK_RATIOS``): the Tucker options of ``select_plan``."""
+    from .discover import make_plan
+
+    return [
+        make_plan(model, example, tucker=True, rank_ratio=r, **plan_options)
+        for r in (None, *RANK_RATIOS)
+    ]
+
+
 def build_options(
     model: nn.Module,
     example: torch.Tensor,

@@ -1,0 +1,144 @@
+"""Gradual linearization: dropped activations fade out in training, the chains merge after."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deeprebirth import slimming
+from deeprebirth.config import ConfigError
+from deeprebirth.graph import capture, example_input
+from deeprebirth.plan import PlanError, make_plan
+from deeprebirth.tuning import TuneConfig
+from deeprebirth.tuning.linearize import Fade, insert_fades, remove_fades, set_fade
+from deeprebirth.zoo import get_model
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def planned():
+    torch.manual_seed(0)
+    model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
+    plan = make_plan(model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True)
+    plan.model_config = {"num_classes": 10, "in_chans": 1}
+    return model, plan
+
+
+def dropped_modules(model, result) -> set[str]:
+    """The activation modules (by module name) that the applied drop_activation entries
+    remove."""
+    by_name = {n.name: n for n in capture(model).graph.nodes}
+    return {
+        by_name[n].target
+        for e in result.plan.entries
+        if e.kind == "drop_activation" and e.id in result.report.applied
+        for n in e.nodes
+        if n in by_name
+        and by_name[n].op == "call_module"
+        and isinstance(model.get_submodule(by_name[n].target), nn.ReLU6)
+    }
+
+
+def data(n=3, batch=4):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (
+            torch.randn(batch, 1, SIZE, SIZE, generator=g),
+            torch.randint(0, 10, (batch,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_fades_lead_from_the_original_to_the_network_without_the_dropped_activations(planned):
+    """t = 0 is the original; t = 1 (and inference mode) the original with exactly the
+    dropped activations gone, although torchvision's ReLU6 work in place."""
+    model, plan = planned
+    result = slimming.slim(model, plan)
+    x = example_input(2, 1, SIZE)
+    network, fades, _ = slimming._before_drops(result, model, x)
+    names = dropped_modules(model, result)
+    assert names and len(fades) == len(names)
+    assert all(model.get_submodule(n).inplace for n in names)  # the original is untouched
+    linear = copy.deepcopy(model)
+    for name in names:
+        linear.set_submodule(name, nn.Identity())
+    with torch.no_grad():
+        network.train()
+        set_fade(fades, 0.0)
+        assert torch.allclose(network(x), model(x), atol=1e-5)
+        set_fade(fades, 1.0)
+        assert torch.allclose(network(x), linear(x), rtol=1e-4, atol=1e-4)
+        set_fade(fades, 0.0)
+        network.eval()  # inference mode: the network as it will be merged
+        assert torch.allclose(network(x), linear(x), rtol=1e-4, atol=1e-4)
+        half = Fade().train()
+        half.t = 0.5
+        assert torch.equal(half(torch.tensor([-2.0]), torch.tensor([0.0])), torch.tensor([-1.0]))
+
+
+def test_removing_the_fades_gives_back_the_graph():
+    torch.manual_seed(0)
+    model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
+    plan = make_plan(model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True)
+    result = slimming.slim(model, plan)
+    network, fades, _ = slimming._before_drops(result, model, example_input(1, 1, SIZE))
+    code = network.code
+    assert "linearize_fade" in code
+    remove_fades(network)
+    assert "linearize_fade" not in network.code
+    assert not any(isinstance(m, Fade) for m in network.modules())
+
+
+def test_a_plan_whose_activations_are_gone_is_refused(planned):
+    model, plan = planned
+    result = slimming.slim(model, plan)
+    network = capture(copy.deepcopy(model))
+    for node in list(network.graph.nodes):  # every activation gone
+        if node.op == "call_module" and isinstance(network.get_submodule(node.target), nn.ReLU6):
+            node.replace_all_uses_with(node.args[0])
+            network.graph.erase_node(node)
+    network.recompile()
+    with pytest.raises(PlanError, match="none of the activations it drops"):
+        insert_fades(network, result.plan, result.report.applied)
+
+
+def test_linearize_trains_merges_saves_and_resumes(planned, tmp_path):
+    """The merged student carries the linearized weights (its own probe loss is recorded),
+    saves and loads back to the same function, and a resumed run does not linearize
+    again."""
+    model, plan = planned
+    result = slimming.slim(model, plan)
+    untouched = {k: v.clone() for k, v in result.model.state_dict().items()}
+    batches = data()
+    config = TuneConfig(max_batches=0, linearize_batches=3, finetune_batches=0)
+    records = slimming.tune(result, model, batches, config, tmp_path / "work", probe=batches[:1])
+    assert [r["stage"] for r in records] == ["linearize"]
+    assert records[0]["steps"] == 3 and "probe_merged" in records[0]
+    state = result.model.state_dict()
+    if records[0]["kept"]:
+        assert any(not torch.equal(state[k], untouched[k]) for k in state)
+    log = [json.loads(line) for line in (tmp_path / "work" / "tune_log.jsonl").open()]
+    assert {"stage": "linearize", "event": "merged", "probe": records[0]["probe_merged"]} in log
+    slimming.save(result, tmp_path / "out")
+    x = batches[0][0]
+    with torch.no_grad():
+        assert torch.allclose(slimming.load(tmp_path / "out")(x), result.model(x), atol=1e-5)
+    again = slimming.slim(model, plan)
+    records = slimming.tune(again, model, batches, config, tmp_path / "work", resume=True)
+    assert records == []  # linearized before: the resumed run has nothing left to do
+    for k, v in again.model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_linearize_settings_are_checked():
+    with pytest.raises(ConfigError, match="exclude each other"):
+        TuneConfig(linearize_batches=10, reinit=True).check()
+    with pytest.raises(ConfigError, match="linearize_ramp"):
+        TuneConfig(linearize_ramp=0.0).check()
+    with pytest.raises(ConfigError, match="max_batches must be at least 0"):
+        TuneConfig(max_batches=-1).check()
+    TuneConfig(max_batches=0, linearize_batches=10).check()  # no stages: allowed
