@@ -142,6 +142,8 @@ def test_slim_flags_are_recipe_keys(capsys, tmp_path):
     slim = build_parser()._subparsers._group_actions[0].choices["slim"]
     helps = {a.dest: a.help for a in slim._actions}
     assert helps["tune.max_batches"] == "batches per stage, at most (0: no stages) (default 200)"
+    parsed = vars(slim.parse_args(["m", "--out", "o", "--linearize-batches", "5"]))
+    assert parsed["tune.linearize_batches"] == 5
 
 
 def test_run_errors_are_one_line(capsys, tmp_path):
