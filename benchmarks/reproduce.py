@@ -28,6 +28,9 @@ finished step is skipped unless --force):
                         activations fade out while the unmerged network is distilled, merged
                         after (the same number of training batches)
   mobilenet_v2_depth_linearized_int8
+  mobilenet_v2_depth_long
+                        the linearized one with five passes of fine-tune instead of one
+                        (7,160 training batches against 3,720): budget or capacity?
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -298,6 +301,10 @@ def step_mobilenet_v2_depth_linearized(args) -> None:
     student("mobilenet_v2_depth_linearized", args)
 
 
+def step_mobilenet_v2_depth_long(args) -> None:
+    student("mobilenet_v2_depth_long", args)
+
+
 def float_model(key: str):
     """A committed float model, by its results key."""
     from deeprebirth.slimming import is_slimmed_dir, load
@@ -440,6 +447,7 @@ STEPS = {
     "slimmed_tucker": step_slimmed_tucker,
     "mobilenet_v2_depth": step_mobilenet_v2_depth,
     "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,
+    "mobilenet_v2_depth_long": step_mobilenet_v2_depth_long,
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (

@@ -134,6 +134,46 @@ def test_linearize_trains_merges_saves_and_resumes(planned, tmp_path):
         assert torch.equal(v, state[k])
 
 
+def test_the_time_budget_caps_the_linearization_and_the_fades_still_finish(
+    planned, tmp_path, monkeypatch
+):
+    """tune.budget_minutes bounds the linearization too: it stops on time, and the
+    activations have faded out by then (the fade follows time as the learning rate does).
+    A clock that moves one second per reading makes it deterministic."""
+    from deeprebirth.tuning import trainer
+
+    class Clock:
+        now = 0.0
+
+        def time(self):
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(trainer, "time", Clock())
+    model, plan = planned
+    result = slimming.slim(model, plan)
+    before_drops, captured = slimming._before_drops, []
+
+    def capture_fades(*args):
+        network, fades, merge = before_drops(*args)
+        captured.extend(fades)
+        return network, fades, merge
+
+    monkeypatch.setattr(slimming, "_before_drops", capture_fades)
+    batches = data()
+    config = TuneConfig(
+        max_batches=0,
+        linearize_batches=500,
+        linearize_epochs=1000,
+        finetune_batches=0,
+        budget_minutes=1.0,  # 60 readings of the clock
+    )
+    records = slimming.tune(result, model, batches, config, tmp_path / "work", probe=batches[:1])
+    assert records[0]["stage"] == "linearize"
+    assert 2 <= records[0]["steps"] < 60  # stopped by the clock, far short of 500 batches
+    assert captured and all(f.t == 1.0 for f in captured)
+
+
 def test_linearize_settings_are_checked():
     with pytest.raises(ConfigError, match="exclude each other"):
         TuneConfig(linearize_batches=10, reinit=True).check()

@@ -131,7 +131,7 @@ def tune(
     if config.linearize_batches and not tuner.state["linearized"]:
         network, fades, merge = _before_drops(result, teacher, example)
         if fades:
-            records.append(tuner.linearize(network, fades, merge))
+            records.append(tuner.linearize(network, fades, merge, tuner.linearize_seconds()))
     records += tuner.run()
     result.model.cpu().eval()
     return records

@@ -214,10 +214,19 @@ class Tuner:
 
     # --- the work ----------------------------------------------------------------------
 
-    def run(self) -> list[dict]:
+    def _todo(self) -> list[Stage]:
+        """The layer-wise stages still to run (none with ``max_batches = 0``)."""
         done = set(self.state["completed"])
+        return [s for s in self.stages if s.id not in done] if self.config.max_batches else []
+
+    def linearize_seconds(self) -> float | None:
+        """The linearization's share of ``budget_minutes``: one share beside the stages
+        still to run, the fine-tune's kept aside."""
+        return self._budget_share(len(self._todo()) + 1)
+
+    def run(self) -> list[dict]:
         records = []
-        todo = [s for s in self.stages if s.id not in done] if self.config.max_batches else []
+        todo = self._todo()
         for i, stage in enumerate(todo):
             records.append(self._run_stage(stage, self._budget_share(len(todo) - i)))
             self.state["completed"].append(stage.id)
@@ -409,17 +418,22 @@ class Tuner:
             p.requires_grad_(True)
         model = self.wrap(network.train())
         c = self.config
-        ramp = max(1.0, c.linearize_ramp * self._planned(c.linearize_batches, c.linearize_epochs))
-        distil, step = self._distillation(model), 0
+        planned = max(1, self._planned(c.linearize_batches, c.linearize_epochs))
+        distil, step, t0 = self._distillation(model), 0, time.time()
 
         def restart() -> None:
-            nonlocal step
-            step = 0
+            nonlocal step, t0
+            step, t0 = 0, time.time()
 
         def loss_fn(batch):
             nonlocal step
             if network.training:  # in inference mode (the probe) the fades are 1
-                set_fade(fades, step / ramp)
+                # the share of the run done, by steps or by the time cap (as the learning
+                # rate's decay): fully linear after linearize_ramp of it either way
+                done = step / planned
+                if seconds:
+                    done = max(done, (time.time() - t0) / seconds)
+                set_fade(fades, done / c.linearize_ramp)
                 step += 1
             return distil(batch)
 
