@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Plan selection under a latency budget (issue: "beyond the merge"), on the Fashion-MNIST
-# BVLC GoogLeNet teacher at its trained size (32x32), ONNX Runtime, 1 thread.
+# BVLC GoogLeNet teacher at its trained size (64x64, 1 channel: benchmarks/reproduce.py
+# teacher), ONNX Runtime, 1 thread.
 # Step 1 measures the fixed plan's latency (every learned merge, what `slim` does by
 # default); step 2 asks `slim --latency-budget` for that latency, choosing among the
 # merges and Tucker-2 decompositions at three ranks by measured saving and reconstruction
-# error (no tuning, so the errors compare the plans themselves). Writes
+# error on validation images (no tuning, so the errors compare the plans themselves). Writes
 # benchmarks/results/select_budget_googlenet/ (selection.json, plan.json, report.md, log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DR=${DR:-.venv/bin/deeprebirth}
-TEACHER=benchmarks/weights/bvlc_googlenet_fashion_mnist_teacher.safetensors
+TEACHER=benchmarks/weights/fashion_mnist_64/teacher.safetensors
 OUT=benchmarks/results/select_budget_googlenet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -23,3 +24,12 @@ mkdir -p "$OUT"
   --out "$work/selected" 2>&1 | tee "$OUT/log.txt"
 cp "$work/selected/selection.json" "$work/selected/plan.json" "$work/selected/report.md" "$OUT/"
 cp "$work/fixed.json" "$OUT/fixed_plan_bench.json"
+# what ran, where and when (the results above are only ever written by this script)
+.venv/bin/python - "$OUT/provenance.json" <<'PY'
+import json, subprocess, sys
+from deeprebirth.profiling.machine import machine_info
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results"], capture_output=True, text=True).stdout.strip()
+info = {"command": "bash benchmarks/select_budget.sh", "commit": commit + ("+dirty" if dirty else ""), **machine_info()}
+open(sys.argv[1], "w").write(json.dumps(info, indent=2) + "\n")
+PY
