@@ -31,6 +31,9 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_long
                         the linearized one with five passes of fine-tune instead of one
                         (7,160 training batches against 3,720): budget or capacity?
+  mobilenet_v2_depth_augmented
+                        the long one tuned on flipped and shifted images, ten passes of
+                        fine-tune (11,460 batches)
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -305,6 +308,10 @@ def step_mobilenet_v2_depth_long(args) -> None:
     student("mobilenet_v2_depth_long", args)
 
 
+def step_mobilenet_v2_depth_augmented(args) -> None:
+    student("mobilenet_v2_depth_augmented", args)
+
+
 def float_model(key: str):
     """A committed float model, by its results key."""
     from deeprebirth.slimming import is_slimmed_dir, load
@@ -448,6 +455,7 @@ STEPS = {
     "mobilenet_v2_depth": step_mobilenet_v2_depth,
     "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,
     "mobilenet_v2_depth_long": step_mobilenet_v2_depth_long,
+    "mobilenet_v2_depth_augmented": step_mobilenet_v2_depth_augmented,
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (

@@ -337,7 +337,13 @@ def tune_step(
     from .tuning.trainer import config_dict
 
     data = recipe.data
-    train = get_dataset(data.spec, "train", input_size=spec.input_size, in_chans=spec.in_chans)
+    train = get_dataset(
+        data.spec,
+        "train",
+        input_size=spec.input_size,
+        in_chans=spec.in_chans,
+        augment=data.augment,
+    )
     loader = distributed.loader(train, data.batch_size, ctx)
     config = recipe.tune.tune_config()
     # A stage is kept only if it leaves the student no worse on these held-out images.

@@ -56,6 +56,11 @@ class DataConfig:
         "(none: no tuning, no accuracy)",
     )
     batch_size: int = option(64, "tuning batch size")
+    augment: bool = option(
+        False,
+        "tune on randomly flipped and shifted training images (up to 1/8 of the side), as the "
+        "references are trained: the teacher is matched on the same views (for long tunes)",
+    )
 
 
 @dataclass
