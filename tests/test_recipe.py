@@ -128,6 +128,42 @@ enabled = false
     assert "parity with PyTorch" in out and "top-1" in out
 
 
+def test_data_augment_reaches_the_tuning_images_only(capsys, tmp_path, monkeypatch):
+    from deeprebirth import data
+
+    asked = []
+    real = data.get_dataset
+
+    def recording(spec, split="train", **kw):
+        asked.append((split, kw.get("augment", False)))
+        return real(spec, split, **kw)
+
+    monkeypatch.setattr(data, "get_dataset", recording)
+    path = write(
+        tmp_path,
+        f"""
+out = "{tmp_path / "a"}"
+[model]
+name = "user_models:tiny_cnn"
+input_size = 16
+[data]
+spec = "synthetic"
+augment = true
+[tune]
+max_batches = 1
+finetune_batches = 1
+[report]
+enabled = false
+""",
+    )
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    assert ("train", True) in asked
+    # The probe that keeps or rolls back a stage, and the accuracy reported, see plain images.
+    assert {s for s, augment in asked if augment} == {"train"}
+    assert {"val", "test"} <= {s for s, _ in asked}
+    assert Recipe.load(tmp_path / "a" / "recipe.toml").data.augment
+
+
 def test_slim_flags_are_recipe_keys(capsys, tmp_path):
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--tucker", "--no-report"]
     assert main([*args, "--max-batches", "3", "--out", str(tmp_path / "s")]) == 0
