@@ -134,6 +134,41 @@ def test_linearize_trains_merges_saves_and_resumes(planned, tmp_path):
         assert torch.equal(v, state[k])
 
 
+def test_an_interrupted_linearization_resumes_its_fade_where_it_saved_it(
+    planned, tmp_path, monkeypatch
+):
+    """Cut in its second pass, the linearization goes on from the end of the first with the
+    fades where they were then, as a run without the interruption would."""
+    from deeprebirth.tuning import trainer
+
+    model, plan = planned
+    batches = data(n=2)
+    config = TuneConfig(max_batches=0, linearize_batches=4, linearize_epochs=2, finetune_batches=0)
+    fades: list = []
+    real = trainer.set_fade
+    monkeypatch.setattr(trainer, "set_fade", lambda f, t: (fades.append(t), real(f, t)))
+
+    def linearized(work, progress=None, resume=False):
+        result = slimming.slim(model, plan)
+        slimming.tune(result, model, batches, config, work, progress=progress, resume=resume)
+        return result.model
+
+    whole = linearized(tmp_path / "a")
+    uninterrupted, fades[:] = list(fades), []
+
+    def interrupt_at_step_3(stage, step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        linearized(tmp_path / "b", interrupt_at_step_3)
+    fades[:] = []
+    resumed = linearized(tmp_path / "b", resume=True)
+    assert fades == uninterrupted[2:]  # steps 3 and 4, not a fresh ramp
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, msg=k)
+
+
 def test_the_time_budget_caps_the_linearization_and_the_fades_still_finish(
     planned, tmp_path, monkeypatch
 ):

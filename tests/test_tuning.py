@@ -98,6 +98,57 @@ def test_resume_after_an_interruption(tmp_path):
     assert records[-1]["stage"] == "finetune"
 
 
+def test_a_long_fine_tune_resumes_from_its_last_pass_exactly(tmp_path):
+    """Interrupted in its third pass, a three-pass fine-tune continues from the end of the
+    second (weights, Adam state, schedule) and ends where an uninterrupted run ends."""
+    teacher = get_model("user_models:tiny_cnn", num_classes=10)
+    data = get_dataset(
+        "synthetic", "train", input_size=16, in_chans=3, synthetic_size=64, num_classes=10
+    )
+    loader = get_loader(data, batch_size=16)  # 4 batches a pass, the same order every pass
+    config = TuneConfig(max_batches=0, finetune_batches=100, finetune_epochs=3, use_labels=True)
+
+    def tuned(work, progress=None, resume=False):
+        result = slim(teacher, name="user_models:tiny_cnn", input_size=16)
+        records = tune(result, teacher, loader, config, work, progress=progress, resume=resume)
+        return result.model, records
+
+    def interrupt_at_step_10(stage, step, total, loss):
+        if step == 10:
+            raise KeyboardInterrupt
+
+    whole, records = tuned(tmp_path / "a")
+    assert records[-1]["steps"] == 12
+    with pytest.raises(KeyboardInterrupt):
+        tuned(tmp_path / "b", interrupt_at_step_10)
+    assert (tmp_path / "b" / trainer_module.RUN_FILE).is_file()
+    steps: list = []
+    resumed, records = tuned(tmp_path / "b", lambda s, step, *a: steps.append(step), True)
+    assert steps == [9, 10, 11, 12]  # the passes before the interruption are not run again
+    assert records[-1]["steps"] == 12 and records[-1]["kept"]
+    assert not (tmp_path / "b" / trainer_module.RUN_FILE).exists()
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_resumed_run_from_another_network_is_refused(tmp_path):
+    from deeprebirth.errors import DeepRebirthError
+
+    teacher, result, loader = tiny_setup()
+    config = TuneConfig(max_batches=0, finetune_batches=100, finetune_epochs=2)
+
+    def interrupt_in_the_second_pass(stage, step, total, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(result, teacher, loader, config, tmp_path, progress=interrupt_in_the_second_pass)
+    other = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
+    slimmed = slim(other, input_size=32, in_chans=1)
+    with pytest.raises(DeepRebirthError, match="tune.resume=false"):
+        tune(slimmed, other, loader, config, tmp_path, resume=True)
+
+
 def test_nan_loss_rolls_back_and_retries(tmp_path, monkeypatch):
     teacher, result, loader = tiny_setup()
     real = trainer_module._normalized_mse

@@ -10,7 +10,9 @@ the original (the *teacher*, frozen) at the merge's block boundary. Then the who
 is fine-tuned with knowledge distillation (soft teacher logits; plus cross-entropy when
 labels are used). Stages need images only, no labels.
 
-A checkpoint is written after every stage; ``resume=True`` continues after the last one.
+A checkpoint is written after every stage, and after every pass over the data within a
+run longer than one pass (weights, optimizer, schedule); ``resume=True`` continues from the
+last one.
 A non-finite or exploding loss rolls the stage back and retries it at a smaller learning
 rate (a bounded number of times).
 """
@@ -37,6 +39,9 @@ from .linearize import Fade, set_fade
 from .stages import Stage, trainable_parameters, truncate
 
 STATE_FILE, WEIGHTS_FILE, LOG_FILE = "state.json", "student.safetensors", "tune_log.jsonl"
+#: The run in progress at its last pass boundary: what it trains, the optimizer's state, the
+#: weights it started from (for a rollback) and its schedule. Read with weights_only=True.
+RUN_FILE = "run.pt"
 
 
 @dataclass
@@ -169,11 +174,14 @@ class Tuner:
         self.wrap = wrap or (lambda m: m)
         self.deadline = time.time() + 60 * config.budget_minutes if config.budget_minutes else None
         self.state = {"completed": [], "finetuned": False, "linearized": False}
+        self._resuming = False
 
     # --- checkpoints -------------------------------------------------------------------
 
     def resume(self) -> list[str]:
-        """Load the last checkpoint; returns the stages already done."""
+        """Load the last checkpoint; returns the stages already done. A run that was
+        interrupted part-way continues from its last pass boundary."""
+        self._resuming = True
         state_file = self.work_dir / STATE_FILE
         if not state_file.is_file():
             return []
@@ -191,6 +199,41 @@ class Tuner:
         save_file(state, tmp)
         tmp.replace(self.work_dir / WEIGHTS_FILE)
         write_json(self.work_dir / STATE_FILE, self.state)  # written last: the commit point
+
+    def _save_run(self, name: str, params, opt, start_state, meta: dict) -> None:
+        """The run ``name`` at a pass boundary (``RUN_FILE``), to continue from there."""
+        if not self.is_main:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.work_dir / f".{RUN_FILE}.tmp"
+        run = {
+            "name": name,
+            "meta": meta,
+            "params": [p.detach().cpu() for p in params],
+            "start": [t.cpu() for t in start_state],
+            "optimizer": opt.state_dict(),
+        }
+        torch.save(run, tmp)
+        tmp.replace(self.work_dir / RUN_FILE)
+
+    def _resumed_run(self, name: str, params: list[nn.Parameter]) -> dict | None:
+        """The run ``name`` as an interrupted tuning left it, when this one resumes."""
+        path = self.work_dir / RUN_FILE
+        if not (self._resuming and path.is_file()):
+            return None
+        run = torch.load(path, map_location=self.device, weights_only=True)
+        if run["name"] != name:
+            return None
+        shapes = [tuple(t.shape) for t in run["params"]]
+        if shapes != [tuple(p.shape) for p in params]:
+            raise DeepRebirthError(
+                f"{path} holds another network's {name}; set tune.resume=false to start again"
+            )
+        return run
+
+    def _drop_run(self) -> None:
+        if self.is_main:
+            (self.work_dir / RUN_FILE).unlink(missing_ok=True)
 
     def _log(self, record: dict) -> None:
         if self.is_main:
@@ -240,12 +283,17 @@ class Tuner:
     def _probe_batches(self) -> list:
         return self.probe or [[t.to(self.device) for t in next(iter(self.loader))[:2]]]
 
+    def _pass_length(self) -> int | None:
+        """Batches in one pass over the data (None: a loader without a length)."""
+        try:
+            return len(self.loader)
+        except TypeError:
+            return None
+
     def _planned(self, batches: int, epochs: int) -> int:
         """Steps of a run capped at ``batches`` and ``epochs`` passes."""
-        try:
-            return min(batches, epochs * len(self.loader))
-        except TypeError:  # a loader without a length
-            return batches
+        per_pass = self._pass_length()
+        return batches if per_pass is None else min(batches, epochs * per_pass)
 
     def _probe_loss(self, loss_fn, probe: list, module: nn.Module | None = None) -> float:
         """The mean loss on the probe batches, in inference mode (no dropout)."""
@@ -269,19 +317,40 @@ class Tuner:
         leaves the loss on a fixed held-out batch higher than it found it is undone: a stage
         never makes the student worse on the probe (the validation batches, when given).
         ``module``: what is trained (default: the student); ``start``: called before each
-        attempt.
+        attempt with the steps already done and the seconds they took (not zero when a
+        resumed run continues from a pass boundary).
+
+        A run longer than one pass saves itself at every pass boundary; a resumed tuning
+        continues it from the last one, with the same optimizer state and schedule.
         """
-        start_state = _snapshot(params)
         probe = self._probe_batches()
         planned = self._planned(batches, epochs)  # whichever cap comes first, or time
-        probe_before = self._probe_loss(loss_fn, probe, module)
-        for attempt in range(self.config.max_retries + 1):
-            if start is not None:
-                start()
+        per_pass = self._pass_length()
+        run = self._resumed_run(name, params)
+        if run is None:
+            start_state, first_attempt = _snapshot(params), 0
+            probe_before = self._probe_loss(loss_fn, probe, module)
+        else:
+            _restore(params, run["params"])
+            start_state, meta = run["start"], run["meta"]
+            first_attempt, lr, probe_before = meta["attempt"], meta["lr"], meta["probe_before"]
+        for attempt in range(first_attempt, self.config.max_retries + 1):
             opt = torch.optim.Adam(params, lr=lr)
             t0, first, losses, steps = time.time(), None, [], 0
+            if run is not None:  # continue the interrupted run where it saved itself
+                opt.load_state_dict(run["optimizer"])
+                meta, run = run["meta"], None
+                t0, first, losses, steps = (
+                    t0 - meta["elapsed"],
+                    meta["first"],
+                    meta["losses"],
+                    meta["steps"],
+                )
+            if start is not None:
+                start(steps, time.time() - t0)
+            passes_done = steps // per_pass if per_pass else 0
             try:
-                for batch in _batches(self.loader, batches, epochs):
+                for batch in _batches(self.loader, batches - steps, epochs - passes_done):
                     done = steps / planned
                     if seconds:
                         done = max(done, (time.time() - t0) / seconds)
@@ -302,7 +371,19 @@ class Tuner:
                     self.progress(name, steps, planned, value)
                     if seconds is not None and time.time() - t0 > seconds:
                         break
+                    if per_pass and steps % per_pass == 0 and steps < planned:
+                        meta = {
+                            "attempt": attempt,
+                            "lr": lr,
+                            "steps": steps,
+                            "elapsed": time.time() - t0,
+                            "first": first,
+                            "losses": losses,
+                            "probe_before": probe_before,
+                        }
+                        self._save_run(name, params, opt, start_state, meta)
             except Diverged as e:
+                self._drop_run()
                 _restore(params, start_state)
                 self._log(
                     {
@@ -315,6 +396,7 @@ class Tuner:
                 )
                 lr *= 0.1
                 continue
+            self._drop_run()
             tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
             probe_after = self._probe_loss(loss_fn, probe, module)
             kept = probe_after <= probe_before
@@ -421,9 +503,9 @@ class Tuner:
         planned = max(1, self._planned(c.linearize_batches, c.linearize_epochs))
         distil, step, t0 = self._distillation(model), 0, time.time()
 
-        def restart() -> None:
+        def restart(steps: int, elapsed: float) -> None:
             nonlocal step, t0
-            step, t0 = 0, time.time()
+            step, t0 = steps, time.time() - elapsed
 
         def loss_fn(batch):
             nonlocal step
