@@ -336,16 +336,16 @@ class Tuner:
             first_attempt, lr, probe_before = meta["attempt"], meta["lr"], meta["probe_before"]
         for attempt in range(first_attempt, self.config.max_retries + 1):
             opt = torch.optim.Adam(params, lr=lr)
-            t0, first, losses, steps = time.time(), None, [], 0
+            saved = {}
             if run is not None:  # continue the interrupted run where it saved itself
                 opt.load_state_dict(run["optimizer"])
-                meta, run = run["meta"], None
-                t0, first, losses, steps = (
-                    t0 - meta["elapsed"],
-                    meta["first"],
-                    meta["losses"],
-                    meta["steps"],
-                )
+                saved, run = run["meta"], None
+            t0 = time.time() - saved.get("elapsed", 0.0)
+            first, losses, steps = (
+                saved.get("first"),
+                saved.get("losses", []),
+                saved.get("steps", 0),
+            )
             if start is not None:
                 start(steps, time.time() - t0)
             passes_done = steps // per_pass if per_pass else 0
