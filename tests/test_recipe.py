@@ -139,24 +139,10 @@ def test_data_augment_reaches_the_tuning_images_only(capsys, tmp_path, monkeypat
         return real(spec, split, **kw)
 
     monkeypatch.setattr(data, "get_dataset", recording)
-    path = write(
-        tmp_path,
-        f"""
-out = "{tmp_path / "a"}"
-[model]
-name = "user_models:tiny_cnn"
-input_size = 16
-[data]
-spec = "synthetic"
-augment = true
-[tune]
-max_batches = 1
-finetune_batches = 1
-[report]
-enabled = false
-""",
-    )
-    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\ninput_size = 16\n')
+    sets = ("data.spec='synthetic'", "data.augment=true", "tune.max_batches=1",
+            "tune.finetune_batches=1", "report.enabled=false", f"out='{tmp_path / 'a'}'")  # fmt: skip
+    assert main(["run", str(path), *(a for s in sets for a in ("--set", s))]) == 0
     assert ("train", True) in asked
     # The probe that keeps or rolls back a stage, and the accuracy reported, see plain images.
     assert {s for s, augment in asked if augment} == {"train"}
