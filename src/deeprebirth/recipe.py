@@ -59,7 +59,7 @@ class DataConfig:
     augment: bool = option(
         False,
         "tune on randomly flipped and shifted training images (up to 1/8 of the side), as the "
-        "references are trained: the teacher is matched on the same views (for long tunes)",
+        "references are trained: the teacher is matched on the same views",
     )
 
 
