@@ -28,6 +28,7 @@ LABELS = {
     "mobilenet_v2_depth_linearized_int8": "MobileNetV2, depth-compressed, linearized + int8",
     "mobilenet_v2_depth_long": "MobileNetV2, depth-compressed, linearized, 5-pass fine-tune",
     "mobilenet_v2_depth_augmented": "MobileNetV2, depth-compressed, augmented, 10-pass fine-tune",
+    "mobilenet_v2_depth_ended": "MobileNetV2, depth-compressed, chains end in ReLU6, 5-pass fine-tune",
 }
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
 

@@ -34,6 +34,9 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_augmented
                         the long one tuned on flipped and shifted images, ten passes of
                         fine-tune (11,460 batches)
+  mobilenet_v2_depth_ended
+                        the long one with each merged chain ending in a ReLU6
+                        (plan.end_activation): the same chains and budget
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -312,6 +315,10 @@ def step_mobilenet_v2_depth_augmented(args) -> None:
     student("mobilenet_v2_depth_augmented", args)
 
 
+def step_mobilenet_v2_depth_ended(args) -> None:
+    student("mobilenet_v2_depth_ended", args)
+
+
 def float_model(key: str):
     """A committed float model, by its results key."""
     from deeprebirth.slimming import is_slimmed_dir, load
@@ -456,6 +463,7 @@ STEPS = {
     "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,
     "mobilenet_v2_depth_long": step_mobilenet_v2_depth_long,
     "mobilenet_v2_depth_augmented": step_mobilenet_v2_depth_augmented,
+    "mobilenet_v2_depth_ended": step_mobilenet_v2_depth_ended,
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (

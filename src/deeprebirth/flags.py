@@ -108,6 +108,7 @@ MODEL_FLAGS = (
 )
 COMPRESSION_FLAGS = (
     ("--drop-activations", "plan.drop_activations", ON),
+    ("--end-activation", "plan.end_activation", ON),
     ("--tucker", "plan.tucker", ON),
     ("--rank-ratio", "plan.rank_ratio", {"type": rank_share}),
     ("--pointwise-rank-ratio", "plan.pointwise_rank_ratio", {"type": rank_share, "metavar": "R"}),

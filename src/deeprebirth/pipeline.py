@@ -126,14 +126,19 @@ def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
         rank_ratio=p.rank_ratio,
         pointwise_ratio=p.pointwise_rank_ratio,
         depth=p.drop_activations,
+        end_activation=p.end_activation,
     )
 
 
 def _load_plan_file(recipe: Recipe):
-    """The plan in ``plan.file``, and the model spec completed from it."""
+    """The plan in ``plan.file`` (its depth chains ending in an activation where
+    ``plan.end_activation`` asks), and the model spec completed from it."""
     from .plan import Plan, PlanError
+    from .transforms.depth import end_in_activation
 
     plan = Plan.load(recipe.plan.file)
+    if recipe.plan.end_activation:
+        end_in_activation(plan.entries)
     spec = recipe.model
     if plan.model != spec.name:
         raise PlanError(f"{recipe.plan.file} is a plan for {plan.model}, not {spec.name}")
@@ -236,7 +241,12 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     config = model_config(spec)
     hooks.log("finding every merge and Tucker rank to choose from")
     plan = find_merges(
-        model, example, name=spec.name, model_config=config, depth=recipe.plan.drop_activations
+        model,
+        example,
+        name=spec.name,
+        model_config=config,
+        depth=recipe.plan.drop_activations,
+        end_activation=recipe.plan.end_activation,
     )
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
@@ -549,6 +559,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         rank_ratio=p.rank_ratio,
         pointwise_ratio=p.pointwise_rank_ratio,
         depth=p.drop_activations,
+        end_activation=p.end_activation,
     )
     run_result.plan, rep = result.plan, result.report
     run_result.report = rep

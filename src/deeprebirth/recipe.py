@@ -82,6 +82,12 @@ class PlanConfig:
         "depth compression: chains of convs, activations dropped, become one conv where that "
         "saves MACs",
     )
+    end_activation: bool = option(
+        False,
+        "depth compression: a merged chain that no activation follows ends in a copy of the "
+        "first one it dropped, so consecutive merged chains stay non-linear (MobileNetV2's "
+        "blocks end linear)",
+    )
     tucker: bool = option(False, "also Tucker-2 decompose the remaining kxk convs")
     rank_ratio: float | None = option(
         None, "Tucker ranks as this share of the channels (none: EVBMF)"

@@ -51,6 +51,7 @@ def slim(
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
     depth: bool = False,
+    end_activation: bool = False,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it.
 
@@ -72,6 +73,7 @@ def slim(
             rank_ratio=rank_ratio,
             pointwise_ratio=pointwise_ratio,
             depth=depth,
+            end_activation=end_activation,
         )
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])

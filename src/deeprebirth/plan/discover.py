@@ -23,6 +23,7 @@ def make_plan(
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
     depth: bool = False,
+    end_activation: bool = False,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 
@@ -31,7 +32,8 @@ def make_plan(
     ``tucker``, the kxk convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``),
     and the 1x1 convs too when ``pointwise_ratio`` is given (at that share of channels).
     With ``depth``, chains of convs become one conv (``transforms.depth``): each chain is
-    costed alone, and the set that shares no layer and saves the most MACs is enabled.
+    costed alone, and the set that shares no layer and saves the most MACs is enabled;
+    ``end_activation`` ends each chain that drops activations in one (``end_in_activation``).
 
     Example:
         >>> from deeprebirth import get_model
@@ -41,7 +43,7 @@ def make_plan(
         ['block_pool', 'branch_pool', 'drop_layer', 'fuse_parallel', 'streamline']
     """
     from ..transforms.base import propagate_shapes
-    from ..transforms.depth import choose_alternatives
+    from ..transforms.depth import choose_alternatives, end_in_activation
     from ..transforms.runner import phases
     from ..transforms.tucker import Tucker
 
@@ -59,6 +61,8 @@ def make_plan(
             for i, n in enumerate(gm.graph.nodes):
                 position[n.name] = position[str(n.target)] = i
             choose_alternatives(found, position)
+        if end_activation:
+            end_in_activation(found)
         for entry in found:
             if not entry.enabled:
                 continue

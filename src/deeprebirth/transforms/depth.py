@@ -6,6 +6,11 @@
   what the first conv computes there); the parity gate checks.
 * ``drop_activation`` (learned): a chain of convs joined by activations loses the
   activations and becomes one conv, which tuning then re-learns against the original.
+  With ``end_activation`` (``end_in_activation``), a chain whose output no activation reads
+  ends in one (a copy of the first it dropped): consecutive merged chains then stay
+  separate non-linear layers instead of composing into one linear map. MobileNetV2's
+  blocks end in a linear projection, so without it a run of merged blocks is one linear
+  function of its input.
 
 The merged conv is the exact composition of the chain: kernel sizes grow by
 ``(k - 1) * stride`` of what came before, strides multiply, groups are kept where the
@@ -23,6 +28,7 @@ enables the non-overlapping ones that save the most (``choose_alternatives``).
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 import operator
 from collections import Counter
@@ -318,11 +324,64 @@ class _ConvChain(Merge):
             "stride"
         ]:
             raise PlanError(f"plan entry {entry.id}: the chain's convs changed since the plan")
+        ending = entry.geometry.get("end_activation") and not _ends_in_activation(out, modules)
+        if ending:  # a fresh copy of the first activation dropped, made before it goes
+            like = next(n for n in chain if n not in convs)
+            end = add_activation(gm, like, out, f"{entry.nodes[0].replace('.', '_')}_end")
+            out.replace_all_uses_with(end, delete_user_cb=lambda user: user is not end)
         set_module(gm, entry.nodes[0], merged)
         out.replace_all_uses_with(first)
         for n in reversed([*chain[1:], *([out] if out is not node else [])]):
             gm.graph.erase_node(n)
         finish(gm)
+
+
+def _ends_in_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    user = _only_user(node)
+    return user is not None and activation_node(user, modules)
+
+
+def add_activation(gm: fx.GraphModule, like: fx.Node, x: fx.Node, name: str) -> fx.Node:
+    """A node applying ``like``'s activation (a fresh copy, not in place) to ``x``, placed
+    right after ``x``; a module copy is registered as ``name``."""
+    with gm.graph.inserting_after(x):
+        if like.op == "call_module":
+            module = copy.deepcopy(gm.get_submodule(like.target))
+            if hasattr(module, "inplace"):
+                module.inplace = False
+            gm.add_submodule(name, module)
+            return gm.graph.call_module(name, (x,))
+        args = tuple(a for a in like.args[1:] if not isinstance(a, bool))  # no inplace flag
+        kwargs = {k: v for k, v in like.kwargs.items() if k != "inplace"}
+        return gm.graph.call_function(like.target, (x, *args), kwargs)
+
+
+def chain_output(gm: fx.GraphModule, entry: PlanEntry) -> tuple[fx.Node, fx.Node] | None:
+    """For an ``end_activation`` entry not yet applied to ``gm``: the node its merged conv
+    will replace (the last conv, or the residual add), and the first activation it drops;
+    None when an activation already reads that output."""
+    if not entry.geometry.get("end_activation"):
+        return None
+    modules = modules_of(gm)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    convs = [by_target[n] for n in entry.nodes if n in by_target and _conv(by_target[n], modules)]
+    acts = [by_name[n] for n in entry.nodes if n in by_name and activation_node(by_name[n], modules)]
+    out = by_name[entry.nodes[-1]] if entry.geometry.get("residual") else convs[-1]
+    if not acts or _ends_in_activation(out, modules):
+        return None
+    return out, acts[0]
+
+
+def end_in_activation(entries: list[PlanEntry]) -> int:
+    """Mark the ``drop_activation`` entries to end their merged conv in an activation (see
+    the module's doc); returns how many it marked."""
+    marked = 0
+    for entry in entries:
+        if entry.kind == "drop_activation":
+            entry.geometry["end_activation"] = True
+            marked += 1
+    return marked
 
 
 class DropActivation(_ConvChain):

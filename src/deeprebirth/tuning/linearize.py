@@ -12,8 +12,12 @@ rest. The network then meets the merge already linear, and the merge composes co
 were trained to work without the activation (as in Layer Folding, Dror et al. 2021, and
 DepthShrinker, Fu et al. 2022, which also train before they merge).
 
-In inference mode a fading activation is the identity (``t = 1``): what the validation
-probe measures is the network as it will be merged.
+An entry that ends its chain in an activation (``plan.end_activation``) gets that
+activation faded *in* on the same schedule, ``y = x + t * (act(x) - x)``, after the chain's
+output.
+
+In inference mode a fading activation is the identity and a rising one is whole (``t = 1``):
+what the validation probe measures is the network as it will be merged.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import torch
 from torch import fx, nn
 
 from ..plan.plan import Plan, PlanError
-from ..transforms.depth import activation_node
+from ..transforms.depth import activation_node, add_activation, chain_output
 
 FADE_PREFIX = "linearize_fade"
 
 
 class Fade(nn.Module):
-    """``act(x) + t * (x - act(x))``: the activation's output fading into its input.
+    """``act(x) + t * (x - act(x))``: the activation's output fading into its input (called
+    with the two swapped, an activation fading in).
 
     ``t`` is set by the trainer; in inference mode it is 1 (the activation gone)."""
 
@@ -69,6 +74,15 @@ def insert_fades(gm: fx.GraphModule, plan: Plan, applied: list[str]) -> list[Fad
                 faded = gm.graph.call_module(target, (node.args[0], node))
             node.replace_all_uses_with(faded, delete_user_cb=lambda user, f=faded: user is not f)
             fades.append(fade)
+        if (ending := chain_output(gm, entry)) is not None:
+            out, like = ending
+            fade, target = Fade(), f"{FADE_PREFIX}_{len(fades)}"
+            gm.add_submodule(target, fade)
+            act = add_activation(gm, like, out, f"{target}_activation")
+            with gm.graph.inserting_after(act):
+                rising = gm.graph.call_module(target, (act, out))
+            out.replace_all_uses_with(rising, delete_user_cb=lambda u: u not in (act, rising))
+            fades.append(fade)
     gm.graph.lint()
     gm.recompile()
     return fades
@@ -89,12 +103,18 @@ def _not_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> None:
 
 
 def remove_fades(gm: fx.GraphModule) -> None:
-    """Undo ``insert_fades``: each activation feeds its users again."""
+    """Undo ``insert_fades``: each activation feeds its users again, and an activation
+    fading in goes (the merge puts it back after the merged conv)."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), Fade):
+            rising = node.args[0]
             node.replace_all_uses_with(node.args[1])
             gm.graph.erase_node(node)
             gm.delete_submodule(node.target)
+            if not rising.users:  # the activation only the fade read
+                gm.graph.erase_node(rising)
+                if rising.op == "call_module":
+                    gm.delete_submodule(rising.target)
     gm.graph.lint()
     gm.recompile()
 
