@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import fx, nn
 
 from deeprebirth import slimming
 from deeprebirth.cli import main
@@ -147,6 +147,46 @@ def test_a_single_block_merges_exactly_inside():
     torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
 
 
+def test_an_end_activation_ends_a_merged_block_in_the_activation_it_dropped():
+    """plan.end_activation: the block's one conv is followed by a fresh ReLU6 (not in place,
+    not the original's module), and computes ReLU6 of the activation-free block inside."""
+    model = mobilenet()
+    block = model.features[3]
+    x = torch.randn(1, 24, 12, 12)
+    plan = make_plan(block, x, name="block", depth=True, end_activation=True)
+    (entry,) = [e for e in plan.entries if e.kind == "drop_activation" and e.enabled]
+    assert entry.geometry["end_activation"] is True
+    assert all(
+        e.geometry.get("end_activation") for e in plan.entries if e.kind == "drop_activation"
+    )
+    gm, _ = apply_plan(block, plan, x)
+    acts = [m for m in gm.modules() if isinstance(m, nn.ReLU6)]
+    assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == 1
+    assert len(acts) == 1 and not acts[0].inplace
+    assert all(m.inplace for m in block.modules() if isinstance(m, nn.ReLU6))  # untouched
+    with torch.no_grad():
+        out, ref = gm(x), nn.functional.relu6(without_activations(block)(x))
+    assert (out >= 0).all() and (out <= 6).all()
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_chain_an_activation_already_ends_gets_no_second_one():
+    model = nn.Sequential(nn.Conv2d(4, 16, 1), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.ReLU()).eval()
+    x = torch.randn(1, 4, 6, 6)
+    plan = make_plan(model, x, depth=True, end_activation=True)
+    assert [e.enabled for e in plan.entries if e.kind == "drop_activation"] == [True]
+    gm, _ = apply_plan(model, plan, x)
+    assert [type(m) for m in gm.modules() if not isinstance(m, fx.GraphModule)] == [
+        nn.Conv2d,
+        nn.ReLU,
+    ]
+    torch.testing.assert_close(gm(x), torch.relu(without_relu(model)(x)))
+
+
+def without_relu(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*[m for m in model if not isinstance(m, nn.ReLU)])
+
+
 def test_a_conv_called_from_two_places_is_never_merged():
     """Shared weights: replacing the module would change its other call site."""
 
@@ -201,14 +241,20 @@ def test_a_merged_chain_is_one_tuning_stage(mobilenet_plan):
     assert set(merged) <= set(trained)
 
 
-def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path):
+@pytest.mark.parametrize("end", [False, True])
+def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path, end):
     name = "mobilenet_v2"
     args = ["--input-size", "32", "--in-chans", "1", "--drop-activations"]
+    args += ["--end-activation"] if end else []
     code = main(["slim", name, *args, "--no-report", "--out", str(tmp_path / "s")])
     _, err = capsys.readouterr()
     assert code == 0, err
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
-    assert any(e["kind"] == "drop_activation" and e["enabled"] for e in plan["entries"])
+    chains = [e for e in plan["entries"] if e["kind"] == "drop_activation" and e["enabled"]]
+    assert chains and all(e["geometry"].get("end_activation", False) is end for e in chains)
+    loaded = slimming.load(tmp_path / "s")  # the plan replays with the ends in place
+    ends = [n for n, m in loaded.named_modules() if n.endswith("_end")]
+    assert len(ends) == (len(chains) if end else 0)
     code = main(["export", str(tmp_path / "s"), "-o", str(tmp_path / "s.onnx")])
     _, err = capsys.readouterr()
     assert code == 0, err  # the ONNX file matches the slimmed model (parity gate)

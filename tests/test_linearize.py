@@ -11,6 +11,7 @@ from deeprebirth import slimming
 from deeprebirth.config import ConfigError
 from deeprebirth.graph import capture, example_input
 from deeprebirth.plan import PlanError, make_plan
+from deeprebirth.transforms.depth import end_in_activation
 from deeprebirth.tuning import TuneConfig
 from deeprebirth.tuning.linearize import Fade, insert_fades, remove_fades, set_fade
 from deeprebirth.zoo import get_model
@@ -78,6 +79,40 @@ def test_fades_lead_from_the_original_to_the_network_without_the_dropped_activat
         half = Fade().train()
         half.t = 0.5
         assert torch.equal(half(torch.tensor([-2.0]), torch.tensor([0.0])), torch.tensor([-1.0]))
+
+
+def test_an_end_activation_fades_in_while_the_dropped_ones_fade_out(planned):
+    """plan.end_activation: t = 0 is still the original; in inference mode each merged
+    chain's output goes through a ReLU6; the merged student carries those ReLU6s."""
+    model, plan = planned
+    plan = copy.deepcopy(plan)
+    end_in_activation(plan.entries)
+    result = slimming.slim(model, plan)
+    x = example_input(2, 1, SIZE)
+    network, fades, merge = slimming._before_drops(result, model, x)
+    names = dropped_modules(model, result)
+    ended = [
+        e
+        for e in result.plan.entries
+        if e.kind == "drop_activation" and e.id in result.report.applied
+    ]
+    assert len(fades) == len(names) + len(ended)
+    reference = copy.deepcopy(model)  # activation-free blocks, each merged one ending in ReLU6
+    for name in names:
+        reference.set_submodule(name, nn.Identity())
+    for entry in ended:
+        block = int(entry.id.split("..")[1].split(".")[1])  # the chain's last conv's block
+        reference.features[block] = nn.Sequential(reference.features[block], nn.ReLU6())
+    with torch.no_grad():
+        network.train()
+        set_fade(fades, 0.0)
+        assert torch.allclose(network(x), model(x), atol=1e-5)
+        network.eval()
+        assert torch.allclose(network(x), reference(x), rtol=1e-4, atol=1e-4)
+    merge(network)
+    assert "linearize_fade" not in result.model.code
+    ends = [m for n, m in result.model.named_modules() if n.endswith("_end")]
+    assert len(ends) == len(ended) and all(isinstance(m, nn.ReLU6) for m in ends)
 
 
 def test_removing_the_fades_gives_back_the_graph():

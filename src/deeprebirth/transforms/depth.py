@@ -366,7 +366,9 @@ def chain_output(gm: fx.GraphModule, entry: PlanEntry) -> tuple[fx.Node, fx.Node
     by_name = {n.name: n for n in gm.graph.nodes}
     by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     convs = [by_target[n] for n in entry.nodes if n in by_target and _conv(by_target[n], modules)]
-    acts = [by_name[n] for n in entry.nodes if n in by_name and activation_node(by_name[n], modules)]
+    acts = [
+        by_name[n] for n in entry.nodes if n in by_name and activation_node(by_name[n], modules)
+    ]
     out = by_name[entry.nodes[-1]] if entry.geometry.get("residual") else convs[-1]
     if not acts or _ends_in_activation(out, modules):
         return None

@@ -81,7 +81,7 @@ def insert_fades(gm: fx.GraphModule, plan: Plan, applied: list[str]) -> list[Fad
             act = add_activation(gm, like, out, f"{target}_activation")
             with gm.graph.inserting_after(act):
                 rising = gm.graph.call_module(target, (act, out))
-            out.replace_all_uses_with(rising, delete_user_cb=lambda u: u not in (act, rising))
+            out.replace_all_uses_with(rising, delete_user_cb=lambda u, k=(act, rising): u not in k)
             fades.append(fade)
     gm.graph.lint()
     gm.recompile()
