@@ -375,15 +375,12 @@ def chain_output(gm: fx.GraphModule, entry: PlanEntry) -> tuple[fx.Node, fx.Node
     return out, acts[0]
 
 
-def end_in_activation(entries: list[PlanEntry]) -> int:
+def end_in_activation(entries: list[PlanEntry]) -> None:
     """Mark the ``drop_activation`` entries to end their merged conv in an activation (see
-    the module's doc); returns how many it marked."""
-    marked = 0
+    the module's doc)."""
     for entry in entries:
         if entry.kind == "drop_activation":
             entry.geometry["end_activation"] = True
-            marked += 1
-    return marked
 
 
 class DropActivation(_ConvChain):
