@@ -250,6 +250,8 @@ class Recipe:
             value = getattr(self.plan, key)
             if value is not None and not self.plan.tucker:
                 raise ConfigError(f"plan.{key} needs plan.tucker")
+        if self.plan.end_activation and not (self.plan.drop_activations or self.plan.file):
+            raise ConfigError("plan.end_activation needs plan.drop_activations (or a plan.file)")
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"plan.{key} must be in (0, 1], not {value}")
         s = self.select
