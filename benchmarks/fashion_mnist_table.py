@@ -29,6 +29,7 @@ LABELS = {
     "mobilenet_v2_depth_long": "MobileNetV2, depth-compressed, linearized, 5-pass fine-tune",
     "mobilenet_v2_depth_augmented": "MobileNetV2, depth-compressed, augmented, 10-pass fine-tune",
     "mobilenet_v2_depth_ended": "MobileNetV2, depth-compressed, chains end in ReLU6, 5-pass fine-tune",
+    "mobilenet_v2_depth_ended_more": "MobileNetV2, depth-compressed, chains end in ReLU6, 10-pass fine-tune",
 }
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
 

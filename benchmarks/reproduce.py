@@ -37,6 +37,9 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_ended
                         the long one with each merged chain ending in a ReLU6
                         (plan.end_activation): the same chains and budget
+  mobilenet_v2_depth_ended_more
+                        the ended one, five more passes of fine-tune from its tuned weights
+                        (tune.start_from; 11,460 batches in all)
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -260,6 +263,8 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
         "overrides": sets,
         "stages": len(stages) - 1,
     }
+    if "start_from" in report["tuning"]:  # continued from another student's tuned weights
+        entry["start_from"] = report["tuning"]["start_from"]
     if (ROOT / out / "selection.json").is_file():  # chosen under a latency budget
         sel = json.loads((ROOT / out / "selection.json").read_text())
         entry["selection"] = {
@@ -317,6 +322,10 @@ def step_mobilenet_v2_depth_augmented(args) -> None:
 
 def step_mobilenet_v2_depth_ended(args) -> None:
     student("mobilenet_v2_depth_ended", args)
+
+
+def step_mobilenet_v2_depth_ended_more(args) -> None:
+    student("mobilenet_v2_depth_ended_more", args)
 
 
 def float_model(key: str):
@@ -464,6 +473,7 @@ STEPS = {
     "mobilenet_v2_depth_long": step_mobilenet_v2_depth_long,
     "mobilenet_v2_depth_augmented": step_mobilenet_v2_depth_augmented,
     "mobilenet_v2_depth_ended": step_mobilenet_v2_depth_ended,
+    "mobilenet_v2_depth_ended_more": step_mobilenet_v2_depth_ended_more,
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (

@@ -63,6 +63,11 @@ def test_optional_keys_default_to_none():
         ('[model]\nname = "a"\n[tune]\nlinearize_ramp = 2.0', "tune.linearize_ramp must be in"),
         ('[model]\nname = "a"\n[plan]\nrank_ratio = 0.5', "plan.rank_ratio needs plan.tucker"),
         ('[model]\nname = "a"\n[plan]\nend_activation = true', "needs plan.drop_activations"),
+        (
+            '[model]\nname = "a"\n[plan]\ntucker = true\nrank_ratio = 1.5',
+            "plan.rank_ratio must be in (0, 1]",
+        ),
+        ('[model]\nname = "a"\n[tune]\nstart_from = "d"\nfinetune_batches = 0', "set tune.finetune_batches"),
         ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
         ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
         ("model = 3", "[model] must be a table"),

@@ -137,6 +137,7 @@ SLIM_FLAGS = {
         ("--all-at-once", "tune.all_at_once", ON),
         ("--from-scratch", "tune.reinit", ON),
         ("--resume", "tune.resume", ON),
+        ("--start-from", "tune.start_from", {"metavar": "DIR"}),
         ("--device", "tune.device", {}),
     ),
     "plan selection under a latency budget": (

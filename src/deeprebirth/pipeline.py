@@ -342,7 +342,7 @@ def tune_step(
     recipe: Recipe, teacher: nn.Module, result, spec: ModelConfig, ctx, out_dir: Path, hooks
 ) -> dict:
     from .data import get_dataset, get_loader
-    from .slimming import tune
+    from .slimming import start_from, tune
     from .tuning import distributed
     from .tuning.trainer import config_dict
 
@@ -359,6 +359,9 @@ def tune_step(
     # A stage is kept only if it leaves the student no worse on these held-out images.
     val = get_dataset(data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans)
     probe = list(islice(get_loader(val, data.batch_size), config.probe_batches))
+    if recipe.tune.start_from:
+        start_from(result, recipe.tune.start_from)
+        hooks.log(f"starting from the tuned weights of {recipe.tune.start_from}: fine-tune only")
     with hooks.tuning_progress(ctx.is_main) as progress:
         records = tune(
             result,
@@ -372,8 +375,12 @@ def tune_step(
             wrap=distributed.wrapper(ctx),
             device=ctx.device,
             probe=probe,
+            tuned=bool(recipe.tune.start_from),
         )
-    return {"config": config_dict(config), "stages": records}
+    record = {"config": config_dict(config), "stages": records}
+    if recipe.tune.start_from:
+        record["start_from"] = recipe.tune.start_from
+    return record
 
 
 def evaluate_step(

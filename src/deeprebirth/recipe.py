@@ -123,6 +123,12 @@ class TuneSection(TuneConfig):
     enabled: bool = option(True, "tune the learned merges (needs data.spec)")
     resume: bool = option(False, "continue an interrupted run from OUT.partial/")
     device: str = option("auto", "auto (a GPU when present), cpu, cuda, cuda:N")
+    start_from: str | None = option(
+        None,
+        "a slimmed directory made with this plan (a finished run's out): the student starts "
+        "from its tuned weights and only the fine-tune runs, to add passes without repeating "
+        "the stages and the linearization",
+    )
 
     def tune_config(self) -> TuneConfig:
         return TuneConfig(**{f.name: getattr(self, f.name) for f in fields(TuneConfig)})
@@ -250,10 +256,10 @@ class Recipe:
             value = getattr(self.plan, key)
             if value is not None and not self.plan.tucker:
                 raise ConfigError(f"plan.{key} needs plan.tucker")
-        if self.plan.end_activation and not (self.plan.drop_activations or self.plan.file):
-            raise ConfigError("plan.end_activation needs plan.drop_activations (or a plan.file)")
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"plan.{key} must be in (0, 1], not {value}")
+        if self.plan.end_activation and not (self.plan.drop_activations or self.plan.file):
+            raise ConfigError("plan.end_activation needs plan.drop_activations (or a plan.file)")
         s = self.select
         if s.latency_budget_ms is not None and s.latency_budget_share is not None:
             raise ConfigError(
@@ -274,6 +280,14 @@ class Recipe:
         if self.out is None:
             raise ConfigError("missing key out (the output directory)")
         self.tune.check()
+        if self.tune.start_from is not None:
+            if not self.tune.finetune_batches:
+                raise ConfigError(
+                    "tune.start_from continues a tuned student with the fine-tune: set "
+                    "tune.finetune_batches"
+                )
+            if self.tune.reinit:
+                raise ConfigError("tune.start_from and tune.reinit exclude each other")
 
 
 def _check_choices(key: str, values: list[str], allowed: tuple[str, ...]) -> None:

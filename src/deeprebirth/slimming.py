@@ -94,6 +94,7 @@ def tune(
     wrap=None,
     device: str | torch.device = "cpu",
     probe=None,
+    tuned: bool = False,
 ) -> list[dict]:
     """Layer-wise tuning of ``result.model`` against ``teacher`` (see ``deeprebirth.tuning``).
 
@@ -101,6 +102,7 @@ def tune(
     (the validation split) on which a stage must not make the student worse; without it,
     the first training batch is the probe.
     Checkpoints go to ``work_dir`` after every stage; ``resume=True`` continues from there.
+    ``tuned=True``: the student is tuned already (:func:`start_from`), only the fine-tune runs.
     Returns one record per stage run (and one for the final fine-tune).
     """
     from .tuning import Stage, TuneConfig, Tuner, find_stages
@@ -127,6 +129,8 @@ def tune(
         device=device,
         probe=probe,
     )
+    if tuned:  # as if the stages and the linearization were done
+        tuner.state.update(completed=[s.id for s in stages], linearized=True)
     if resume:
         tuner.resume()
     records = []
@@ -238,6 +242,32 @@ def load(path: str | Path) -> fx.GraphModule:
         raise PlanError(f"{path} has no {WEIGHTS_FILE}")
     apply_state_dict(gm, load_file(path / WEIGHTS_FILE), source=str(path / WEIGHTS_FILE))
     return gm.eval()
+
+
+def start_from(result: SlimResult, path: str | Path) -> None:
+    """Give ``result.model`` the tuned weights of the slimmed directory ``path``, which must
+    have been made with the same plan (the same merges applied, the same geometry)."""
+    path = Path(path)
+    if not is_slimmed_dir(path):
+        raise DeepRebirthError(
+            f"tune.start_from: {path} is not a slimmed model directory (no {PLAN_FILE})"
+        )
+    data = json.loads((path / PLAN_FILE).read_text())
+
+    def merges(entries: list[dict], applied) -> list:
+        return [(e["id"], e["geometry"]) for e in entries if e["id"] in applied]
+
+    ours = json.loads(json.dumps(result.plan.to_dict()))["entries"]
+    if merges(data.get("entries", []), set(data.get("applied", []))) != merges(
+        ours, set(result.report.applied)
+    ):
+        raise DeepRebirthError(
+            f"tune.start_from: {path} was slimmed with another plan than this run's: its "
+            "weights belong to another network"
+        )
+    if not (path / WEIGHTS_FILE).is_file():
+        raise PlanError(f"{path} has no {WEIGHTS_FILE}")
+    apply_state_dict(result.model, load_file(path / WEIGHTS_FILE), source=str(path / WEIGHTS_FILE))
 
 
 def _base_model(plan: Plan, path: Path) -> nn.Module:
