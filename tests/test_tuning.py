@@ -131,6 +131,31 @@ def test_a_long_fine_tune_resumes_from_its_last_pass_exactly(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_start_from_continues_a_tuned_student_with_the_fine_tune_only(tmp_path):
+    from deeprebirth.errors import DeepRebirthError
+    from deeprebirth.slimming import save, start_from
+
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    config = TuneConfig(max_batches=2, finetune_batches=2)
+    tune(result, teacher, loader, config, tmp_path / "first")
+    save(result, tmp_path / "tuned")
+    fresh = slim(teacher, name="user_models:tiny_cnn", input_size=16)
+    start_from(fresh, tmp_path / "tuned")
+    tuned, started = result.model.state_dict(), fresh.model.state_dict()
+    for (name, a), b in zip(tuned.items(), started.values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    ran: list = []
+    progress = lambda stage, *a: ran.append(stage)  # noqa: E731
+    records = tune(fresh, teacher, loader, config, tmp_path / "more", progress=progress, tuned=True)
+    assert [r["stage"] for r in records] == ["finetune"] and set(ran) == {"finetune"}
+    exact = slim(teacher, name="user_models:tiny_cnn", input_size=16, exact_only=True)
+    with pytest.raises(DeepRebirthError, match="slimmed with another plan"):
+        start_from(exact, tmp_path / "tuned")
+    with pytest.raises(DeepRebirthError, match="not a slimmed model directory"):
+        start_from(fresh, tmp_path / "first")
+
+
 def test_a_resumed_run_from_another_network_is_refused(tmp_path):
     from deeprebirth.errors import DeepRebirthError
 
