@@ -158,6 +158,25 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
     assert s.rounds[-1]["measured_ms"] == 7.0 and sorted(s.chosen) == ["a", "b", "c"]
 
 
+def test_a_margin_aims_under_the_budget(monkeypatch):
+    import deeprebirth.plan.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 2.0, 1.0), opt("b", "b", 2.0, 2.0), opt("c", "c", 2.0, 3.0)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 11.0})
+    monkeypatch.setattr(  # each option really saves half of what the table says
+        sel,
+        "_measure_choice",
+        lambda m, x, p, picked, *a: 10.0 - sum(o.saving_ms for o in picked) / 2,
+    )
+    plan = make_plan(model, x)
+    assert sel.select_plan(model, x, plan, budget_ms=9.0).chosen == ["a"]  # 9.0: just met
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, margin=0.1)
+    assert sorted(s.chosen) == ["a", "b"] and s.rounds[-1]["measured_ms"] == 8.0
+    assert (s.budget_ms, s.target_ms) == (9.0, pytest.approx(8.1))
+
+
 def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
     import deeprebirth.pipeline as pipeline
     from deeprebirth.errors import DeepRebirthError

@@ -147,6 +147,7 @@ SLIM_FLAGS = {
             "select.latency_budget_share",
             {"type": budget_share, "metavar": "SHARE"},
         ),
+        ("--budget-margin", "select.margin", {"type": float, "metavar": "SHARE"}),
         ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
         ("--threads", "select.threads", POSITIVE),
         ("--selection-runs", "select.runs", POSITIVE),

@@ -262,6 +262,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         runtime=s.runtime,
         threads=s.threads,
         runs=s.runs,
+        margin=s.margin,
         log=hooks.log,
     )
     selected, _ = apply_plan(model, selection.plan, example)

@@ -109,6 +109,11 @@ class SelectConfig:
         "the budget as a share of the original's latency, measured first on select.runtime "
         "(0.75: a quarter faster); instead of latency_budget_ms, which is machine-bound",
     )
+    margin: float = option(
+        0.0,
+        "aim this share under the budget (0.03: 3% under), so that timing drift between runs "
+        "does not put the selected plan over it; it is still judged against the budget",
+    )
     runtime: str = option("ort", "where latency is measured: ort or torch")
     threads: int = option(1, "threads")
     runs: int = option(15, "interleaved timed runs per option")
@@ -270,6 +275,8 @@ class Recipe:
         share = s.latency_budget_share
         if share is not None and not 0.0 < share <= 1.0:
             raise ConfigError(f"select.latency_budget_share must be in (0, 1], not {share}")
+        if not 0.0 <= s.margin < 1.0:
+            raise ConfigError(f"select.margin must be in [0, 1), not {s.margin}")
         if s.selects() and (self.plan.file or self.plan.exact_only):
             key = "latency_budget_ms" if share is None else "latency_budget_share"
             raise ConfigError(f"select.{key} makes the plan: drop plan.file and plan.exact_only")

@@ -96,6 +96,8 @@ class Selection:
     #: Each round: what was asked of the table, what it predicted, what was measured.
     rounds: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    #: What the choice aimed at: the budget less the margin asked for.
+    target_ms: float | None = None
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("plan", "options")}
@@ -407,6 +409,7 @@ def select_plan(
     runs: int = 15,
     use_cache: bool = True,
     correction_rounds: int = 3,
+    margin: float = 0.0,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Selection:
     """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error; or
@@ -414,7 +417,8 @@ def select_plan(
 
     The choice is measured; when it misses the budget (savings are not quite additive),
     the target is raised in proportion and the choice made again, up to
-    ``correction_rounds`` times in all.
+    ``correction_rounds`` times in all. ``margin``: aim that share under the budget (0.03:
+    3% under), so that timing drift between runs does not put the result over it.
 
     Raises:
         BudgetError: the budget is below what any plan reaches (says the best reachable).
@@ -439,13 +443,17 @@ def select_plan(
     if budget_ms is None:
         budget_ms = budget_share * original_ms
         log(f"budget: {budget_share:g} of the original's {original_ms:.3f} ms = {budget_ms:.3f} ms")
+    target_ms = budget_ms * (1.0 - margin)
+    if margin:
+        log(f"aiming {margin:.0%} under it: {target_ms:.3f} ms")
     groups = group_options(options)
     best = sum(
         max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values()
     )
-    need = base_ms - budget_ms
+    need = base_ms - target_ms
+    under = f" ({margin:.0%} under it: {target_ms:.3f} ms)" if margin else ""
     out_of_reach = BudgetError(
-        f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges give "
+        f"a budget of {budget_ms:g} ms{under} on {runtime} is out of reach: the exact merges give "
         f"{base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms"
     )
     if need > best:
@@ -473,14 +481,14 @@ def select_plan(
             f"round {len(rounds)}: predicted {base_ms - predicted:.3f} ms, measured {measured:.3f} ms"
         )
         achieved = base_ms - measured
-        if measured <= budget_ms or need >= best or achieved <= 0:
+        if measured <= target_ms or need >= best or achieved <= 0:
             break
         if any(t[0] == picked for t in tried[:-1]):
             break  # the same choice again: asking for more changes nothing
         # Savings did not add up as the table says: ask for proportionally more.
         need = min(best, need * predicted / achieved)
     # The first choice within budget is the cheapest (each round asks for more); else the fastest.
-    within = [t for t in tried if t[3] <= budget_ms]
+    within = [t for t in tried if t[3] <= target_ms]
     picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
     chosen_entries = [e for o in picked for e in o.entries]
     return Selection(
@@ -494,6 +502,7 @@ def select_plan(
         predicted_ms=base_ms - predicted,
         cost=cost,
         rounds=rounds,
+        target_ms=target_ms,
     )
 
 
