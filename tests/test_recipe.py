@@ -71,6 +71,7 @@ def test_optional_keys_default_to_none():
             '[model]\nname = "a"\n[tune]\nstart_from = "d"\nfinetune_batches = 0',
             "set tune.finetune_batches",
         ),
+        ('[model]\nname = "a"\n[tune]\nstart_from = "d"', "it needs data.spec"),
         ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
         ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
         ("model = 3", "[model] must be a table"),

@@ -295,6 +295,8 @@ class Recipe:
                 )
             if self.tune.reinit:
                 raise ConfigError("tune.start_from and tune.reinit exclude each other")
+            if not (self.tune.enabled and self.data.spec):
+                raise ConfigError("tune.start_from fine-tunes: it needs data.spec and tune.enabled")
 
 
 def _check_choices(key: str, values: list[str], allowed: tuple[str, ...]) -> None:
