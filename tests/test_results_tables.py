@@ -41,6 +41,7 @@ def fake_results():
         "teacher": {"top1_val": 93.0, "top1_test": 92.5},
         "slimmed": {"top1_val": 92.8, "top1_test": 92.0},
         "slimmed_tucker_int8": {"top1_val": 92.1, "top1_test": 91.5},
+        "slimmed_all_at_once": {"top1_val": 92.0, "top1_test": 91.0},
     }
     rows = {
         "teacher": {
@@ -60,6 +61,7 @@ def fake_results():
             "peak_activation_mb": 0.5,
         },
         "slimmed_tucker_int8": {"ort_ms": 1.0, "executorch_ms": 1.5},
+        "slimmed_all_at_once": {"ort_ms": 2.0},
     }
     speed = {
         "runs": 5,
@@ -80,12 +82,15 @@ def test_tables_from_a_results_file(tmp_path):
         in section
     )
     assert "| slimmed + Tucker-2 + int8 | 92.10 | 91.50 | -1.00 | 1.00 | 4.00x |" in section
+    # The README shows the headline models; the paper's table every model.
+    assert "all merged layers at once" not in section and "All 4 models" in section
     table = paper_table(results)
     # int8 rows: ORT only, costs of the float twin (here none), top-1 at the trained size.
     assert (
         "| slimmed + Tucker-2 + int8 | — | — | 1.00 | 4.00x | 1.50 | 4.00x | — | — | — | 92.10 | 91.50 |"
         in table
     )
+    assert "| slimmed, all merged layers at once |" in table
     readme = tmp_path / "README.md"
     readme.write_text(
         "intro\n<!-- fashion_mnist_64:begin -->\nold\n<!-- fashion_mnist_64:end -->\nrest\n"
