@@ -38,7 +38,6 @@ HEADLINE = (
     "teacher",
     "squeezenet1_1",
     "slimmed",
-    "slimmed_depth",
     "slimmed_tucker",
     "slimmed_tucker_int8",
     "mobilenet_v2",
