@@ -42,6 +42,7 @@ HEADLINE = (
     "slimmed_tucker_int8",
     "mobilenet_v2",
     "mobilenet_v2_int8",
+    "mobilenet_v2_depth_ended",
     "mobilenet_v2_depth_ended_more",
 )
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"

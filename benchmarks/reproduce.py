@@ -383,13 +383,29 @@ def at_size(key: str, size: int, built: dict):
         return OnnxModel(path)
     if key in ("teacher", *REFERENCES):
         return float_model(key)  # global pooling: the same weights run at any size
-    if "depth" in key:  # the committed plan with its chains, applied at this size
+    if key.startswith("mobilenet_v2_depth"):  # the committed chains, merged at this size
         committed = Plan.load(ROOT / entry["path"] / "plan.json")
         entries = [copy.copy(e) for e in committed.entries]
         plan = Plan(committed.model, [1, CHANS, size, size], entries, committed.model_config)
-        base = "mobilenet_v2" if key.startswith("mobilenet_v2") else "teacher"
-        return slim(built[base], plan).model
+        return slim(built["mobilenet_v2"], plan).model
     teacher = built["teacher"]
+    if key == "slimmed_depth":
+        # GoogLeNet's streamline merges record their 64x64 shapes: re-plan at this size and
+        # apply exactly the merges the committed model has (the same architecture).
+        from deeprebirth.graph.capture import example_input
+        from deeprebirth.plan import make_plan
+
+        applied = set(json.loads((ROOT / entry["path"] / "plan.json").read_text())["applied"])
+        plan = make_plan(teacher, example_input(1, CHANS, size), depth=True)
+        for e in plan.entries:
+            e.enabled = e.id in applied
+        missing = applied - {e.id for e in plan.entries}
+        if missing:
+            raise SystemExit(f"{key}: the plan at {size} has no {', '.join(sorted(missing))}")
+        result = slim(teacher, plan)
+        if set(result.report.applied) != applied:
+            raise SystemExit(f"{key}: at {size} the committed merges do not all apply")
+        return result.model
     if key.startswith("slimmed") and "tucker" not in key:
         return slim(teacher, name="bvlc_googlenet", input_size=size, in_chans=CHANS).model
     committed = Plan.load(ROOT / entry["path"] / "plan.json")
