@@ -219,8 +219,7 @@ def test_slim_with_tuning_and_evaluate(capsys, tmp_path):
         tmp_path / "t.safetensors",
         {"model": "user_models:tiny_cnn", "num_classes": 10, "in_chans": 3, "input_size": 16},
     )
-    code, out, err = run_cli(
-        capsys,
+    common = [
         "slim",
         "user_models:tiny_cnn",
         "--checkpoint",
@@ -231,14 +230,22 @@ def test_slim_with_tuning_and_evaluate(capsys, tmp_path):
         "2",
         "--finetune-batches",
         "2",
-        "--out",
-        str(tmp_path / "s"),
-    )
+    ]
+    code, out, err = run_cli(capsys, *common, "--out", str(tmp_path / "s"))
     assert code == 0, err
     report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
     assert report["tuning"]["stages"][-1]["stage"] == "finetune"
     assert {"teacher", "slimmed"} == set(report["accuracy"])
     assert (tmp_path / "s" / "tune_log.jsonl").is_file() and not (tmp_path / "s.partial").exists()
+    # A finished run continued: its tuned weights, the fine-tune only.
+    more = [*common, "--no-report", "--start-from"]
+    code, out, err = run_cli(capsys, *more, str(tmp_path / "s"), "--out", str(tmp_path / "s2"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "s2" / "tune_report.json").read_text())
+    assert report["tuning"]["start_from"] == str(tmp_path / "s")
+    assert [r["stage"] for r in report["tuning"]["stages"]] == ["finetune"]
+    code, _, err = run_cli(capsys, *more, str(weights), "--out", str(tmp_path / "s3"))
+    one_line_error(code, err, "not a slimmed model directory")
     for target in (str(weights), str(tmp_path / "s")):
         code, out, err = run_cli(
             capsys, "evaluate", target, "--data", "synthetic", "--json", str(tmp_path / "e.json")
