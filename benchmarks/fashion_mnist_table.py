@@ -109,7 +109,7 @@ def readme_section(results: dict) -> str:
     speed = results.get("speed")
     where = (
         f"speed: {speed['date'][:10]}, {cpu_label(speed['machine'])}, 1 thread, medians of "
-        f"{speed['runs']} interleaved runs"
+        f"{runs_of(speed)}"
         if speed
         else "speed: not measured yet (`reproduce.py speed`)"
     )
@@ -144,6 +144,17 @@ def readme_results(readme: Path) -> str | None:
     return match.group(1) if match else None
 
 
+def runs_of(speed: dict) -> str:
+    """How the speed step timed each model."""
+    sessions = speed.get("sessions", 1)
+    if sessions == 1:
+        return f"{speed['runs']} interleaved runs"
+    return (
+        f"{speed['runs']} interleaved runs in each of {sessions} sessions (ORT, ExecuTorch: "
+        "the median of the sessions' medians)"
+    )
+
+
 def paper_table(results: dict) -> str:
     """The paper's table at each size: latency (every runtime), memory, MACs, parameters,
     and (at the trained size) top-1 of the same artifacts."""
@@ -154,8 +165,8 @@ def paper_table(results: dict) -> str:
     m = speed["machine"]
     lines += [
         f"`{speed['command']}` — {speed['date']}, {cpu_label(m)}, {m['cores']} cores, torch "
-        f"{m['torch']}, onnxruntime {m['onnxruntime']}. 1 thread, batch 1, {speed['runs']} "
-        "interleaved runs per runtime, medians; speed-ups against the teacher in the same run. "
+        f"{m['torch']}, onnxruntime {m['onnxruntime']}. 1 thread, batch 1, "
+        f"{runs_of(speed)} per runtime; speed-ups against the teacher in the same run. "
         "int8 is ONNX Runtime's static quantization in ORT and the XNNPACK quantizer's program "
         "in ExecuTorch; int8 models have no eager time, and their memory, MACs and parameters "
         "are their float twin's.",

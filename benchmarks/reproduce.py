@@ -443,7 +443,7 @@ def step_speed(args) -> None:
     from deeprebirth.profiling.stats import count_macs, count_params, peak_activation_bytes
 
     keys = list(load_results()["models"])
-    speed = {"runs": args.runs, "threads": 1, "sizes": {}}
+    speed = {"runs": args.runs, "sessions": args.sessions, "threads": 1, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in SPEED_SIZES:
             print(f"--- {size}x{size}", flush=True)
@@ -454,13 +454,12 @@ def step_speed(args) -> None:
             x = example_input(1, CHANS, size)
             eager = {k: (m, x) for k, m in models.items() if not isinstance(m, OnnxModel)}
             t_torch = latencies(eager, runtimes=["torch"], runs=args.runs, log=print)["torch"]
-            t_ort = latencies(
-                {k: (m, x) for k, m in models.items()}, runtimes=["ort"], runs=args.runs, log=print
-            )["ort"]
-            phone = {k: (et_model(k, m, size, built), x) for k, m in models.items()}
-            t_et = latencies(phone, runtimes=["executorch"], runs=args.runs, log=print)[
-                "executorch"
+            every = {"runs": args.runs, "sessions": args.sessions, "log": print}
+            t_ort = latencies({k: (m, x) for k, m in models.items()}, runtimes=["ort"], **every)[
+                "ort"
             ]
+            phone = {k: (et_model(k, m, size, built), x) for k, m in models.items()}
+            t_et = latencies(phone, runtimes=["executorch"], **every)["executorch"]
             rows = {}
             for key, m in models.items():
                 row = {"ort_ms": t_ort[key].median_ms, "executorch_ms": t_et[key].median_ms}
@@ -517,7 +516,10 @@ def main() -> None:
     p.add_argument("steps", nargs="+", choices=[*STEPS, "all"])
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     p.add_argument("--work", default="runs/fashion_mnist_64", help="resumable state of each step")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model (speed)")
+    p.add_argument("--runs", type=int, default=15, help="timed runs per session (speed)")
+    p.add_argument(
+        "--sessions", type=int, default=3, help="ORT/ExecuTorch sessions per model (speed)"
+    )
     p.add_argument("--force", action="store_true", help="run steps whose entry exists already")
     args = p.parse_args()
     if args.device == "auto":

@@ -102,6 +102,14 @@ def test_profile_groups_xnnpack_operators_by_layer_kind():
     assert "other" not in et["by_kind"]
 
 
+def test_latencies_load_a_program_once_per_session():
+    from deeprebirth.profiling.bench import latencies
+
+    x = torch.randn(1, 3, 16, 16)
+    out = latencies({"tiny": (tiny(), x)}, runtimes=["executorch"], runs=2, sessions=3)
+    assert out["executorch"]["tiny"].runs == 6 and out["executorch"]["tiny"].median_ms > 0
+
+
 def test_operator_events_map_to_kinds():
     from deeprebirth.graph.taxonomy import executorch_kind
     from deeprebirth.profiling.executorch_runtime import _spans_to_layers

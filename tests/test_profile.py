@@ -89,6 +89,20 @@ def test_measure_interleaved_returns_each():
     assert set(timings) == {"a", "b"} and all(t.runs == 5 for t in timings.values())
 
 
+def test_several_sessions_report_the_median_of_their_medians():
+    from deeprebirth.profiling.bench import latencies
+    from deeprebirth.profiling.timing import Timing
+
+    t = [Timing(m, m - 1, m + 1, 4) for m in (3.0, 1.0, 2.0)]
+    assert Timing.of_sessions(t) == Timing(2.0, 1.0, 3.0, 12)
+    assert Timing.of_sessions(t[:1]) == t[0]
+    x = torch.randn(1, 3, 16, 16)
+    out = latencies({"conv": (nn.Conv2d(3, 4, 3), x)}, runtimes=["ort"], runs=3, sessions=2)
+    assert out["ort"]["conv"].runs == 6
+    with pytest.raises(Exception, match="sessions must be at least 1"):
+        latencies({"conv": (nn.Conv2d(3, 4, 3), x)}, runtimes=["ort"], sessions=0)
+
+
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="unknown runtime"):
         profile(nn.Conv2d(3, 3, 1), runtimes=["tflite"])

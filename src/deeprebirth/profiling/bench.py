@@ -25,6 +25,7 @@ def latencies(
     threads: int = 1,
     runs: int = 30,
     warmup: int = 5,
+    sessions: int = 1,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
@@ -32,7 +33,14 @@ def latencies(
     Runtimes: ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime), ``executorch`` (ExecuTorch
     with XNNPACK, batch 1). An exported file runs as it is in its own runtime only: an
     :class:`OnnxModel` in ONNX Runtime, a ``PteModel`` in ExecuTorch.
+
+    ``sessions``: in ONNX Runtime and ExecuTorch, each model runs in that many separate
+    sessions (``runs`` each, all interleaved) and reports the median of their medians. Two
+    sessions of the same model differ by a few percent (measured: ONNX Runtime at 64x64, +-3%),
+    more than many of the differences a speed table is read for.
     """
+    if sessions < 1:
+        raise DeepRebirthError(f"sessions must be at least 1, not {sessions}")
     for m, _ in models.values():
         own = {OnnxModel: "ort", PteModel: "executorch"}.get(type(m))
         if own is not None and any(r != own for r in runtimes):
@@ -52,21 +60,33 @@ def latencies(
 
             set_threads(threads)
             log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
-            fns = {k: et_runner(m, x) for k, (m, x) in models.items()}
-            log(f"ExecuTorch: {runs} interleaved runs")
-            out[runtime] = measure_interleaved(fns, runs, warmup)
+            calls = {k: et_runner(m, x, sessions) for k, (m, x) in models.items()}
+            log(f"ExecuTorch: {runs} interleaved runs" + _of_sessions(sessions))
+            out[runtime] = _measure_sessions(calls, runs, warmup)
         else:
             log(f"ONNX Runtime: preparing {len(models)} models")
-            fns = {
-                k: ort_runner(
-                    ort_session(m.proto if isinstance(m, OnnxModel) else to_onnx(m, x), threads),
-                    x.numpy(),
-                )
-                for k, (m, x) in models.items()
-            }
-            log(f"ONNX Runtime: {runs} interleaved runs")
-            out[runtime] = measure_interleaved(fns, runs, warmup)
+            calls = {}
+            for k, (m, x) in models.items():
+                proto = m.proto if isinstance(m, OnnxModel) else to_onnx(m, x)
+                calls[k] = [
+                    ort_runner(ort_session(proto, threads), x.numpy()) for _ in range(sessions)
+                ]
+            log(f"ONNX Runtime: {runs} interleaved runs" + _of_sessions(sessions))
+            out[runtime] = _measure_sessions(calls, runs, warmup)
     return out
+
+
+def _of_sessions(sessions: int) -> str:
+    return f" in each of {sessions} sessions per model" if sessions > 1 else ""
+
+
+def _measure_sessions(
+    calls: dict[str, list[Callable[[], object]]], runs: int, warmup: int
+) -> dict[str, Timing]:
+    """Every session of every model interleaved; per model, the median of its sessions."""
+    flat = {(k, i): fn for k, each in calls.items() for i, fn in enumerate(each)}
+    t = measure_interleaved(flat, runs, warmup)
+    return {k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()}
 
 
 def costs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict:

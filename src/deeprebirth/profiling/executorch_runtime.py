@@ -27,24 +27,25 @@ def _program(model: nn.Module, x: torch.Tensor) -> bytes | Path:
     return to_executorch(model, x[:1].contiguous())[0]
 
 
-def et_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """A call running ``model`` once on ``x`` (batch 1) in ExecuTorch: a :class:`PteModel`
-    as it is, a PyTorch model lowered first. Size the pool (``set_threads``) before."""
-    from ..export.executorch import PteModel
+def et_runner(model: nn.Module, x: torch.Tensor, sessions: int = 1) -> list[Callable[[], object]]:
+    """Calls running ``model`` once on ``x`` (batch 1) in ExecuTorch, one per ``sessions``
+    (the program loaded that many times): a :class:`PteModel` as it is, a PyTorch model
+    lowered first (once). Size the pool (``set_threads``) before."""
+    from executorch.runtime import Runtime
 
     x = x[:1].contiguous()
-    if not isinstance(model, PteModel):
-        from executorch.runtime import Runtime
-
-        loaded = Runtime.get().load_program(_program(model, x))
+    program = _program(model, x)
+    calls = []
+    for _ in range(sessions):
+        loaded = Runtime.get().load_program(program)
         method = loaded.load_method("forward")
         # A method does not keep its program alive: the closure holds both.
-        return lambda: (loaded, method.execute([x]))[1]
-    return lambda: model.method.execute([x])
+        calls.append(lambda loaded=loaded, method=method: (loaded, method.execute([x]))[1])
+    return calls
 
 
 def et_latency(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> Timing:
-    return measure(et_runner(model, x), runs, warmup)
+    return measure(et_runner(model, x)[0], runs, warmup)
 
 
 def et_layer_times(

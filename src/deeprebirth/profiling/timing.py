@@ -6,7 +6,7 @@ import contextlib
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,6 +24,18 @@ class Timing:
         ms = sorted(s * 1e3 for s in samples)
         q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else ms * 9
         return cls(statistics.median(ms), q[0], q[-1], len(ms))
+
+    @classmethod
+    def of_sessions(cls, timings: list[Timing]) -> Timing:
+        """One model timed in several sessions: the median of each statistic over them."""
+        if len(timings) == 1:
+            return timings[0]
+        return cls(
+            statistics.median(t.median_ms for t in timings),
+            statistics.median(t.p10_ms for t in timings),
+            statistics.median(t.p90_ms for t in timings),
+            sum(t.runs for t in timings),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,8 +62,8 @@ def measure(fn: Callable[[], object], runs: int, warmup: int) -> Timing:
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], object]], runs: int, warmup: int
-) -> dict[str, Timing]:
+    fns: dict[Hashable, Callable[[], object]], runs: int, warmup: int
+) -> dict[Hashable, Timing]:
     """Time several functions side by side: each round runs every one once, in an order
     shuffled afresh each round (seeded, so reruns match).
 
@@ -62,7 +74,7 @@ def measure_interleaved(
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    samples: dict[Hashable, list[float]] = {k: [] for k in fns}
     order = list(fns)
     rng = random.Random(0)
     for _ in range(runs):
