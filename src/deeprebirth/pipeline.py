@@ -232,7 +232,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     by measuring it beside the original and the plan with every merge."""
     from .graph import example_input
     from .plan import make_plan as find_merges
-    from .plan.select import reconstruction_error, select_plan, tucker_plans
+    from .plan.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
     from .profiling.bench import latencies
     from .transforms import apply_plan
 
@@ -276,6 +276,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         runtimes=[s.runtime],
         threads=s.threads,
         runs=s.runs,
+        sessions=SESSIONS,
     )[s.runtime]
     selection.extra = {
         "original_ms": t["original"].median_ms,

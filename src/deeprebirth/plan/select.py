@@ -53,8 +53,9 @@ RANK_RATIOS = (0.25, 0.5)
 MAX_GROUP_SUBSETS = 4
 #: Most options a group of overlapping depth chains offers (its non-overlapping sets).
 MAX_DEPTH_OPTIONS = 32
-#: Sessions of the base timed in the lookup table (their median is the base).
-BASE_COPIES = 3
+#: Sessions a judged latency is the median of: the base in the lookup table, the chosen
+#: plan beside the base, the selected plan beside the original.
+SESSIONS = 3
 
 
 class BudgetError(DeepRebirthError):
@@ -350,7 +351,7 @@ def measure_options(
     """Fill in each option's saving and cost; returns the latencies in ms of the base
     (exact merges only) and of the original, measured in the same run as the options.
 
-    The base is timed as :data:`BASE_COPIES` separate sessions and their median taken:
+    The base is timed as :data:`SESSIONS` separate sessions and their median taken:
     identical sessions differ by a percent or two (measured: ONNX Runtime at 64x64), as
     much as one option saves, and every saving is taken against the base."""
     from ..files import write_json
@@ -380,7 +381,7 @@ def measure_options(
         built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
         o.cost = reconstruction_error(built[o.key], model, batches)
     if table is None:
-        copies = {f"base#{i}": (base, example) for i in range(BASE_COPIES)}
+        copies = {f"base#{i}": (base, example) for i in range(SESSIONS)}
         models = {"original": (model, example), **copies}
         models |= {k: (m, example) for k, m in built.items()}
         log(f"measuring {len(models)} models on {runtime} ({runs} interleaved runs)")
@@ -529,8 +530,11 @@ def _measure_choice(model, example, plan, picked, runtime, threads, runs, base_m
     chosen, _ = apply_plan(
         model, with_entries(plan, [e for o in picked for e in o.entries]), example
     )
-    copies = {f"base#{i}": (base, example) for i in range(BASE_COPIES)}
     t = latencies(
-        {**copies, "chosen": (chosen, example)}, runtimes=[runtime], threads=threads, runs=runs
+        {"base": (base, example), "chosen": (chosen, example)},
+        runtimes=[runtime],
+        threads=threads,
+        runs=runs,
+        sessions=SESSIONS,
     )[runtime]
-    return base_ms * t["chosen"].median_ms / statistics.median(t[k].median_ms for k in copies)
+    return base_ms * t["chosen"].median_ms / t["base"].median_ms
