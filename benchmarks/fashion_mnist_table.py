@@ -17,6 +17,7 @@ LABELS = {
     "slimmed_all_at_once": "slimmed, all merged layers at once",
     "slimmed_from_scratch": "slimmed, layer-wise, merged layers from scratch",
     "slimmed_depth": "slimmed + depth compression (conv1-conv2 merged)",
+    "slimmed_depth_3a": "slimmed + depth compression (conv2_reduce-inception 3a merged)",
     "slimmed_tucker": "slimmed + Tucker-2",
     "slimmed_tucker_int8": "slimmed + Tucker-2 + int8",
     "squeezenet1_1": "SqueezeNet 1.1",

@@ -17,6 +17,8 @@ finished step is skipped unless --force):
   slimmed_from_scratch  layer-wise, the merged layers re-initialised (the paper's other arm)
   slimmed_depth         the slimmed recipe with the depth chains the plan enables on top
                         (plan.drop_activations): as fast or faster at the same accuracy?
+  slimmed_depth_3a      the same with the chain the plan picks at 224 instead (conv2_reduce,
+                        conv2 and inception 3a's fused heads; the stem keeps its ReLU)
   slimmed_tucker        Tucker-2 on the slimmed model, tuned against it (the paper's order)
   slimmed_tucker_int8   int8 (ONNX Runtime static quantization, calibrated on training
   squeezenet1_1_int8    images) of each float model
@@ -285,6 +287,10 @@ def step_slimmed_depth(args) -> None:
     student("slimmed_depth", args)
 
 
+def step_slimmed_depth_3a(args) -> None:
+    student("slimmed_depth_3a", args)
+
+
 def step_slimmed_all_at_once(args) -> None:
     """One stage with every layer-wise stage's batches: as many passes over the data as
     those batches need (a stage stops at tune.epochs_per_stage passes)."""
@@ -389,7 +395,7 @@ def at_size(key: str, size: int, built: dict):
         plan = Plan(committed.model, [1, CHANS, size, size], entries, committed.model_config)
         return slim(built["mobilenet_v2"], plan).model
     teacher = built["teacher"]
-    if key == "slimmed_depth":
+    if key.startswith("slimmed_depth"):
         # GoogLeNet's streamline merges record their 64x64 shapes: re-plan at this size and
         # apply exactly the merges the committed model has (the same architecture).
         from deeprebirth.graph.capture import example_input
@@ -490,6 +496,7 @@ STEPS = {
     "slimmed_all_at_once": step_slimmed_all_at_once,
     "slimmed_from_scratch": step_slimmed_from_scratch,
     "slimmed_depth": step_slimmed_depth,
+    "slimmed_depth_3a": step_slimmed_depth_3a,
     "slimmed_tucker": step_slimmed_tucker,
     "mobilenet_v2_depth": step_mobilenet_v2_depth,
     "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,

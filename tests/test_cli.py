@@ -178,6 +178,29 @@ def test_slim_exact_only(capsys, tmp_path):
     assert all(e["exact"] for e in saved["entries"] if e["id"] in saved["applied"])
 
 
+def test_slim_switches_plan_entries_by_id(capsys, tmp_path):
+    tiny = ("user_models:tiny_cnn", "--input-size", "16")
+    run_cli(capsys, "plan", *tiny, "-o", str(tmp_path / "p.json"))
+    entries = json.loads((tmp_path / "p.json").read_text())["entries"]
+    off = next(e["id"] for e in entries if not e["exact"] and e["enabled"])
+    out = tmp_path / "s"
+    code, _, err = run_cli(
+        capsys, "slim", *tiny, "--disable", off, "--no-report", "--out", str(out)
+    )
+    assert code == 0, err
+    saved = json.loads((out / "plan.json").read_text())
+    assert off not in saved["applied"] and saved["applied"]
+    assert not next(e for e in saved["entries"] if e["id"] == off)["enabled"]
+    kind = off.split(":")[0]
+    code, _, err = run_cli(capsys, "slim", *tiny, "--enable", f"{kind}:nope", "--out", str(out))
+    one_line_error(code, err, f"no entry {kind}:nope; its {kind} entries: ")
+    assert off in err
+    code, _, err = run_cli(
+        capsys, "slim", *tiny, "--enable", off, "--disable", off, "--out", str(out)
+    )
+    one_line_error(code, err, "--enable and --disable both name")
+
+
 def test_slim_bad_inputs(capsys, tmp_path):
     (tmp_path / "newer.json").write_text(json.dumps({"version": 99, "entries": []}))
     code, _, err = run_cli(

@@ -72,6 +72,10 @@ def test_optional_keys_default_to_none():
             "set tune.finetune_batches",
         ),
         ('[model]\nname = "a"\n[tune]\nstart_from = "d"', "it needs data.spec"),
+        (
+            '[model]\nname = "a"\n[plan]\ndisable = ["x"]\n[select]\nlatency_budget_share = 0.5',
+            "plan.enable/plan.disable choose entries by hand",
+        ),
         ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
         ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
         ("model = 3", "[model] must be a table"),

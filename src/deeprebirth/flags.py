@@ -117,6 +117,8 @@ SLIM_FLAGS = {
     None: (
         ("--plan", "plan.file", {}),
         ("--exact-only", "plan.exact_only", ON),
+        ("--enable", "plan.enable", {"type": comma_list, "metavar": "IDS"}),
+        ("--disable", "plan.disable", {"type": comma_list, "metavar": "IDS"}),
         ("--fp16-weights", "fp16_weights", ON),
     ),
     "tuning (layer-wise, against the original; needs --data)": (

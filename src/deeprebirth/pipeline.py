@@ -554,8 +554,10 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     if recipe.select.selects():
         run_result.selection = selection_for(recipe, model, spec, out_dir, hooks)
         plan = run_result.selection.plan
-    hooks.log("planning" if plan is None else "applying the plan")
     p = recipe.plan
+    if p.enable or p.disable:
+        plan = (plan or make_plan(recipe, model, spec)).switch(p.enable, p.disable)
+    hooks.log("planning" if plan is None else "applying the plan")
     result = slim(
         model,
         plan,

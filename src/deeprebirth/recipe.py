@@ -88,6 +88,12 @@ class PlanConfig:
         "first one it dropped, so consecutive merged chains stay non-linear (MobileNetV2's "
         "blocks end linear)",
     )
+    enable: list[str] = option(
+        [],
+        "plan entries to apply, by id (`deeprebirth plan` lists them), though the plan leaves "
+        "them off (a depth chain that overlaps the one it chose: disable that one too)",
+    )
+    disable: list[str] = option([], "plan entries to leave out, by id")
     tucker: bool = option(False, "also Tucker-2 decompose the remaining kxk convs")
     rank_ratio: float | None = option(
         None, "Tucker ranks as this share of the channels (none: EVBMF)"
@@ -265,7 +271,15 @@ class Recipe:
                 raise ConfigError(f"plan.{key} must be in (0, 1], not {value}")
         if self.plan.end_activation and not (self.plan.drop_activations or self.plan.file):
             raise ConfigError("plan.end_activation needs plan.drop_activations (or a plan.file)")
+        both = set(self.plan.enable) & set(self.plan.disable)
+        if both:
+            raise ConfigError(f"plan.enable and plan.disable both name {', '.join(sorted(both))}")
         s = self.select
+        if s.selects() and (self.plan.enable or self.plan.disable):
+            raise ConfigError(
+                "plan.enable/plan.disable choose entries by hand, a latency budget chooses "
+                "them by cost: give one"
+            )
         if s.latency_budget_ms is not None and s.latency_budget_share is not None:
             raise ConfigError(
                 "select.latency_budget_ms and select.latency_budget_share: give one, not both"

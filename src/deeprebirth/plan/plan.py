@@ -99,3 +99,24 @@ class Plan:
 
     def enabled(self, exact_only: bool = False) -> list[PlanEntry]:
         return [e for e in self.entries if e.enabled and (e.exact or not exact_only)]
+
+    def switch(self, enable: list[str] = (), disable: list[str] = ()) -> Plan:
+        """Turn entries on or off by id (the plan file's ``"enabled"``, from a recipe).
+
+        Raises:
+            PlanError: an id the plan does not have (with the ids it has of that kind).
+        """
+        by_id = {e.id: e for e in self.entries}
+        for ids, on in ((disable, False), (enable, True)):
+            for entry_id in ids:
+                if entry_id not in by_id:
+                    kind = entry_id.split(":")[0]
+                    same = sorted(i for i in by_id if i.startswith(kind + ":"))
+                    hint = (
+                        f"; its {kind} entries: {', '.join(same)}"
+                        if same
+                        else " (`deeprebirth plan` lists its entries)"
+                    )
+                    raise PlanError(f"the plan for {self.model} has no entry {entry_id}{hint}")
+                by_id[entry_id].enabled = on
+        return self
