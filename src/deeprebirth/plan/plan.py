@@ -8,6 +8,7 @@ model, and that edited geometry still gives the original block's output shape.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ class Plan:
     def enabled(self, exact_only: bool = False) -> list[PlanEntry]:
         return [e for e in self.entries if e.enabled and (e.exact or not exact_only)]
 
-    def switch(self, enable: list[str] = (), disable: list[str] = ()) -> Plan:
+    def switch(self, enable: Sequence[str] = (), disable: Sequence[str] = ()) -> Plan:
         """Turn entries on or off by id (the plan file's ``"enabled"``, from a recipe).
 
         Raises:
