@@ -56,11 +56,11 @@ def latencies(
                 out[runtime] = measure_interleaved(fns, runs, warmup)
         elif runtime == "executorch":
             from ..export.executorch import set_threads
-            from .executorch_runtime import et_runner
+            from .executorch_runtime import et_runners
 
             set_threads(threads)
             log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
-            calls = {k: et_runner(m, x, sessions) for k, (m, x) in models.items()}
+            calls = {k: et_runners(m, x, sessions) for k, (m, x) in models.items()}
             log(f"ExecuTorch: {runs} interleaved runs" + _of_sessions(sessions))
             out[runtime] = _measure_sessions(calls, runs, warmup)
         else:

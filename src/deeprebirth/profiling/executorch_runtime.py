@@ -27,7 +27,7 @@ def _program(model: nn.Module, x: torch.Tensor) -> bytes | Path:
     return to_executorch(model, x[:1].contiguous())[0]
 
 
-def et_runner(model: nn.Module, x: torch.Tensor, sessions: int = 1) -> list[Callable[[], object]]:
+def et_runners(model: nn.Module, x: torch.Tensor, sessions: int = 1) -> list[Callable[[], object]]:
     """Calls running ``model`` once on ``x`` (batch 1) in ExecuTorch, one per ``sessions``
     (the program loaded that many times): a :class:`PteModel` as it is, a PyTorch model
     lowered first (once). Size the pool (``set_threads``) before."""
@@ -45,7 +45,7 @@ def et_runner(model: nn.Module, x: torch.Tensor, sessions: int = 1) -> list[Call
 
 
 def et_latency(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> Timing:
-    return measure(et_runner(model, x)[0], runs, warmup)
+    return measure(et_runners(model, x)[0], runs, warmup)
 
 
 def et_layer_times(
