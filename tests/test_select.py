@@ -64,6 +64,38 @@ def test_options_cover_learned_merges_and_tucker_ranks():
     } | {one.key}
 
 
+def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_path):
+    import types
+
+    import deeprebirth.profiling.bench as bench
+    from deeprebirth.plan.select import SESSIONS, measure_options
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    plan = make_plan(model, x)
+    options = build_options(model, x, plan)
+    # Pass 2 runs the whole machine twice as slow; in pass 3 one option's session is off.
+    speed = iter([1.0, 2.0, 1.1])
+    first = options[0].key
+
+    def latencies(models, **kw):
+        f, ms = next(speed), {}
+        for k in models:
+            ms[k] = 12.0 if k == "original" else 10.0 if k.startswith("base") else 9.0
+            if k == first and f == 1.1:
+                ms[k] = 5.0
+            ms[k] *= f
+        return {"ort": {k: types.SimpleNamespace(median_ms=v) for k, v in ms.items()}}
+
+    monkeypatch.setattr(bench, "latencies", latencies)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert SESSIONS == 3
+    table = measure_options(model, x, plan, options, [x], use_cache=False)
+    # Every pass is scaled to the median base (11 ms); the odd session is outvoted.
+    assert table == {"base": pytest.approx(11.0), "original": pytest.approx(13.2)}
+    assert all(o.saving_ms == pytest.approx(1.1) for o in options)
+    assert next(speed, None) is None  # three passes, no more
+
+
 def _slim_budget(tmp_path, budget):
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
     args += ["--report-runtimes", "ort"]
@@ -156,6 +188,25 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
     # When even everything misses the budget, the fastest choice is kept and reported.
     s = sel.select_plan(model, x, make_plan(model, x), budget_ms=5.0)
     assert s.rounds[-1]["measured_ms"] == 7.0 and sorted(s.chosen) == ["a", "b", "c"]
+
+
+def test_a_raised_need_the_grid_falls_short_of_tries_everything(monkeypatch):
+    import deeprebirth.plan.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 1.0, 1.0), opt("b", "b", 1.0, 2.0), opt("c", "c", 1.0, 3.0)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 11.0})
+    monkeypatch.setattr(  # each option really saves 0.6678 of what the table says
+        sel,
+        "_measure_choice",
+        lambda m, x, p, picked, *a: 10.0 - sum(o.saving_ms for o in picked) * 0.6678,
+    )
+    # Round 1 (a, b) saves 1.34 of the 2 ms needed, so 2.995 ms is asked next: less than
+    # the 3 ms all three save, but more than their savings rounded down to the DP's grid.
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0)
+    assert len(s.rounds) == 2 and sorted(s.chosen) == ["a", "b", "c"]
+    assert s.rounds[-1]["measured_ms"] <= 8.0
 
 
 def test_a_margin_aims_under_the_budget(monkeypatch):

@@ -9,9 +9,11 @@
    conv a chain takes is one more option of the chain's group. Other exact merges are
    always applied: they cost no accuracy.
 2. **Lookup table.** Each option is applied alone to the exact-only model; its latency is
-   measured on the target runtime, interleaved with all the others and the base in one
-   run; the saving is base minus option. The table is cached on disk per model, input,
-   runtime, threads, CPU and library versions.
+   measured on the target runtime, interleaved with all the others and the base, in
+   :data:`SESSIONS` passes with new sessions each (a session, and a whole run, can be a few
+   percent off: as much as a small option saves); the saving is base minus option, each
+   pass scaled to the same base, medians over the passes. The table is cached on disk per
+   model, input, runtime, threads, CPU and library versions.
 3. **Cost.** The option's reconstruction error at the network output, before tuning:
    ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches.
 4. **Choice.** Savings and costs are taken as additive, and the cheapest set reaching
@@ -351,9 +353,13 @@ def measure_options(
     """Fill in each option's saving and cost; returns the latencies in ms of the base
     (exact merges only) and of the original, measured in the same run as the options.
 
-    The base is timed as :data:`SESSIONS` separate sessions and their median taken:
-    identical sessions differ by a percent or two (measured: ONNX Runtime at 64x64), as
-    much as one option saves, and every saving is taken against the base."""
+    Identical sessions differ by a few percent (measured: ONNX Runtime at 64x64), as much as
+    one option saves, and so do whole runs on a shared machine (GoogLeNet's base: 4.52 ms in
+    one run, 3.73 in the next). So the table is measured in :data:`SESSIONS` passes, each
+    with new sessions of every model and the base as :data:`SESSIONS` sessions; each pass's
+    latencies are scaled by (the median base over the passes / its own base), and each
+    model's median over the passes is kept. Passes, rather than every model in several
+    sessions at once, hold one session per model in memory."""
     from ..files import write_json
     from ..profiling.bench import latencies
     from ..profiling.machine import machine_info
@@ -371,6 +377,7 @@ def measure_options(
         "torch": machine["torch"],
         "onnxruntime": machine["onnxruntime"],
         "options": sorted(o.key for o in options),
+        "passes": SESSIONS,
     }
     cache = _cache_file(key)
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
@@ -384,10 +391,20 @@ def measure_options(
         copies = {f"base#{i}": (base, example) for i in range(SESSIONS)}
         models = {"original": (model, example), **copies}
         models |= {k: (m, example) for k, m in built.items()}
-        log(f"measuring {len(models)} models on {runtime} ({runs} interleaved runs)")
-        t = latencies(models, runtimes=[runtime], threads=threads, runs=runs)[runtime]
-        table = {k: v.median_ms for k, v in t.items() if k not in copies}
-        table["base"] = statistics.median(t[k].median_ms for k in copies)
+        passes = []
+        for p in range(SESSIONS):
+            log(
+                f"measuring {len(models)} models on {runtime}, pass {p + 1}/{SESSIONS} "
+                f"({runs} interleaved runs)"
+            )
+            t = latencies(models, runtimes=[runtime], threads=threads, runs=runs)[runtime]
+            ms = {k: v.median_ms for k, v in t.items() if k not in copies}
+            ms["base"] = statistics.median(t[k].median_ms for k in copies)
+            passes.append(ms)
+        ref = statistics.median(ms["base"] for ms in passes)
+        table = {
+            k: statistics.median(ms[k] * ref / ms["base"] for ms in passes) for k in passes[0]
+        }
         write_json(cache, {"key": key, **table})
     else:
         log(f"latency table from the cache: {cache}")
@@ -452,26 +469,25 @@ def select_plan(
         max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values()
     )
     need = base_ms - target_ms
-    under = f" ({margin:.0%} under it: {target_ms:.3f} ms)" if margin else ""
-    out_of_reach = BudgetError(
-        f"a budget of {budget_ms:g} ms{under} on {runtime} is out of reach: the exact merges give "
-        f"{base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms"
-    )
     if need > best:
-        raise out_of_reach
+        under = f" ({margin:.0%} under it: {target_ms:.3f} ms)" if margin else ""
+        raise BudgetError(
+            f"a budget of {budget_ms:g} ms{under} on {runtime} is out of reach: the exact merges "
+            f"give {base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms"
+        )
     rounds, tried = [], []
     for _ in range(max(1, correction_rounds)):
-        if need >= best:  # only everything might do: the fastest option of every group
+        if need < best:
+            try:
+                picked, cost = choose(groups, need)
+            except BudgetError:
+                # The table's savings, rounded down to the grid, fall just short of a need
+                # they reach together: only everything might do.
+                need = best
+        if need >= best:  # the fastest option of every group
             picked = [max(g, key=lambda o: o.saving_ms) for g in groups.values()]
             picked = [o for o in picked if o.saving_ms > 0]
             cost = sum(o.cost for o in picked)
-        else:
-            try:
-                picked, cost = choose(groups, need)
-            except BudgetError:  # the table's savings, rounded down, fall just short
-                if not tried:
-                    raise out_of_reach from None
-                break
         predicted = sum(o.saving_ms for o in picked)
         measured = _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms)
         rounds.append(
