@@ -122,7 +122,7 @@ class SelectConfig:
     )
     runtime: str = option("ort", "where latency is measured: ort or torch")
     threads: int = option(1, "threads")
-    runs: int = option(15, "interleaved timed runs per option")
+    runs: int = option(15, "interleaved timed runs per option, in each of three passes")
 
     def selects(self) -> bool:
         """Whether a latency budget (in ms or as a share) chooses the plan."""

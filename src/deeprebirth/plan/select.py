@@ -212,65 +212,110 @@ def build_options(
     """Options from the learned entries of ``plan`` and the Tucker entries of ``tucker_plans``.
 
     A learned entry that does not apply alone is grouped with the earlier learned entries
-    it needs (found by trial: the fewest earlier entries with which it applies).
+    it needs (found by trial: the fewest earlier entries with which it applies). So is a
+    set of depth chains that needs learned merges first (GoogLeNet's stem chains cross the
+    pool and LRN that the streamline merges remove): its group then offers every closed set
+    of those merges alone, and with each chain set or Tucker option of the group that
+    applies on top of it.
     """
     depth = [e for e in plan.entries if _is_alternative(e) and e.macs_saved > 0]
     learned = [
         e for e in plan.entries if not e.exact and e.kind != "tucker" and not _is_alternative(e)
     ]
+
+    def applies(entries: Sequence[PlanEntry]) -> bool:
+        return _applies(model, plan, example, entries)
+
     needs: dict[str, list[PlanEntry]] = {}
     for i, e in enumerate(learned):
-        if _applies(model, plan, example, [e]):
-            needs[e.id] = []
-            continue
-        required = list(learned[:i])
-        if not _applies(model, plan, example, [*required, e]):
-            continue  # cannot apply at all: not an option
-        for r in list(required):  # drop what it does not need
-            trial = [x for x in required if x is not r]
-            if _applies(model, plan, example, [*trial, e]):
-                required = trial
-        needs[e.id] = required
-    # Groups: connected components of the "needs" relation.
-    group_of = {e.id: e.id for e in learned if e.id in needs}
-
-    def root(k: str) -> str:
-        while group_of[k] != k:
-            k = group_of[k]
-        return k
-
-    for k, reqs in needs.items():
-        for r in reqs:
-            group_of[root(k)] = root(r.id)
-    members: dict[str, list[PlanEntry]] = {}
-    for e in learned:
-        if e.id in needs:
-            members.setdefault(root(e.id), []).append(e)
-    options = []
-    for g, entries in members.items():
-        if len(entries) <= MAX_GROUP_SUBSETS:
-            subsets = [
-                s for n in range(1, len(entries) + 1) for s in itertools.combinations(entries, n)
-            ]
-        else:  # too many subsets to measure: the prefixes in plan order
-            subsets = [entries[:n] for n in range(1, len(entries) + 1)]
-        for subset in subsets:
-            ids = {e.id for e in subset}
-            if all(r.id in ids for e in subset for r in needs[e.id]):
-                key = "+".join(e.id for e in subset)
-                options.append(Option(key, g, list(subset)))
-    chains = depth_options(depth)
-    options += chains
+        required = _needs(applies, [e], learned[:i])
+        if required is not None:  # else it cannot apply at all: not an option
+            needs[e.id] = required
+    usable = [e for e in learned if e.id in needs]
+    chains, chain_needs = [], {}
+    for o in depth_options(depth):
+        required = _needs(applies, o.entries, usable)
+        if required is not None:
+            chains.append(o)
+            chain_needs[o.key] = {r.id for r in required}
     # Tucker and a chain are not combined yet: Tucker on a conv a chain takes joins the
     # chain's group (one or the other).
     chain_group = {n: o.group for o in chains for e in o.entries for n in e.nodes}
-    seen = set()
+    seen, tuckers = set(), []
     for tp in tucker_plans:
         for e in tp.entries:
             if e.kind == "tucker" and _tucker_key(e) not in seen:
                 seen.add(_tucker_key(e))
-                options.append(Option(_tucker_key(e), chain_group.get(e.nodes[0], e.id), [e]))
+                tuckers.append(Option(_tucker_key(e), chain_group.get(e.nodes[0], e.id), [e]))
+    # Groups: connected components of the "needs" relation, chains included.
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        parent.setdefault(k, k)
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for e in usable:
+        for r in needs[e.id]:
+            parent[root(e.id)] = root(r.id)
+    for o in chains:
+        for r in chain_needs[o.key]:
+            parent[root(o.group)] = root(r)
+    members: dict[str, list[PlanEntry]] = {}
+    for e in usable:
+        members.setdefault(root(e.id), []).append(e)
+    extras: dict[str, list[Option]] = {}
+    for o in [*chains, *tuckers]:
+        extras.setdefault(root(o.group), []).append(o)
+    options = []
+    for g in dict.fromkeys([*members, *extras]):
+        subsets = _closed_subsets(members.get(g, []), needs)
+        options += [Option("+".join(e.id for e in s), g, s) for s in subsets]
+        for x in extras.get(g, []):
+            for s in [[], *subsets]:
+                if not chain_needs.get(x.key, set()) <= {e.id for e in s}:
+                    continue
+                if s and not applies([*s, *x.entries]):
+                    continue
+                key = "+".join([*(e.id for e in s), x.key])
+                options.append(Option(key, g, [*s, *x.entries]))
     return options
+
+
+def _needs(
+    applies: Callable[[Sequence[PlanEntry]], bool],
+    entries: Sequence[PlanEntry],
+    candidates: Sequence[PlanEntry],
+) -> list[PlanEntry] | None:
+    """The fewest of ``candidates`` that ``entries`` need in order to apply, found by trial
+    (dropping one at a time what they do without); None when they do not apply at all."""
+    if applies(entries):
+        return []
+    required = list(candidates)
+    if not required or not applies([*required, *entries]):
+        return None
+    for r in list(required):
+        trial = [x for x in required if x is not r]
+        if applies([*trial, *entries]):
+            required = trial
+    return required
+
+
+def _closed_subsets(
+    entries: Sequence[PlanEntry], needs: dict[str, list[PlanEntry]]
+) -> list[list[PlanEntry]]:
+    """Non-empty subsets of a group's learned ``entries`` holding whatever each member needs:
+    every subset up to :data:`MAX_GROUP_SUBSETS` entries, else the prefixes in plan order."""
+    if len(entries) <= MAX_GROUP_SUBSETS:
+        subsets = [
+            list(s) for n in range(1, len(entries) + 1) for s in itertools.combinations(entries, n)
+        ]
+    else:  # too many subsets to measure
+        subsets = [list(entries[:n]) for n in range(1, len(entries) + 1)]
+    return [
+        s for s in subsets if all(r.id in {e.id for e in s} for e in s for r in needs[e.id])
+    ]
 
 
 def depth_options(entries: Sequence[PlanEntry]) -> list[Option]:
