@@ -96,6 +96,21 @@ def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_pat
     assert next(speed, None) is None  # three passes, no more
 
 
+def test_a_chain_that_needs_learned_merges_is_offered_with_them():
+    from deeprebirth.plan.select import _applies
+
+    # tiny_cnn's chain conv1 -> b1/b2 crosses pool1 and b2_pool: it applies only once the
+    # streamline and branch merges have removed them.
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    plan = make_plan(model, x, depth=True)
+    options = build_options(model, x, plan)
+    chained = [o.key for o in options if any(e.kind == "drop_activation" for e in o.entries)]
+    assert chained == ["streamline:conv1+branch_pool:b2_pool+drop_activation:conv1..b1_fused"]
+    # One group: the DP takes the chain's option or a merge's, never both (no double count).
+    assert len({o.group for o in options}) == 1
+    assert all(_applies(model, plan, x, o.entries) for o in options)
+
+
 def _slim_budget(tmp_path, budget):
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
     args += ["--report-runtimes", "ort"]
