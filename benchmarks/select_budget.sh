@@ -7,8 +7,9 @@
 # merges and Tucker-2 decompositions at three ranks by measured saving and reconstruction
 # error on validation images (no tuning, so the errors compare the plans themselves). Writes
 # benchmarks/results/select_budget_googlenet/ (selection.json, plan.json, report.md, log).
-# With --drop-activations the depth chains join both the fixed plan (the chain the plan
-# enables by MACs) and the options, and the results go to select_budget_googlenet_depth/.
+# With --drop-activations the depth chains join the options (the budget is still the
+# latency of the merges alone: do they buy a lower error at that speed?), and the results go
+# to select_budget_googlenet_depth/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DR=${DR:-.venv/bin/deeprebirth}
@@ -22,7 +23,7 @@ case "${1:-}" in
 esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$DR" slim bvlc_googlenet --checkpoint "$TEACHER" "${depth[@]}" --no-tune --no-report --out "$work/fixed" > /dev/null
+"$DR" slim bvlc_googlenet --checkpoint "$TEACHER" --no-tune --no-report --out "$work/fixed" > /dev/null
 "$DR" bench bvlc_googlenet "$work/fixed" --runtime ort --threads 1 --runs 50 --json "$work/fixed.json" > /dev/null
 budget=$(python3 -c "import json; print(round(json.load(open('$work/fixed.json'))['runtimes']['ort']['b_ms'], 4))")
 echo "fixed plan: $budget ms in ONNX Runtime; selecting for that budget"
