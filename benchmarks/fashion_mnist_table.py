@@ -118,7 +118,8 @@ def readme_section(results: dict) -> str:
         "",
         "Top-1 on Fashion-MNIST's validation (5,000) and test (10,000) splits, at 64x64; at "
         f"224x224 the same architectures, timed only (not trained at that size); {where}. "
-        f"All {len(models)} models, with ExecuTorch and eager times, memory and MACs: "
+        f"All {len(s64) or len(models)} timed models, with ExecuTorch and eager times, memory "
+        "and MACs: "
         "[benchmarks/results/fashion_mnist_64.md](benchmarks/results/fashion_mnist_64.md).",
     ]
     return "\n".join(lines)
@@ -214,6 +215,18 @@ def paper_table(results: dict) -> str:
                 cells += [_f(acc.get("top1_val"), ".2f"), _f(acc.get("top1_test"), ".2f")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        untimed = [k for k in results["models"] if k not in rows]
+        if trained and untimed:
+            lines += [
+                "Trained since this speed run, not timed yet (`reproduce.py speed --force`): "
+                + "; ".join(
+                    f"{label(k)} (top-1 val {results['models'][k]['top1_val']:.2f}%, "
+                    f"test {results['models'][k]['top1_test']:.2f}%)"
+                    for k in untimed
+                )
+                + ".",
+                "",
+            ]
     return "\n".join(lines)
 
 
