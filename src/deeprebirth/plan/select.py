@@ -313,9 +313,7 @@ def _closed_subsets(
         ]
     else:  # too many subsets to measure
         subsets = [list(entries[:n]) for n in range(1, len(entries) + 1)]
-    return [
-        s for s in subsets if all(r.id in {e.id for e in s} for e in s for r in needs[e.id])
-    ]
+    return [s for s in subsets if all(r.id in {e.id for e in s} for e in s for r in needs[e.id])]
 
 
 def depth_options(entries: Sequence[PlanEntry]) -> list[Option]:
@@ -447,9 +445,7 @@ def measure_options(
             ms["base"] = statistics.median(t[k].median_ms for k in copies)
             passes.append(ms)
         ref = statistics.median(ms["base"] for ms in passes)
-        table = {
-            k: statistics.median(ms[k] * ref / ms["base"] for ms in passes) for k in passes[0]
-        }
+        table = {k: statistics.median(ms[k] * ref / ms["base"] for ms in passes) for k in passes[0]}
         write_json(cache, {"key": key, **table})
     else:
         log(f"latency table from the cache: {cache}")
