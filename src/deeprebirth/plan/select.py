@@ -397,8 +397,8 @@ def measure_options(
     (exact merges only) and of the original, measured in the same run as the options.
 
     Identical sessions differ by a few percent (measured: ONNX Runtime at 64x64), as much as
-    one option saves, and so do whole runs on a shared machine (GoogLeNet's base: 4.52 ms in
-    one run, 3.73 in the next). So the table is measured in :data:`SESSIONS` passes, each
+    one option saves, and so do whole runs on a shared machine (GoogLeNet's original at
+    64x64: 3.98 ms in a table, 3.72 ms minutes later). So the table is measured in :data:`SESSIONS` passes, each
     with new sessions of every model and the base as :data:`SESSIONS` sessions; each pass's
     latencies are scaled by (the median base over the passes / its own base), and each
     model's median over the passes is kept. Passes, rather than every model in several
