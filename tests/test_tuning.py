@@ -355,3 +355,44 @@ def test_from_scratch_reinitialises_only_the_merged_layers(tmp_path, monkeypatch
     after = result.model.state_dict()
     changed = {k.rsplit(".", 1)[0] for k in after if not torch.equal(after[k], before[k])}
     assert changed and changed <= merged
+
+
+def test_merged_layers_get_their_own_learning_rate_in_the_fine_tune(tmp_path, monkeypatch):
+    teacher, result, loader = tiny_setup()
+    stages = stages_of(teacher, result, (1, 3, 16, 16))
+    merged = {
+        id(p)
+        for s in stages
+        for name in s.trainable
+        for p in result.model.get_submodule(name).parameters()
+    }
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append([({id(p) for p in g["params"]}, g["lr"]) for g in self.param_groups])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    config = TuneConfig(max_batches=0, finetune_batches=2, finetune_lr=1e-3, merged_lr_scale=10)
+    tune(result, teacher, loader, config, tmp_path)
+    (slow, slow_lr), (fast, fast_lr) = seen[0]
+    assert merged and fast == merged and not slow & merged
+    assert fast_lr == pytest.approx(10 * slow_lr) and slow_lr == pytest.approx(1e-3)
+
+
+def test_feature_distillation_joins_the_fine_tune_at_the_stage_boundaries(tmp_path):
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    stages = stages_of(teacher, result, (1, 3, 16, 16))
+    inside = {b for s in stages for b in s.boundary if b != "<output>"}
+    assert inside, "tiny_cnn should have a stage judged inside the network"
+    x = next(iter(loader))[0]
+    before = sum(
+        boundary_error(teacher, result, s, x) for s in stages if s.boundary != ["<output>"]
+    )
+    config = TuneConfig(max_batches=0, finetune_batches=40, finetune_epochs=10, feature_weight=1)
+    record = tune(result, teacher, loader, config, tmp_path)[-1]
+    after = sum(boundary_error(teacher, result, s, x) for s in stages if s.boundary != ["<output>"])
+    assert record["stage"] == "finetune" and record["features"] == len(inside)
+    assert after < before

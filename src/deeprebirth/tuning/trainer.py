@@ -65,6 +65,16 @@ class TuneConfig:
     finetune_epochs: int = option(1, "passes over the data in the fine-tune, at most")
     finetune_lr: float = option(1e-4, "fine-tune learning rate")
     temperature: float = option(4.0, "distillation temperature of the fine-tune")
+    feature_weight: float = option(
+        0.0,
+        "weight, in the fine-tune, of feature distillation at the stages' block boundaries "
+        "(their mean normalised error beside the logits'; 0: logits only)",
+    )
+    merged_lr_scale: float = option(
+        1.0,
+        "the merged layers' learning rate in the fine-tune, as a multiple of finetune_lr "
+        "(the layers around them keep finetune_lr)",
+    )
     use_labels: bool = option(
         False, "cross-entropy on the labels beside distillation in the fine-tune (stages never)"
     )
@@ -105,7 +115,9 @@ class TuneConfig:
             )
         if not 0.0 <= self.finetune_share < 1.0:
             raise ConfigError(f"tune.finetune_share must be in [0, 1), not {self.finetune_share}")
-        for key in ("lr", "finetune_lr", "linearize_lr", "temperature"):
+        if self.feature_weight < 0:
+            raise ConfigError(f"tune.feature_weight must be at least 0, not {self.feature_weight}")
+        for key in ("lr", "finetune_lr", "linearize_lr", "temperature", "merged_lr_scale"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"tune.{key} must be positive, not {getattr(self, key)}")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
@@ -127,6 +139,17 @@ def _normalized_mse(student: tuple, teacher: tuple) -> torch.Tensor:
 def _batches(loader: Iterable, n: int, epochs: int):
     """Up to ``n`` batches, cycling the loader for at most ``epochs`` passes."""
     return itertools.islice(itertools.chain.from_iterable(loader for _ in range(epochs)), n)
+
+
+def _groups(params: list[nn.Parameter], fast: set | None, scale: float) -> list[dict]:
+    """Adam's parameter groups: ``fast`` ones at ``scale`` times the learning rate."""
+    fast = fast or set()
+    slow = [p for p in params if p not in fast]
+    quick = [p for p in params if p in fast]
+    groups = [{"params": slow, "scale": 1.0}]
+    if quick:
+        groups.append({"params": quick, "scale": scale})
+    return groups
 
 
 def _snapshot(params: list[nn.Parameter]) -> list[torch.Tensor]:
@@ -308,7 +331,17 @@ class Tuner:
                 m.training = training
 
     def _train(
-        self, name, params, loss_fn, batches, epochs, lr, seconds, module=None, start=None
+        self,
+        name,
+        params,
+        loss_fn,
+        batches,
+        epochs,
+        lr,
+        seconds,
+        module=None,
+        start=None,
+        fast: set[nn.Parameter] | None = None,
     ) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
@@ -318,7 +351,8 @@ class Tuner:
         never makes the student worse on the probe (the validation batches, when given).
         ``module``: what is trained (default: the student); ``start``: called before each
         attempt with the steps already done and the seconds they took (not zero when a
-        resumed run continues from a pass boundary).
+        resumed run continues from a pass boundary); ``fast``: parameters trained at
+        ``merged_lr_scale`` times the learning rate.
 
         A run longer than one pass saves itself at every pass boundary; a resumed tuning
         continues it from the last one, with the same optimizer state and schedule.
@@ -335,7 +369,7 @@ class Tuner:
             start_state, meta = run["start"], run["meta"]
             first_attempt, lr, probe_before = meta["attempt"], meta["lr"], meta["probe_before"]
         for attempt in range(first_attempt, self.config.max_retries + 1):
-            opt = torch.optim.Adam(params, lr=lr)
+            opt = torch.optim.Adam(_groups(params, fast, self.config.merged_lr_scale), lr=lr)
             saved = {}
             if run is not None:  # continue the interrupted run where it saved itself
                 opt.load_state_dict(run["optimizer"])
@@ -355,7 +389,8 @@ class Tuner:
                     if seconds:
                         done = max(done, (time.time() - t0) / seconds)
                     for group in opt.param_groups:
-                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                        decay = 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                        group["lr"] = lr * group["scale"] * decay
                     loss = loss_fn([t.to(self.device) for t in batch[:2]])
                     value = loss.item()
                     first = value if first is None else first
@@ -447,37 +482,62 @@ class Tuner:
         self.student.eval()
         return record
 
-    def _distillation(self, model: nn.Module) -> Callable:
+    def _distillation(
+        self, model: nn.Module, teacher: nn.Module | None = None, features: int = 0
+    ) -> Callable:
         """The whole-network loss: the teacher's soft logits (plus the labels' cross-entropy
-        with ``use_labels``)."""
-        T = self.config.temperature
+        with ``use_labels``). With ``features`` > 0, ``model`` and ``teacher`` return that
+        many feature maps before the logits, and their mean normalised error, weighted by
+        ``feature_weight``, joins the loss."""
+        T, c = self.config.temperature, self.config
+        teacher = teacher if teacher is not None else self.teacher
 
         def loss_fn(batch):
             x, y = batch[0], batch[1]
             with torch.no_grad():
-                soft = F.softmax(self.teacher(x) / T, dim=1)
-            logits = model(x)
+                target = teacher(x)
+            out = model(x)
+            if features:
+                (*fs, logits), (*ft, t_logits) = out, target
+            else:
+                logits, t_logits = out, target
+            soft = F.softmax(t_logits / T, dim=1)
             loss = F.kl_div(F.log_softmax(logits / T, dim=1), soft, reduction="batchmean") * T * T
-            if self.config.use_labels:
+            if c.use_labels:
                 loss = loss + F.cross_entropy(logits, y)
+            if features:
+                loss = loss + c.feature_weight * _normalized_mse(fs, ft) / features
             return loss
 
         return loss_fn
+
+    def boundaries(self) -> list[str]:
+        """The stages' block boundaries inside the network (the output aside)."""
+        return sorted({b for st in self.stages for b in st.boundary if b != "<output>"})
 
     def _finetune(self, seconds: float | None) -> dict:
         params = list(self.student.parameters())
         for p in params:
             p.requires_grad_(True)
-        model = self.wrap(self.student.train())
+        merged = {p for st in self.stages for p in trainable_parameters(self.student, st.trainable)}
+        features = self.boundaries() if self.config.feature_weight else []
+        student, teacher = self.student, self.teacher
+        if features:  # both return the boundaries' feature maps, then the logits
+            student = truncate(self.student, [*features, "<output>"])
+            teacher = truncate(self.teacher, [*features, "<output>"])
+        model = self.wrap(student.train())
         record = self._train(
             "finetune",
             params,
-            self._distillation(model),
+            self._distillation(model, teacher, len(features)),
             self.config.finetune_batches,
             self.config.finetune_epochs,
             self.config.finetune_lr,
             seconds,
+            module=student,
+            fast=merged,
         )
+        record["features"] = len(features)
         self.student.eval()
         return record
 

@@ -1,0 +1,169 @@
+"""Which fine-tune recovers slimmed BVLC GoogLeNet's accuracy: an ablation at equal budget.
+
+    .venv/bin/python benchmarks/tune_ablation.py [ARM ...] [--passes N] [--device cpu]
+
+Every arm starts from the same student: the teacher (benchmarks/weights/fashion_mnist_64/
+teacher.safetensors) slimmed with every DeepRebirth merge and tuned layer-wise with the
+committed stages of recipes/fashion_mnist_64/slimmed.toml (step ``stages``, run once). Each
+arm then fine-tunes it for the same number of passes over the training split (``--passes``,
+1 by default) with one recipe, and is judged on the validation split only: the test split
+is never read here. The arms add one ingredient at a time (ARMS below), so each one's share
+is the difference to the arm before it.
+
+Each arm's result goes to benchmarks/results/tune_ablation.json (validation top-1, the
+fine-tune's minutes and batches, the command, commit, date and machine) and the table
+benchmarks/results/tune_ablation.md is written from that file. Resumable: a finished arm is
+skipped unless --force, an interrupted one continues from its last pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce import ROOT, started, top1  # noqa: E402
+
+from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
+from deeprebirth.profiling.machine import machine_info  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results/tune_ablation.json"
+TABLE = ROOT / "benchmarks/results/tune_ablation.md"
+RECIPE = "recipes/fashion_mnist_64/slimmed.toml"
+#: Each arm: what it is, and its keys beside the committed recipe's (finetune_lr 3e-4,
+#: distillation of the logits with temperature 4 plus the labels' cross-entropy).
+ARMS = {
+    "committed": ("the committed fine-tune: logits and labels, lr 3e-4", []),
+    "lr_1e-3": ("learning rate 1e-3", ["tune.finetune_lr=1e-3"]),
+    "features": (
+        "lr 1e-3, plus feature distillation at the stages' block boundaries",
+        ["tune.finetune_lr=1e-3", "tune.feature_weight=1.0"],
+    ),
+    "features_merged_lr": (
+        "lr 1e-3, features, the merged layers at 3x the learning rate",
+        ["tune.finetune_lr=1e-3", "tune.feature_weight=1.0", "tune.merged_lr_scale=3.0"],
+    ),
+}
+
+
+def run(out: Path, sets: list[str]) -> None:
+    command = [sys.executable, "-m", "deeprebirth", "run", RECIPE, "--set", f"out={out}"]
+    command += [
+        a for s in ["evaluate.enabled=false", "tune.resume=true", *sets] for a in ("--set", s)
+    ]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"arms": {}}
+
+
+def table(results: dict) -> str:
+    lines = [
+        "# Fine-tune ablation: slimmed BVLC GoogLeNet, Fashion-MNIST 64x64",
+        "",
+        "<!-- written by benchmarks/tune_ablation.py from tune_ablation.json: do not edit -->",
+        "",
+        "Every arm fine-tunes the same layer-wise-tuned student (the committed stages) for the "
+        "same passes; validation top-1 only (the test split is not read).",
+        "",
+        "| arm | recipe | passes | val top-1 % | vs arm before | minutes |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    before = None
+    for key, arm in results["arms"].items():
+        delta = "—" if before is None else f"{arm['top1_val'] - before:+.2f}"
+        lines.append(
+            f"| {key} | {arm['what']} | {arm['passes']} | {arm['top1_val']:.2f} | {delta} | "
+            f"{arm['minutes']:.1f} |"
+        )
+        before = arm["top1_val"]
+    stages = results.get("stages")
+    if stages:
+        lines += [
+            "",
+            f"Stages (shared): val top-1 {stages['top1_val']:.2f}%, "
+            f"{stages['minutes']:.1f} minutes.",
+        ]
+    arm = next(iter(results["arms"].values()), None)
+    if arm:
+        m = arm["machine"]
+        lines += ["", f"Measured {arm['date']} on {m.get('cpu', m)}; command: `{arm['command']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def save(results: dict) -> None:
+    write_json(RESULTS, results)
+    atomic_write_text(TABLE, table(results))
+
+
+def evaluated(out: Path, extra: dict) -> dict:
+    from deeprebirth.slimming import load
+
+    report = json.loads((ROOT / out / "tune_report.json").read_text())
+    records = report["tuning"]["stages"]
+    info = machine_info()
+    return {
+        **extra,
+        "path": str(out),
+        "top1_val": top1(load(ROOT / out), "val"),
+        "minutes": sum(r.get("seconds", 0) for r in records) / 60,
+        "batches": sum(r.get("steps", 0) for r in records),
+        "command": " ".join(["python", *sys.argv]),
+        "date": info.pop("date"),
+        "machine": info,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("arms", nargs="*", help=f"any of {', '.join(ARMS)} (default: all)")
+    p.add_argument("--passes", type=int, default=1, help="fine-tune passes per arm")
+    p.add_argument("--work", default="runs/ablation", help="where the runs are written")
+    p.add_argument("--device", default="cpu", help="cpu, cuda")
+    p.add_argument("--force", action="store_true", help="run arms whose entry exists already")
+    args = p.parse_args()
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        p.error(f"unknown arm {', '.join(unknown)} (known: {', '.join(ARMS)})")
+    work = Path(args.work)
+    device = f"tune.device={args.device}"
+    results = load_results()
+    stages = work / "stages"
+    if "stages" not in results:
+        provenance = started(stages)
+        if not (stages / "tune_report.json").is_file():
+            run(stages, [device, "tune.finetune_batches=0"])
+        results["stages"] = evaluated(stages, {"what": "stages only", **provenance})
+        save(results)
+    for key in args.arms or list(ARMS):
+        if key in results["arms"] and not args.force:
+            print(f"{key}: done ({RESULTS.relative_to(ROOT)}); --force runs it again")
+            continue
+        what, sets = ARMS[key]
+        out = work / key
+        provenance = started(out)
+        run(
+            out,
+            [
+                device,
+                f"tune.start_from={stages}",
+                f"tune.finetune_epochs={args.passes}",
+                *sets,
+            ],
+        )
+        arm = evaluated(out, {"what": what, "passes": args.passes, "sets": sets, **provenance})
+        results["arms"][key] = arm
+        save(results)
+        print(f"{key}: val top-1 {arm['top1_val']:.2f}% ({arm['minutes']:.1f} min)", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
