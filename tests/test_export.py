@@ -183,3 +183,76 @@ def test_onnx_file_with_fixed_batch_runs_any_batch(tmp_path):
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(onnx_model(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_reduce_range_only_on_x86_without_vnni(monkeypatch):
+    from deeprebirth.export import int8
+
+    assert int8.reduce_range_for("x86_64", "fpu sse2 avx2 fma")  # AVX2 only: saturates
+    assert int8.reduce_range_for("AMD64", [])  # Windows, flags unknown: the safe setting
+    assert not int8.reduce_range_for("x86_64", "avx2 avx512f avx512_vnni")
+    assert not int8.reduce_range_for("x86_64", "avx2 avx_vnni")
+    assert not int8.reduce_range_for("aarch64", "fp asimd")
+    assert not int8.reduce_range_for("arm64", "")
+    monkeypatch.setattr(int8.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(int8, "cpu_isa", lambda: ["avx2", "fma"])
+    assert int8.needs_reduce_range()
+    monkeypatch.setattr(int8, "cpu_isa", lambda: ["avx2", "avx512_vnni"])
+    assert not int8.needs_reduce_range()
+
+
+def _tiny_int8_case(batches: int = 2):
+    """A tiny float ONNX model, calibration batches, and validation batches labelled with
+    the float model's own predictions (so accuracy near 1 means int8 kept its decisions)."""
+    torch.manual_seed(0)
+    model = get_model("user_models:tiny_cnn").eval()
+    x = torch.randn(8, 3, 16, 16)
+    calibration = [torch.randn(8, 3, 16, 16) for _ in range(batches)]
+    val = []
+    for _ in range(batches):
+        images = torch.randn(8, 3, 16, 16)
+        with torch.no_grad():
+            val.append((images, model(images).argmax(1)))
+    return to_onnx(model, x), calibration, val
+
+
+def test_unknown_calibration_method_names_the_choices(tmp_path):
+    from deeprebirth.errors import DeepRebirthError
+    from deeprebirth.export import choose_int8, quantize_int8
+
+    proto, calibration, val = _tiny_int8_case(1)
+    with pytest.raises(DeepRebirthError, match="'kl'.*minmax, percentile, entropy"):
+        quantize_int8(proto, tmp_path / "m.onnx", calibration, calibration_method="kl")
+    with pytest.raises(DeepRebirthError, match="'kl'.*minmax, percentile, entropy"):
+        choose_int8(proto, tmp_path / "m.onnx", calibration, val, methods=("minmax", "kl"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_choose_int8_keeps_the_most_accurate_method(tmp_path):
+    from deeprebirth.export import OnnxModel, choose_int8, needs_reduce_range
+
+    proto, calibration, val = _tiny_int8_case()
+    out = tmp_path / "int8.onnx"
+    r = choose_int8(proto, out, calibration, val)
+    assert list(r["top1"]) == ["minmax", "percentile", "entropy"]
+    assert all(0 <= acc <= 1 for acc in r["top1"].values())
+    assert r["top1"][r["method"]] == max(r["top1"].values())
+    assert r["reduce_range"] == needs_reduce_range() and r["n"] == 16
+    assert out.is_file() and r["path"] == str(out)
+    # The file written is the chosen candidate: it scores what the choice said.
+    written = OnnxModel(out)
+    assert "QuantizeLinear" in {n.op_type for n in written.proto.graph.node}
+    hits = sum((written(x).argmax(1) == y).sum().item() for x, y in val)
+    assert hits / r["n"] == r["top1"][r["method"]]
+
+
+def test_choose_int8_breaks_ties_by_the_order_given(tmp_path, monkeypatch):
+    from deeprebirth.export import int8_choice
+
+    scores = iter([0.5, 0.75, 0.75])
+    monkeypatch.setattr(int8_choice, "_top1", lambda model, batches: next(scores))
+    proto, calibration, val = _tiny_int8_case(1)
+    methods = ("entropy", "minmax", "percentile")
+    r = int8_choice.choose_int8(proto, tmp_path / "m.onnx", calibration, val, methods)
+    assert r["top1"] == {"entropy": 0.5, "minmax": 0.75, "percentile": 0.75}
+    assert r["method"] == "minmax"

@@ -11,7 +11,14 @@ from .check import (
     leftover_layers,
 )
 from .executorch import PteModel, is_pte_file
-from .int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS, quantize_int8
+from .int8 import (
+    CALIBRATION_METHODS,
+    DEFAULT_INT8_FORMAT,
+    INT8_FORMATS,
+    needs_reduce_range,
+    quantize_int8,
+)
+from .int8_choice import choose_int8
 from .onnx import to_onnx
 from .onnx_file import OnnxModel, is_onnx_file
 
@@ -27,6 +34,7 @@ def load_deployed(spec):
 
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "DEFAULT_INT8_FORMAT",
     "FORMATS",
     "INT8_FORMATS",
@@ -35,6 +43,7 @@ __all__ = [
     "OnnxModel",
     "PteModel",
     "ParityError",
+    "choose_int8",
     "export",
     "export_executorch",
     "export_int8",
@@ -43,6 +52,7 @@ __all__ = [
     "is_pte_file",
     "load_deployed",
     "leftover_layers",
+    "needs_reduce_range",
     "quantize_int8",
     "to_onnx",
 ]

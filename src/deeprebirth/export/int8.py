@@ -1,22 +1,32 @@
 """int8: ONNX Runtime static quantization of an exported model, calibrated on real images.
 
-Static quantization fixes each activation's int8 scale from calibration images (min/max
-over a few hundred of them), so inference needs no run-time range computation. Two
-layouts are supported:
+Static quantization fixes each activation's int8 scale from calibration images, so
+inference needs no run-time range computation. The ranges come from one of ORT's
+calibrators (:data:`CALIBRATION_METHODS`): ``minmax`` (the default; the extreme values
+over the images), ``percentile`` (drops the 0.001% largest magnitudes) or ``entropy``
+(the clipping whose int8 histogram is closest to the float one). No one of them wins on
+every model, so :func:`~deeprebirth.export.int8_choice.choose_int8` picks on held-out
+images. ``quantize_static`` cannot set the entropy calibrator's bins: it gets 128, as many
+as it quantizes to, so its only candidate is the full range (that of ``minmax``) unless
+the histogram widened while later batches were binned. Two layouts are supported:
 
 * ``qdq`` (the default): QuantizeLinear/DequantizeLinear pairs around float ops, which ORT
   fuses into int8 kernels at load; the layout mobile execution providers (NNAPI, QNN,
   XNNPACK) take;
 * ``qoperator``: quantized kernels (``QLinearConv`` ...) written into the graph.
 
-On this project's CPU both ran equally fast (``benchmarks/paper_table.py``).
+On this project's CPU both ran equally fast (``benchmarks/paper_table.py``). Weights are
+8-bit except on x86 CPUs without VNNI, which need 7 (:func:`needs_reduce_range`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import platform
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +42,7 @@ from onnxruntime.quantization import (
 
 from ..errors import DeepRebirthError
 from ..files import publish
+from ..profiling.machine import cpu_isa
 
 INT8_FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
 #: Ops given int8 kernels. Others stay float: with ORT's defaults, QOperator models of the
@@ -40,12 +51,54 @@ INT8_FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Concat"]
 #: The layout ``export --int8`` uses unless told otherwise.
 DEFAULT_INT8_FORMAT = "qdq"
+#: ORT's calibrators by the names this project gives them.
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+#: ``platform.machine()`` names of x86 CPUs (Linux, macOS, Windows spellings).
+X86_MACHINES = {"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"}
+#: CPU flags (``/proc/cpuinfo``) of the instructions that multiply u8 x s8 without saturating.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+def reduce_range_for(machine: str, flags: str | Iterable[str]) -> bool:
+    """Whether a CPU needs 7-bit weights: x86 without VNNI only.
+
+    There ORT's int8 kernels (``vpmaddubsw``) add u8 x s8 products pairwise into int16,
+    which saturates with full 8-bit weights; VNNI accumulates in int32 and ARM's kernels
+    do not saturate, so 7 bits would only cost accuracy there.
+
+    Args:
+        machine: ``platform.machine()``, e.g. ``"x86_64"``, ``"AMD64"``, ``"arm64"``.
+        flags: the CPU's flags, as ``/proc/cpuinfo``'s space-separated string or a list.
+    """
+    if machine.lower() not in X86_MACHINES:
+        return False
+    have = set(flags.split() if isinstance(flags, str) else flags)
+    return not have.intersection(VNNI_FLAGS)
+
+
+def needs_reduce_range() -> bool:
+    """:func:`reduce_range_for` this machine. Where the flags cannot be read (x86 without
+    ``/proc/cpuinfo``: macOS, Windows) the answer is True, the setting safe everywhere."""
+    return reduce_range_for(platform.machine(), cpu_isa())
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+    """The calibration batches; ``set_range`` lets ORT calibrate on a few at a time."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
         self.input_name = input_name
-        self._it: Iterator[np.ndarray] = iter(batches)
+        self.batches = batches
+        self.set_range(0, len(batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
@@ -58,7 +111,8 @@ def quantize_int8(
     calibration: Iterable[np.ndarray],
     fmt: str = DEFAULT_INT8_FORMAT,
     per_channel: bool = True,
-    reduce_range: bool = True,
+    reduce_range: bool | None = None,
+    calibration_method: str = "minmax",
     **options,
 ) -> Path:
     """Quantize a float ONNX model to int8 (weights per channel, activations per tensor).
@@ -69,17 +123,37 @@ def quantize_int8(
         calibration: batches of input images as float32 arrays (NCHW), e.g. a few hundred
             training images; the activation ranges come from them.
         fmt: ``"qoperator"`` or ``"qdq"``.
-        reduce_range: 7-bit weights, safe on every x86 CPU; pass False on CPUs with VNNI
-            or on ARM for a little more accuracy.
-        options: passed to ``onnxruntime.quantization.quantize_static``.
+        reduce_range: 7-bit weights; None (the default) asks :func:`needs_reduce_range`,
+            so True on x86 CPUs without VNNI and False elsewhere. Set it when the model
+            is built for another machine than the one quantizing it.
+        calibration_method: how the activation ranges are set from ``calibration``, one of
+            :data:`CALIBRATION_METHODS`. ``percentile`` and ``entropy`` build histograms;
+            they are fed one batch at a time (ORT's ``CalibStridedMinMax``) so that memory
+            does not grow with the number of images.
+        options: passed to ``onnxruntime.quantization.quantize_static``, overriding the
+            settings above (``extra_options`` are merged key by key).
     """
     if fmt not in INT8_FORMATS:
         raise DeepRebirthError(
             f"unknown int8 format {fmt!r}; choose from {', '.join(INT8_FORMATS)}"
         )
+    if calibration_method not in CALIBRATION_METHODS:
+        raise DeepRebirthError(
+            f"unknown int8 calibration method {calibration_method!r}; "
+            f"choose from {', '.join(CALIBRATION_METHODS)}"
+        )
+    if reduce_range is None:
+        reduce_range = needs_reduce_range()
     out = Path(out)
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     input_name = proto.graph.input[0].name
+    batches = [np.ascontiguousarray(b, np.float32) for b in calibration]
+    extra = dict(options.pop("extra_options", None) or {})
+    if calibration_method != "minmax":
+        # ORT's histogram calibrators otherwise hold every calibrated activation of every
+        # image in memory (and copy it) before binning; with a stride of one batch, each
+        # batch is binned into the running histograms, then dropped.
+        extra.setdefault("CalibStridedMinMax", 1)
     logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer logs advice at INFO
     with tempfile.TemporaryDirectory() as tmp:
         source, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
@@ -87,24 +161,26 @@ def quantize_int8(
         # Shape inference and graph clean-up (constant folding, BN fusion) before quantizing.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         result = Path(tmp) / "int8.onnx"
-        reader = _Batches(input_name, (np.ascontiguousarray(b, np.float32) for b in calibration))
-        quantize_static(
-            str(prepared),
-            str(result),
-            reader,
-            quant_format=INT8_FORMATS[fmt],
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            # 7-bit weights: u8 x s8 products can saturate on x86 CPUs without VNNI
-            # (AVX2 only, as here), which cost the slimmed GoogLeNet 4 points of top-1.
-            reduce_range=reduce_range,
-            **{
-                "op_types_to_quantize": QUANTIZED_OPS,
-                "calibrate_method": CalibrationMethod.MinMax,
-                **options,
-            },
-        )
+        # The histogram calibrators print their progress.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared),
+                str(result),
+                _Batches(input_name, batches),
+                quant_format=INT8_FORMATS[fmt],
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                # 7-bit weights where u8 x s8 products saturate (x86 without VNNI): on an
+                # AVX2-only EPYC, 8-bit ones cost the slimmed GoogLeNet 4 points of top-1.
+                reduce_range=reduce_range,
+                **{
+                    "op_types_to_quantize": QUANTIZED_OPS,
+                    "calibrate_method": CALIBRATION_METHODS[calibration_method],
+                    "extra_options": extra,
+                    **options,
+                },
+            )
         onnx.checker.check_model(str(result))
         out.parent.mkdir(parents=True, exist_ok=True)
         staged = out.with_name(f".{out.name}.tmp")
