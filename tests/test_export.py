@@ -256,3 +256,28 @@ def test_choose_int8_breaks_ties_by_the_order_given(tmp_path, monkeypatch):
     r = int8_choice.choose_int8(proto, tmp_path / "m.onnx", calibration, val, methods)
     assert r["top1"] == {"entropy": 0.5, "minmax": 0.75, "percentile": 0.75}
     assert r["method"] == "minmax"
+
+
+def test_int8_calibration_is_chosen_on_validation_images_by_default(capsys, tmp_path):
+    from deeprebirth.cli import main
+    from deeprebirth.export import CALIBRATION_METHODS
+
+    slimmed = _slimmed_tiny(tmp_path, capsys)
+    args = ["export", str(slimmed), "--int8", "--data", "synthetic", "--calibration-images", "64"]
+    assert main([*args, "-o", str(tmp_path / "int8.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "int8 calibration:" in out and "validation images" in out
+    assert all(method in out for method in CALIBRATION_METHODS)
+    # one method by hand: no choice made
+    args += ["--int8-calibration", "percentile", "-o", str(tmp_path / "p.onnx")]
+    assert main(args) == 0
+    assert "int8 calibration:" not in capsys.readouterr().out
+
+
+def test_an_unknown_int8_calibration_is_a_one_line_error(capsys, tmp_path):
+    from deeprebirth.cli import main
+
+    args = ["export", "user_models:tiny_cnn", "--int8", "--data", "synthetic"]
+    code = main([*args, "--int8-calibration", "kl", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code != 0 and "--int8-calibration" in err and len(err.strip().splitlines()) == 1

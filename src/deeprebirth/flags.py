@@ -184,6 +184,7 @@ EXPORT_FLAGS = (
     ("--data", "data.spec", {"help": "real images: the parity check and int8 calibration"}),
     ("--int8", "export.int8", ON | {"help": "write an int8 model (needs --data)"}),
     ("--int8-format", "export.int8_format", {}),
+    ("--int8-calibration", "export.int8_calibration", {}),
     ("--calibration-images", "export.calibration_images", POSITIVE),
 )
 

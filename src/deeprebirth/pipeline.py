@@ -346,7 +346,7 @@ def tune_step(
     from .data import get_dataset, get_loader
     from .slimming import start_from, tune
     from .tuning import distributed
-    from .tuning.trainer import config_dict
+    from .tuning.trainer import config_dict, tuning_cost
 
     data = recipe.data
     train = get_dataset(
@@ -379,7 +379,12 @@ def tune_step(
             probe=probe,
             tuned=bool(recipe.tune.start_from),
         )
-    record = {"config": config_dict(config), "stages": records}
+    cost = tuning_cost(records, data.batch_size * ctx.world_size, len(train))
+    hooks.log(
+        f"tuning took {cost['minutes']:.1f} min: {cost['batches']} batches, "
+        f"{cost['passes']:.2f} passes over the {len(train):,} training images"
+    )
+    record = {"config": config_dict(config), "stages": records, "cost": cost}
     if recipe.tune.start_from:
         record["start_from"] = recipe.tune.start_from
     return record
@@ -465,10 +470,24 @@ def export_file(
     if batches is None:
         r = export(model, path, fmt, inputs)
         return {**r, "what": describe_export(fmt), "real_inputs": real}
+    e = recipe.export
     if fmt == "executorch":
         r = export_executorch(model, path, inputs, batches)
     else:
-        r = export_int8(model, path, inputs, batches, recipe.export.int8_format)
+        choose_on = None
+        if e.int8_calibration == "auto":  # judged on validation images, never the test split
+            choose_on = labelled_batches(
+                recipe.data.spec, "val", inputs.shape[-1], inputs.shape[1], e.int8_choice_images
+            )
+        r = export_int8(
+            model,
+            path,
+            inputs,
+            batches,
+            e.int8_format,
+            calibration_method=e.int8_calibration,
+            choose_on=choose_on,
+        )
     what = describe_export(fmt, int8=recipe.export.int8_format)
     return {**r, "format": f"{fmt}_int8", "what": what, "real_inputs": real}
 
@@ -509,6 +528,14 @@ def calibration_batches(data: str, spec: ModelConfig, images: int, batch: int = 
 
     ds = get_dataset(data, "train", input_size=spec.input_size, in_chans=spec.in_chans)
     return list(islice((x for x, _ in get_loader(ds, batch)), -(-images // batch)))
+
+
+def labelled_batches(data: str, split: str, size: int, chans: int, images: int) -> list:
+    """The first ``images`` (images, labels) pairs of ``split``, in batches of 64."""
+    from .data import get_dataset, get_loader
+
+    ds = get_dataset(data, split, input_size=size, in_chans=chans)
+    return list(islice(((x, y) for x, y, *_ in get_loader(ds, 64)), -(-images // 64)))
 
 
 def check_inputs(data: str | None, spec: ModelConfig, n: int) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .config import ConfigError, from_dict, option, read_toml, reference, set_key, to_toml
 from .export.check import FORMATS
-from .export.int8 import DEFAULT_INT8_FORMAT, INT8_FORMATS
+from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -158,6 +158,12 @@ class ExportConfig:
     int8: bool = option(False, "also an int8 file per onnx/executorch format (needs data.spec)")
     int8_format: str = option(DEFAULT_INT8_FORMAT, f"ONNX int8: {', '.join(INT8_FORMATS)}")
     calibration_images: int = option(512, "training images that fix the int8 ranges")
+    int8_calibration: str = option(
+        "auto",
+        f"how ONNX int8 ranges are fixed: {', '.join(CALIBRATION_METHODS)}, or auto (each "
+        "tried, the best top-1 on int8_choice_images validation images kept)",
+    )
+    int8_choice_images: int = option(1024, "validation images the auto calibration is judged on")
 
 
 @dataclass
@@ -251,6 +257,7 @@ class Recipe:
             ("report.runs", self.report.runs),
             ("data.batch_size", self.data.batch_size),
             ("export.calibration_images", self.export.calibration_images),
+            ("export.int8_choice_images", self.export.int8_choice_images),
         ):
             if value < 1:
                 raise ConfigError(f"{key} must be at least 1, not {value}")
@@ -262,6 +269,11 @@ class Recipe:
         _check_choices("report.runtimes", self.report.runtimes or [], RUNTIMES)
         _check_choices("export.formats", self.export.formats, FORMATS)
         _check_choices("export.int8_format", [self.export.int8_format], tuple(INT8_FORMATS))
+        _check_choices(
+            "export.int8_calibration",
+            [self.export.int8_calibration],
+            (*CALIBRATION_METHODS, "auto"),
+        )
         _check_choices("select.runtime", [self.select.runtime], ("ort", "torch"))
         for key in ("rank_ratio", "pointwise_rank_ratio"):
             value = getattr(self.plan, key)
@@ -302,7 +314,7 @@ class Recipe:
             raise ConfigError("missing key out (the output directory)")
         self.tune.check()
         if self.tune.start_from is not None:
-            if not self.tune.finetune_batches:
+            if not self.tune.finetunes():
                 raise ConfigError(
                     "tune.start_from continues a tuned student with the fine-tune: set "
                     "tune.finetune_batches"

@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..profiling.ort_runtime import ort_session
-from .int8 import DEFAULT_INT8_FORMAT, quantize_int8
+from .int8 import DEFAULT_INT8_FORMAT, needs_reduce_range, quantize_int8
+from .int8_choice import choose_int8
 from .onnx import to_onnx
 
 #: Largest accepted output difference, relative to the output's scale.
@@ -108,8 +109,14 @@ def export_int8(
     calibration: Iterable[torch.Tensor],
     fmt: str = DEFAULT_INT8_FORMAT,
     threads: int = 1,
+    calibration_method: str = "minmax",
+    choose_on: list | None = None,
 ) -> dict:
     """Export ``model`` to ONNX, quantize it to int8 with ``calibration`` batches, check it.
+
+    ``calibration_method``: one of :data:`~.int8.CALIBRATION_METHODS`, or ``"auto"``: each
+    is tried and the one with the best top-1 on ``choose_on`` (labelled validation batches)
+    kept (:func:`~.int8_choice.choose_int8`). 7-bit weights only where the CPU needs them.
 
     The check runs the int8 model in ONNX Runtime on ``inputs`` (real images, ideally) and
     compares with PyTorch in float: the relative error must stay within ``INT8_TOLERANCE``,
@@ -123,12 +130,28 @@ def export_int8(
     with torch.no_grad():
         reference = model(inputs)
     proto = to_onnx(model, inputs)
-    quantize_int8(proto, path, (b.numpy() for b in calibration), fmt)
+    choice = None
+    if calibration_method == "auto":
+        if not choose_on:
+            raise DeepRebirthError("int8 calibration 'auto' needs labelled validation batches")
+        choice = choose_int8(proto, path, list(calibration), choose_on, fmt=fmt, threads=threads)
+        calibration_method = choice["method"]
+    else:
+        quantize_int8(
+            proto,
+            path,
+            (b.numpy() for b in calibration),
+            fmt,
+            calibration_method=calibration_method,
+        )
     quantized = onnx.load(str(path))
     out = _ort_output(quantized, inputs, threads)
     return {
         "format": "onnx",
         "int8": fmt,
+        "calibration_method": calibration_method,
+        "reduce_range": needs_reduce_range(),
+        **({"int8_choice": choice} if choice else {}),
         "path": str(path),
         "inputs": list(inputs.shape),
         "ops": dict(Counter(n.op_type for n in quantized.graph.node)),

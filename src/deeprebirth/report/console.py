@@ -77,6 +77,14 @@ class ConsoleHooks:
         if "top1_agreement" in r:
             line += f"top-1 unchanged on {100 * r['top1_agreement']:.1f}%, "
         self.out.print(f"{line}error {r['relative_error']:.1e} of the output's scale")
+        choice = r.get("int8_choice")
+        if choice:
+            tried = ", ".join(f"{m} {100 * a:.2f}%" for m, a in choice["top1"].items())
+            self.out.print(
+                f"int8 calibration: {choice['method']}, the best top-1 on {choice['n']} "
+                f"validation images ({tried}); "
+                + ("7-bit weights (this CPU has no VNNI)" if r["reduce_range"] else "8-bit weights")
+            )
 
     @contextmanager
     def tuning_progress(self, is_main: bool):

@@ -59,8 +59,10 @@ class TuneConfig:
     linearize_ramp: float = option(
         0.5, "share of the linearization over which the activations fade (then held gone)"
     )
-    finetune_batches: int = option(
-        300, "whole-network distillation batches after the stages (0: no fine-tune)"
+    finetune_batches: int | None = option(
+        None,
+        "whole-network distillation batches after the stages, at most (none: finetune_epochs "
+        "whole passes; 0: no fine-tune)",
     )
     finetune_epochs: int = option(1, "passes over the data in the fine-tune, at most")
     finetune_lr: float = option(1e-4, "fine-tune learning rate")
@@ -98,13 +100,17 @@ class TuneConfig:
         1e3, "a loss this many times the stage's first loss counts as diverged"
     )
 
+    def finetunes(self) -> bool:
+        """Whether a fine-tune follows the stages."""
+        return self.finetune_batches is None or self.finetune_batches > 0
+
     def check(self) -> None:
         """Values in range, or a ConfigError naming the key."""
         for key in ("epochs_per_stage", "finetune_epochs", "linearize_epochs", "probe_batches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tune.{key} must be at least 1, not {getattr(self, key)}")
         for key in ("max_batches", "finetune_batches", "linearize_batches", "max_retries"):
-            if getattr(self, key) < 0:
+            if (getattr(self, key) or 0) < 0:
                 raise ConfigError(f"tune.{key} must be at least 0, not {getattr(self, key)}")
         if not 0.0 < self.linearize_ramp <= 1.0:
             raise ConfigError(f"tune.linearize_ramp must be in (0, 1], not {self.linearize_ramp}")
@@ -136,8 +142,8 @@ def _normalized_mse(student: tuple, teacher: tuple) -> torch.Tensor:
     )
 
 
-def _batches(loader: Iterable, n: int, epochs: int):
-    """Up to ``n`` batches, cycling the loader for at most ``epochs`` passes."""
+def _batches(loader: Iterable, n: int | None, epochs: int):
+    """Up to ``n`` batches (None: no cap), cycling the loader for at most ``epochs`` passes."""
     return itertools.islice(itertools.chain.from_iterable(loader for _ in range(epochs)), n)
 
 
@@ -273,7 +279,7 @@ class Tuner:
             return left
         reserved = (
             self.config.finetune_share * 60 * self.config.budget_minutes
-            if self.config.finetune_batches
+            if self.config.finetunes()
             else 0.0
         )
         return max(0.0, left - reserved) / stages_left
@@ -297,7 +303,7 @@ class Tuner:
             records.append(self._run_stage(stage, self._budget_share(len(todo) - i)))
             self.state["completed"].append(stage.id)
             self._checkpoint()
-        if self.config.finetune_batches and not self.state["finetuned"]:
+        if self.config.finetunes() and not self.state["finetuned"]:
             records.append(self._finetune(self._budget_share(0)))
             self.state["finetuned"] = True
             self._checkpoint()
@@ -313,10 +319,16 @@ class Tuner:
         except TypeError:
             return None
 
-    def _planned(self, batches: int, epochs: int) -> int:
-        """Steps of a run capped at ``batches`` and ``epochs`` passes."""
+    def _planned(self, batches: int | None, epochs: int) -> int:
+        """Steps of a run capped at ``batches`` (None: no cap) and ``epochs`` passes."""
         per_pass = self._pass_length()
-        return batches if per_pass is None else min(batches, epochs * per_pass)
+        if per_pass is None:
+            if batches is None:
+                raise ConfigError(
+                    "this data has no length to count passes by: set tune.finetune_batches"
+                )
+            return batches
+        return epochs * per_pass if batches is None else min(batches, epochs * per_pass)
 
     def _probe_loss(self, loss_fn, probe: list, module: nn.Module | None = None) -> float:
         """The mean loss on the probe batches, in inference mode (no dropout)."""
@@ -384,7 +396,8 @@ class Tuner:
                 start(steps, time.time() - t0)
             passes_done = steps // per_pass if per_pass else 0
             try:
-                for batch in _batches(self.loader, batches - steps, epochs - passes_done):
+                left = None if batches is None else batches - steps
+                for batch in _batches(self.loader, left, epochs - passes_done):
                     done = steps / planned
                     if seconds:
                         done = max(done, (time.time() - t0) / seconds)
@@ -603,6 +616,17 @@ class Tuner:
         self.state["linearized"] = True
         self._checkpoint()
         return record
+
+
+def tuning_cost(records: list[dict], batch_size: int, train_images: int) -> dict:
+    """What the tuning ``records`` cost: minutes, batches and passes over the training data
+    (a machine-free measure: the batches times ``batch_size`` over ``train_images``)."""
+    batches = sum(r.get("steps", 0) for r in records)
+    return {
+        "minutes": round(sum(r.get("seconds", 0.0) for r in records) / 60, 2),
+        "batches": batches,
+        "passes": round(batches * batch_size / max(1, train_images), 3),
+    }
 
 
 def config_dict(config: TuneConfig) -> dict:
