@@ -267,6 +267,7 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
         "overrides": sets,
         "stages": len(stages) - 1,
     }
+    entry["cost"] = tuning_cost(report["tuning"])
     if "start_from" in report["tuning"]:  # continued from another student's tuned weights
         entry["start_from"] = report["tuning"]["start_from"]
     if (ROOT / out / "selection.json").is_file():  # chosen under a latency budget
@@ -277,6 +278,18 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
             **{k: sel["extra"].get(k) for k in ("original_ms", "measured_ms", "share")},
         }
     record(key, entry, provenance)
+
+
+def tuning_cost(tuning: dict) -> dict:
+    """A student's tuning in passes over the training split (machine-free) and minutes, and
+    as a share of the teacher's training (its passes; its minutes were measured on another
+    machine, so the passes are the comparison that holds)."""
+    from deeprebirth.tuning.trainer import tuning_cost as cost_of
+
+    train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
+    cost = tuning.get("cost") or cost_of(tuning["stages"], BATCH, train_images)
+    teacher = load_results()["models"]["teacher"]
+    return {**cost, "share_of_teacher_passes": round(cost["passes"] / teacher["epochs"], 3)}
 
 
 def step_slimmed(args) -> None:

@@ -35,21 +35,36 @@ from deeprebirth.profiling.machine import machine_info  # noqa: E402
 RESULTS = ROOT / "benchmarks/results/tune_ablation.json"
 TABLE = ROOT / "benchmarks/results/tune_ablation.md"
 RECIPE = "recipes/fashion_mnist_64/slimmed.toml"
-#: Each arm: what it is, and its keys beside the committed recipe's (finetune_lr 3e-4,
-#: distillation of the logits with temperature 4 plus the labels' cross-entropy). An arm
-#: whose keys touch the stages (OWN_STAGES) runs them itself instead of starting from the
-#: shared ones.
+#: Each arm: what it is, the arm it is compared with, and its keys beside the committed
+#: recipe's (finetune_lr 3e-4, distillation of the logits with temperature 4 plus the labels'
+#: cross-entropy). An arm whose keys touch the stages (OWN_STAGES) runs them itself instead
+#: of starting from the shared ones.
 OWN_STAGES = ("tune.max_batches", "tune.reinit", "tune.all_at_once", "tune.lr=")
+LR = ["tune.finetune_lr=1e-3"]
+FEATURES = [*LR, "tune.feature_weight=1.0"]
 ARMS = {
-    "committed": ("the committed fine-tune: logits and labels, lr 3e-4", []),
-    "lr_1e-3": ("learning rate 1e-3", ["tune.finetune_lr=1e-3"]),
+    "committed": ("the committed fine-tune: logits and labels, lr 3e-4", None, []),
+    "lr_1e-3": ("learning rate 1e-3", "committed", LR),
     "features": (
         "lr 1e-3, plus feature distillation at the stages' block boundaries",
-        ["tune.finetune_lr=1e-3", "tune.feature_weight=1.0"],
+        "lr_1e-3",
+        FEATURES,
     ),
     "features_merged_lr": (
         "lr 1e-3, features, the merged layers at 3x the learning rate",
-        ["tune.finetune_lr=1e-3", "tune.feature_weight=1.0", "tune.merged_lr_scale=3.0"],
+        "features",
+        [*FEATURES, "tune.merged_lr_scale=3.0"],
+    ),
+    "lr_2e-3": ("learning rate 2e-3 (the teacher's)", "lr_1e-3", ["tune.finetune_lr=2e-3"]),
+    "no_stages": (
+        "lr 1e-3, no layer-wise stages: the fine-tune alone, from the copied weights",
+        "lr_1e-3",
+        [*LR, "tune.max_batches=0"],
+    ),
+    "no_stages_features": (
+        "no stages, lr 1e-3, feature distillation at the block boundaries",
+        "no_stages",
+        [*FEATURES, "tune.max_batches=0"],
     ),
 }
 
@@ -73,20 +88,22 @@ def table(results: dict) -> str:
         "",
         "<!-- written by benchmarks/tune_ablation.py from tune_ablation.json: do not edit -->",
         "",
-        "Every arm fine-tunes the same layer-wise-tuned student (the committed stages) for the "
-        "same passes; validation top-1 only (the test split is not read).",
+        "Every arm fine-tunes the same layer-wise-tuned student (the committed stages: 11 of "
+        "200 batches) for the same passes, except arms that change the stages (they run their "
+        "own); validation top-1 only (the test split is not read). Minutes are the training's "
+        "wall time on 2 cores (the first arm shared them with other jobs).",
         "",
-        "| arm | recipe | passes | val top-1 % | vs arm before | minutes |",
-        "|---|---|---:|---:|---:|---:|",
+        "| arm | recipe | passes | val top-1 % | against | difference | minutes |",
+        "|---|---|---:|---:|---|---:|---:|",
     ]
-    before = None
-    for key, arm in results["arms"].items():
-        delta = "—" if before is None else f"{arm['top1_val'] - before:+.2f}"
+    arms = results["arms"]
+    for key, arm in arms.items():
+        base = ARMS[key][1] if key in ARMS else None
+        delta = f"{arm['top1_val'] - arms[base]['top1_val']:+.2f}" if base in arms else "—"
         lines.append(
-            f"| {key} | {arm['what']} | {arm['passes']} | {arm['top1_val']:.2f} | {delta} | "
-            f"{arm['minutes']:.1f} |"
+            f"| {key} | {arm['what']} | {arm['passes']} | {arm['top1_val']:.2f} | "
+            f"{base or '—'} | {delta} | {arm['minutes']:.1f} |"
         )
-        before = arm["top1_val"]
     stages = results.get("stages")
     if stages:
         lines += [
@@ -149,7 +166,7 @@ def main() -> None:
         if key in results["arms"] and not args.force:
             print(f"{key}: done ({RESULTS.relative_to(ROOT)}); --force runs it again")
             continue
-        what, sets = ARMS[key]
+        what, _, sets = ARMS[key]
         out = work / key
         provenance = started(out)
         own = any(s.startswith(OWN_STAGES) for s in sets)

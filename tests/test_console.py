@@ -25,3 +25,17 @@ def test_tuning_progress_is_silent_off_the_main_process():
     with hooks.tuning_progress(is_main=False) as progress:
         progress("s", 1, 2, 0.5)
     assert log.getvalue() == ""
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes(tmp_path):
+    from deeprebirth.report.plots import pareto_front, plot_accuracy_latency
+
+    points = [
+        {"name": "teacher", "latency_ms": 10.0, "top1": 0.92},
+        {"name": "slimmed", "latency_ms": 5.0, "top1": 0.90},  # beaten by squeezenet
+        {"name": "squeezenet", "latency_ms": 1.3, "top1": 0.91},
+        {"name": "slower, worse", "latency_ms": 11.0, "top1": 0.5},
+        {"name": "not measured", "latency_ms": 3.0, "top1": None},
+    ]
+    assert [p["name"] for p in pareto_front(points)] == ["squeezenet", "teacher"]
+    assert plot_accuracy_latency(points, tmp_path / "p.png").stat().st_size > 0

@@ -33,33 +33,57 @@ def plot_kinds_before_after(before: dict, after: dict, path: str | Path) -> Path
     return save_figure(fig, path, dpi=110)
 
 
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The measured points no other point beats on both latency and top-1, fastest first."""
+    measured = sorted(
+        (p for p in points if p.get("top1") is not None),
+        key=lambda p: (p["latency_ms"], -p["top1"]),
+    )
+    front, best = [], float("-inf")
+    for p in measured:
+        if p["top1"] > best:
+            front.append(p)
+            best = p["top1"]
+    return front
+
+
 def plot_accuracy_latency(points: list[dict], path: str | Path, runtime: str = "ort") -> Path:
-    """Top-1 against latency; networks without a measured accuracy are drawn as dashed lines.
+    """Top-1 against latency, the Pareto front drawn as a line; networks without a measured
+    accuracy are dashed vertical lines. Names go in the legend (labels beside the points
+    overlap when networks are close), each point with its own colour and marker.
 
     ``points``: ``{"name", "latency_ms", "top1" (fraction or None)}``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for p in points:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    cmap, markers = plt.get_cmap("tab10"), "osD^vP*Xh<>p"
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot(
+            [p["latency_ms"] for p in front],
+            [100 * p["top1"] for p in front],
+            color="lightgray",
+            lw=2,
+            zorder=0,
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
+    for i, p in enumerate(points):
+        style = {"color": cmap(i % 10), "label": p["name"]}
         if p.get("top1") is None:
-            ax.axvline(p["latency_ms"], ls="--", color="gray", lw=1)
-            ax.annotate(
-                f"{p['name']}\n(accuracy not measured)",
-                (p["latency_ms"], 0.02),
-                xycoords=("data", "axes fraction"),
-                fontsize=7,
-                rotation=90,
-                va="bottom",
-            )
+            style["label"] += " (accuracy not measured)"
+            ax.axvline(p["latency_ms"], ls="--", lw=1, **style)
         else:
-            ax.scatter(p["latency_ms"], 100 * p["top1"], s=40)
-            ax.annotate(
-                p["name"],
-                (p["latency_ms"], 100 * p["top1"]),
-                fontsize=8,
-                xytext=(4, 4),
-                textcoords="offset points",
+            ax.scatter(
+                p["latency_ms"],
+                100 * p["top1"],
+                s=50,
+                marker=markers[i % len(markers)],
+                edgecolors="black" if p in front else "none",
+                **style,
             )
     ax.set_xlabel(f"{RUNTIME_LABELS.get(runtime, runtime)} latency (ms, median)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("accuracy vs latency")
+    ax.set_title("accuracy vs latency (outlined: on the Pareto front)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
     return save_figure(fig, path, dpi=110)
