@@ -492,3 +492,18 @@ def test_slim_from_scratch_records_it(capsys, tmp_path):
     report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
     assert report["tuning"]["config"]["reinit"] is True
     assert "val_top1" in report["accuracy"]["slimmed"]
+
+
+def test_every_command_has_a_working_help(capsys):
+    import argparse
+
+    from deeprebirth.cli import build_parser, main
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(sub.choices) >= 5
+    for command in sub.choices:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out, command

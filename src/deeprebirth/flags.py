@@ -75,6 +75,7 @@ def key_arg(group, *flags: str, key: str, help: str | None = None, **kwargs) -> 
     if help is None and default not in (None, False, [], ""):
         shown = ",".join(default) if isinstance(default, list) else default
         text += f" (default {shown})"
+    text = text.replace("%", "%%")  # argparse formats help with %: "3% under" broke --help
     group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=text, **kwargs)
 
 
