@@ -55,6 +55,16 @@ ARMS = {
         "features",
         [*FEATURES, "tune.merged_lr_scale=3.0"],
     ),
+    "merged_lr": (
+        "lr 1e-3, the merged layers at 3x (no features)",
+        "lr_1e-3",
+        [*LR, "tune.merged_lr_scale=3.0"],
+    ),
+    "features_merged_lr_10": (
+        "lr 1e-3, features, the merged layers at 10x (the paper's ratio)",
+        "features_merged_lr",
+        [*FEATURES, "tune.merged_lr_scale=10.0"],
+    ),
     "lr_2e-3": ("learning rate 2e-3 (the teacher's)", "lr_1e-3", ["tune.finetune_lr=2e-3"]),
     "no_stages": (
         "lr 1e-3, no layer-wise stages: the fine-tune alone, from the copied weights",
