@@ -163,6 +163,18 @@ def record(key: str, entry: dict, provenance: dict | None = None) -> None:
     write_json(RESULTS, results)
 
 
+def keep(key: str, new_key: str) -> None:
+    """Move the entry ``key`` to ``new_key`` before a new run replaces its files: its numbers
+    stay, and it names the commit that holds its files."""
+    results = load_results()
+    if new_key in results["models"]:
+        sys.exit(f"reproduce.py: {new_key} has an entry already")
+    entry = results["models"].pop(key)
+    results["models"][new_key] = {**entry, "files_at_commit": git("rev-parse", "HEAD")}
+    write_json(RESULTS, results)
+    print(f"{key}: its entry is kept as {new_key} (files at {git('rev-parse', 'HEAD')[:10]})")
+
+
 def loader(split: str, size: int = SIZE, in_chans: int = CHANS, batch: int = 256):
     return get_loader(get_dataset(DATA, split, input_size=size, in_chans=in_chans), batch)
 
@@ -541,7 +553,17 @@ def main() -> None:
         "--sessions", type=int, default=3, help="ORT/ExecuTorch sessions per model (speed)"
     )
     p.add_argument("--force", action="store_true", help="run steps whose entry exists already")
+    p.add_argument(
+        "--keep-as",
+        metavar="KEY",
+        help="with --force and one model step: keep the step's current entry under KEY, "
+        "naming the commit that holds its files (the new run replaces them)",
+    )
     args = p.parse_args()
+    if args.keep_as:
+        if not args.force or len(args.steps) != 1 or args.steps[0] not in load_results()["models"]:
+            p.error("--keep-as needs --force and one model step that has an entry")
+        keep(args.steps[0], args.keep_as)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     os.chdir(ROOT)

@@ -40,10 +40,12 @@ RECIPE = "recipes/fashion_mnist_64/slimmed.toml"
 #: cross-entropy). An arm whose keys touch the stages (OWN_STAGES) runs them itself instead
 #: of starting from the shared ones.
 OWN_STAGES = ("tune.max_batches", "tune.reinit", "tune.all_at_once", "tune.lr=")
-LR = ["tune.finetune_lr=1e-3"]
+#: Every arm sets the keys an ablation turns on or off, whatever the defaults are.
+OFF = ["tune.feature_weight=0.0", "tune.merged_lr_scale=1.0"]
+LR = [*OFF, "tune.finetune_lr=1e-3"]
 FEATURES = [*LR, "tune.feature_weight=1.0"]
 ARMS = {
-    "committed": ("the committed fine-tune: logits and labels, lr 3e-4", None, []),
+    "committed": ("the committed fine-tune: logits and labels, lr 3e-4", None, OFF),
     "lr_1e-3": ("learning rate 1e-3", "committed", LR),
     "features": (
         "lr 1e-3, plus feature distillation at the stages' block boundaries",
@@ -65,7 +67,7 @@ ARMS = {
         "features_merged_lr",
         [*FEATURES, "tune.merged_lr_scale=10.0"],
     ),
-    "lr_2e-3": ("learning rate 2e-3 (the teacher's)", "lr_1e-3", ["tune.finetune_lr=2e-3"]),
+    "lr_2e-3": ("learning rate 2e-3 (the teacher's)", "lr_1e-3", [*OFF, "tune.finetune_lr=2e-3"]),
     "no_stages": (
         "lr 1e-3, no layer-wise stages: the fine-tune alone, from the copied weights",
         "lr_1e-3",

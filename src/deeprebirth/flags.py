@@ -135,7 +135,12 @@ SLIM_FLAGS = {
         ("--finetune-lr", "tune.finetune_lr", {"type": float}),
         ("--batch-size", "data.batch_size", POSITIVE),
         ("--budget-minutes", "tune.budget_minutes", {"type": float}),
-        ("--labels", "tune.use_labels", ON),
+        (
+            "--no-labels",
+            "tune.use_labels",
+            OFF | {"help": "distil the teacher's logits alone in the fine-tune (no labels)"},
+        ),
+        ("--labels", "tune.use_labels", ON | {"help": argparse.SUPPRESS}),  # the default now
         ("--linearize-batches", "tune.linearize_batches", {"type": int}),
         ("--all-at-once", "tune.all_at_once", ON),
         ("--from-scratch", "tune.reinit", ON),

@@ -64,21 +64,27 @@ class TuneConfig:
         "whole-network distillation batches after the stages, at most (none: finetune_epochs "
         "whole passes; 0: no fine-tune)",
     )
-    finetune_epochs: int = option(1, "passes over the data in the fine-tune, at most")
-    finetune_lr: float = option(1e-4, "fine-tune learning rate")
+    finetune_epochs: int = option(
+        2, "the fine-tune's budget: passes over the training data (at most finetune_batches)"
+    )
+    finetune_lr: float = option(
+        1e-3,
+        "fine-tune learning rate (1e-3 recovered 1.2 points more than 3e-4 in one pass: "
+        "benchmarks/results/tune_ablation.md)",
+    )
     temperature: float = option(4.0, "distillation temperature of the fine-tune")
     feature_weight: float = option(
-        0.0,
+        1.0,
         "weight, in the fine-tune, of feature distillation at the stages' block boundaries "
         "(their mean normalised error beside the logits'; 0: logits only)",
     )
     merged_lr_scale: float = option(
-        1.0,
+        3.0,
         "the merged layers' learning rate in the fine-tune, as a multiple of finetune_lr "
         "(the layers around them keep finetune_lr)",
     )
     use_labels: bool = option(
-        False, "cross-entropy on the labels beside distillation in the fine-tune (stages never)"
+        True, "cross-entropy on the labels beside distillation in the fine-tune (stages never)"
     )
     all_at_once: bool = option(
         False, "train every merged layer in one stage, judged at the output (for comparison)"
