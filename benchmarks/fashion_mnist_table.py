@@ -13,13 +13,16 @@ from deeprebirth.profiling.machine import cpu_label
 
 LABELS = {
     "teacher": "BVLC GoogLeNet (teacher)",
-    "slimmed": "slimmed, layer-wise (the paper's way)",
+    "slimmed": "slimmed, layer-wise, default tuning recipe",
+    "slimmed_2026_12_03": "slimmed, layer-wise, earlier fine-tune (lr 3e-4, 2 passes)",
     "slimmed_all_at_once": "slimmed, all merged layers at once",
     "slimmed_from_scratch": "slimmed, layer-wise, merged layers from scratch",
     "slimmed_depth": "slimmed + depth compression (conv1-conv2 merged)",
     "slimmed_depth_3a": "slimmed + depth compression (conv2_reduce-inception 3a merged)",
     "slimmed_tucker": "slimmed + Tucker-2",
     "slimmed_tucker_int8": "slimmed + Tucker-2 + int8",
+    "slimmed_tucker_2026_12_03": "slimmed + Tucker-2, earlier fine-tune (of the earlier slimmed)",
+    "slimmed_tucker_int8_2026_12_03": "slimmed + Tucker-2 + int8, earlier (7-bit weights, min/max)",
     "squeezenet1_1": "SqueezeNet 1.1",
     "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
     "mobilenet_v2": "MobileNetV2",
@@ -215,7 +218,28 @@ def paper_table(results: dict) -> str:
                 cells += [_f(acc.get("top1_val"), ".2f"), _f(acc.get("top1_test"), ".2f")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        untimed = [k for k in results["models"] if k not in rows]
+        models = results["models"]
+        retrained = [k for k in rows if k in models and models[k]["date"] > speed["date"]]
+        if trained and retrained:
+            lines += [
+                "Tuned again since this speed run, same architecture (timed then; the weights "
+                "do not change the latency): " + "; ".join(label(k) for k in retrained) + ".",
+                "",
+            ]
+        kept = [k for k in models if k not in rows and "files_at_commit" in models[k]]
+        if trained and kept:
+            lines += [
+                "Earlier runs, replaced and kept for comparison (their architecture is timed "
+                "above; their files are in the commit named): "
+                + "; ".join(
+                    f"{label(k)} (top-1 val {models[k]['top1_val']:.2f}%, test "
+                    f"{models[k]['top1_test']:.2f}%; files at {models[k]['files_at_commit'][:10]})"
+                    for k in kept
+                )
+                + ".",
+                "",
+            ]
+        untimed = [k for k in models if k not in rows and k not in kept]
         if trained and untimed:
             lines += [
                 "Trained since this speed run, not timed yet (`reproduce.py speed --force`): "

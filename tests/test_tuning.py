@@ -396,3 +396,19 @@ def test_feature_distillation_joins_the_fine_tune_at_the_stage_boundaries(tmp_pa
     after = sum(boundary_error(teacher, result, s, x) for s in stages if s.boundary != ["<output>"])
     assert record["stage"] == "finetune" and record["features"] == len(inside)
     assert after < before
+
+
+def test_a_budget_that_ends_runs_early_is_reported(tmp_path):
+    from deeprebirth.tuning.trainer import cut_short, tuning_cost
+
+    teacher, result, loader = tiny_setup()
+    long = TuneConfig(max_batches=10_000, epochs_per_stage=50, finetune_epochs=50)
+    records = tune(result, teacher, loader, long, tmp_path / "a")
+    assert cut_short(records) == {}  # every run did its planned batches
+    cost = tuning_cost(records, 16, 64)
+    assert cost["batches"] == sum(r["steps"] for r in records)
+    assert cost["passes"] == pytest.approx(cost["batches"] / 4, abs=1e-3)
+    teacher, result, loader = tiny_setup()
+    rushed = TuneConfig(max_batches=10_000, epochs_per_stage=50, budget_minutes=1e-4)
+    short = cut_short(tune(result, teacher, loader, rushed, tmp_path / "b"))
+    assert short and all(0 < done < 1 for done in short.values())

@@ -346,7 +346,7 @@ def tune_step(
     from .data import get_dataset, get_loader
     from .slimming import start_from, tune
     from .tuning import distributed
-    from .tuning.trainer import config_dict, tuning_cost
+    from .tuning.trainer import config_dict, cut_short, tuning_cost
 
     data = recipe.data
     train = get_dataset(
@@ -384,7 +384,16 @@ def tune_step(
         f"tuning took {cost['minutes']:.1f} min: {cost['batches']} batches, "
         f"{cost['passes']:.2f} passes over the {len(train):,} training images"
     )
-    record = {"config": config_dict(config), "stages": records, "cost": cost}
+    short = cut_short(records)
+    if short:
+        worst = ", ".join(f"{name} {100 * done:.0f}%" for name, done in short.items())
+        hooks.note(
+            f"tune.budget_minutes ended {len(short)} of {len(records)} runs before their "
+            f"planned batches ({worst} done): the slimmed model is not fully recovered; "
+            "compare its accuracy with the teacher's below, and give more minutes or a budget "
+            "in passes (tune.finetune_epochs) instead"
+        )
+    record = {"config": config_dict(config), "stages": records, "cost": cost, "cut_short": short}
     if recipe.tune.start_from:
         record["start_from"] = recipe.tune.start_from
     return record

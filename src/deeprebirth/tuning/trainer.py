@@ -459,6 +459,7 @@ class Tuner:
             record = {
                 "stage": name,
                 "steps": steps,
+                "planned": planned,
                 "lr": lr,
                 "retries": attempt,
                 "loss_first": first,
@@ -632,6 +633,15 @@ def tuning_cost(records: list[dict], batch_size: int, train_images: int) -> dict
         "minutes": round(sum(r.get("seconds", 0.0) for r in records) / 60, 2),
         "batches": batches,
         "passes": round(batches * batch_size / max(1, train_images), 3),
+    }
+
+
+def cut_short(records: list[dict]) -> dict[str, float]:
+    """The runs a time budget ended before their planned batches: name -> share done."""
+    return {
+        r["stage"]: r["steps"] / r["planned"]
+        for r in records
+        if r.get("planned") and r["steps"] < r["planned"]
     }
 
 
