@@ -219,7 +219,7 @@ def paper_table(results: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         models = results["models"]
-        retrained = [k for k in rows if k in models and models[k]["date"] > speed["date"]]
+        retrained = [k for k in rows if models.get(k, {}).get("date", "") > speed["date"]]
         if trained and retrained:
             lines += [
                 "Tuned again since this speed run, same architecture (timed then; the weights "

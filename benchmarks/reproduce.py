@@ -12,7 +12,8 @@ finished step is skipped unless --force):
   mobilenet_v2          channel, 64x64), then distilled from the teacher for as many epochs
                         of extra training as the students get (EXTRA_EPOCHS)
   slimmed               the students: `deeprebirth run recipes/fashion_mnist_64/STEP.toml`
-                        on the teacher: layer-wise stages, then the fine-tune, the paper's way
+                        on the teacher: layer-wise stages, then the fine-tune (the default
+                        recipe; benchmarks/tune_ablation.py chose it on val)
   slimmed_all_at_once   the same budget, all merged layers trained in one stage
   slimmed_from_scratch  layer-wise, the merged layers re-initialised (the paper's other arm)
   slimmed_depth         the slimmed recipe with the depth chains the plan enables on top
@@ -21,7 +22,8 @@ finished step is skipped unless --force):
                         conv2 and inception 3a's fused heads; the stem keeps its ReLU)
   slimmed_tucker        Tucker-2 on the slimmed model, tuned against it (the paper's order)
   slimmed_tucker_int8   int8 (ONNX Runtime static quantization, calibrated on training
-  squeezenet1_1_int8    images) of each float model
+  squeezenet1_1_int8    images, the calibration method chosen on 1,024 validation images)
+                        of each float model
   mobilenet_v2_int8
   mobilenet_v2_depth    depth compression of the MobileNetV2 reference: activations dropped
                         and the convs around them merged, chosen to reach 0.75 of its ORT
@@ -119,6 +121,7 @@ BATCH = student_recipe("slimmed").data.batch_size
 FINETUNE_EPOCHS = student_recipe("slimmed").tune.finetune_epochs
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 CALIBRATION_IMAGES = 512
+CHOICE_IMAGES = 1024  # validation images the int8 calibration method is chosen on
 
 
 def git(*a: str) -> str:
@@ -379,9 +382,19 @@ def int8(key: str, args) -> None:
 
     calibration = [x for x, _ in islice(loader("train", batch=64), CALIBRATION_IMAGES // 64)]
     check = next(iter(loader("val", batch=64)))[0]
+    # the calibration method is chosen on validation images (the tool's default)
+    choose_on = list(islice(loader("val", batch=64), CHOICE_IMAGES // 64))
     path = WEIGHTS / f"{key}_int8.onnx"
     start = time.time()
-    report = export_int8(float_model(key), ROOT / path, check, calibration, DEFAULT_INT8_FORMAT)
+    report = export_int8(
+        float_model(key),
+        ROOT / path,
+        check,
+        calibration,
+        DEFAULT_INT8_FORMAT,
+        calibration_method="auto",
+        choose_on=choose_on,
+    )
     minutes = (time.time() - start) / 60
     entry = {
         **describe(path, f"int8 of {key}"),
@@ -391,6 +404,7 @@ def int8(key: str, args) -> None:
         "calibration_images": CALIBRATION_IMAGES,
         "from": key,
         "check_on_val": {k: report[k] for k in ("relative_error", "top1_agreement")},
+        **{k: report[k] for k in ("calibration_method", "reduce_range", "int8_choice")},
     }
     record(f"{key}_int8", entry)
 

@@ -79,7 +79,7 @@ def test_tables_from_a_results_file(tmp_path):
     results = fake_results()
     section = readme_section(results)
     assert (
-        "| slimmed, layer-wise (the paper's way) | 92.80 | 92.00 | -0.50 | 2.00 | 2.00x |"
+        "| slimmed, layer-wise, default tuning recipe | 92.80 | 92.00 | -0.50 | 2.00 | 2.00x |"
         in section
     )
     assert "| slimmed + Tucker-2 + int8 | 92.10 | 91.50 | -1.00 | 1.00 | 4.00x |" in section
@@ -95,6 +95,8 @@ def test_tables_from_a_results_file(tmp_path):
     # A model trained after the speed run is listed, with its accuracy, as not timed yet.
     assert "not timed yet" in table and "(top-1 val 81.00%, test 80.50%)" in table
     assert "| slimmed + depth compression" not in table
+    assert "Tuned again since this speed run" not in table and "Earlier runs" not in table
+
     readme = tmp_path / "README.md"
     readme.write_text(
         "intro\n<!-- fashion_mnist_64:begin -->\nold\n<!-- fashion_mnist_64:end -->\nrest\n"
@@ -111,3 +113,20 @@ def test_the_accuracy_latency_plot_is_written(tmp_path):
 
     path = plot_pareto(fake_results(), tmp_path / "p.png")
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replaced_and_retuned_models_are_said_so_in_the_paper_table():
+    results = fake_results()
+    models = results["models"]
+    models["slimmed"]["date"] = "2026-12-05T00:00:00"  # tuned again after the speed run
+    models["slimmed_2026_12_03"] = {
+        "top1_val": 90.6,
+        "top1_test": 90.0,
+        "files_at_commit": "ab" * 20,
+    }
+    table = paper_table(results)
+    assert "Tuned again since this speed run, same architecture" in table
+    assert "slimmed, layer-wise, default tuning recipe." in table
+    assert "(top-1 val 90.60%, test 90.00%; files at abababab" in table
+    # a kept entry is not "trained since the speed run"
+    assert "not timed yet" in table and "90.60%, test 90.00%)" not in table.split("not timed")[1]
