@@ -106,3 +106,19 @@ def test_several_sessions_report_the_median_of_their_medians():
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="unknown runtime"):
         profile(nn.Conv2d(3, 3, 1), runtimes=["tflite"])
+
+
+def test_profiling_gives_the_caller_its_threads_back():
+    import torch
+
+    from deeprebirth import get_model
+    from deeprebirth.profiling import profile
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = get_model("user_models:tiny_cnn")
+        profile(model, runtimes=["torch"], input_size=16, runs=2, threads=1)
+        assert torch.get_num_threads() == 2  # tuning after a profile runs on all of them
+    finally:
+        torch.set_num_threads(before)

@@ -15,9 +15,10 @@ from ..graph.capture import capture, example_input
 from .machine import machine_info
 from .ort_runtime import ort_runner, ort_session
 from .stats import count_macs, count_params, peak_activation_bytes
-from .timing import Timing, measure_interleaved, pin_threads
+from .timing import Timing, measure_interleaved, pin_threads, restores_threads
 
 
+@restores_threads
 def latencies(
     models: dict[str, tuple[nn.Module, torch.Tensor]],
     *,

@@ -15,7 +15,7 @@ from ..graph.taxonomy import KINDS, is_tensor_kind
 from .machine import machine_info
 from .ort_runtime import ort_latency, ort_layer_times
 from .stats import count_macs, count_params, peak_activation_bytes
-from .timing import pin_threads
+from .timing import pin_threads, restores_threads
 from .torch_runtime import torch_latency, torch_layer_times
 
 #: Runtimes with per-layer profiles and timing: PyTorch eager, ONNX Runtime, ExecuTorch with
@@ -49,6 +49,7 @@ def summarize_layers(rows: list[dict]) -> dict:
     }
 
 
+@restores_threads
 def profile(
     model: nn.Module,
     *,

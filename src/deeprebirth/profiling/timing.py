@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import statistics
 import time
@@ -39,6 +40,21 @@ class Timing:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def restores_threads(fn: Callable) -> Callable:
+    """``fn`` pins threads to time; its caller gets its own intra-op thread count back (a
+    profile before tuning had left the tuning on one thread)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
 
 
 def pin_threads(threads: int) -> None:
