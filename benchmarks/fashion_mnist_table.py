@@ -94,9 +94,8 @@ def readme_section(results: dict) -> str:
         "ORT ms 224x224 | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, m in models.items():
-        if key not in HEADLINE:
-            continue
+    for key in (k for k in HEADLINE if k in models):  # in HEADLINE's order
+        m = models[key]
         ms64, ms224 = _ms(s64.get(key), "ort"), _ms(s224.get(key), "ort")
         delta = None if teacher is None else m["top1_test"] - teacher
         cells = [
