@@ -507,3 +507,14 @@ def test_every_command_has_a_working_help(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0, command
         assert "usage:" in capsys.readouterr().out, command
+
+
+def test_labels_that_are_not_the_models_classes_are_left_out_of_the_fine_tune(capsys, tmp_path):
+    # synthetic data has 10 classes; the model has 5 outputs: distil the logits alone
+    args = ["slim", "user_models:tiny_cnn", "--num-classes", "5", "--input-size", "16"]
+    args += ["--data", "synthetic", "--no-eval", "--no-report", "--max-batches", "1"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "not the model's outputs" in err and "use_labels off" in err
+    report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
+    assert report["tuning"]["config"]["use_labels"] is False

@@ -340,10 +340,24 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
     return selection
 
 
+def labels_fit(model: nn.Module, dataset, input_shape) -> bool:
+    """Whether the data's classes are the model's outputs (as many; a data set that does not
+    say is taken to fit), so that its labels can train the model."""
+    import torch
+
+    from .data import num_classes_of
+
+    classes = num_classes_of(dataset)
+    if classes is None:
+        return True
+    with torch.no_grad():
+        return model.eval()(torch.zeros(input_shape)).shape[-1] == classes
+
+
 def tune_step(
     recipe: Recipe, teacher: nn.Module, result, spec: ModelConfig, ctx, out_dir: Path, hooks
 ) -> dict:
-    from .data import get_dataset, get_loader
+    from .data import get_dataset, get_loader, num_classes_of
     from .slimming import start_from, tune
     from .tuning import distributed
     from .tuning.trainer import config_dict, cut_short, tuning_cost
@@ -358,6 +372,12 @@ def tune_step(
     )
     loader = distributed.loader(train, data.batch_size, ctx)
     config = recipe.tune.tune_config()
+    if config.use_labels and not labels_fit(teacher, train, result.plan.input_shape):
+        hooks.note(
+            f"the data's {num_classes_of(train)} classes are not the model's outputs: the "
+            "fine-tune distils the teacher's logits alone (tune.use_labels off)"
+        )
+        config = dataclasses.replace(config, use_labels=False)
     # A stage is kept only if it leaves the student no worse on these held-out images.
     val = get_dataset(data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans)
     probe = list(islice(get_loader(val, data.batch_size), config.probe_batches))

@@ -7,8 +7,11 @@ chains are merged after (``deeprebirth.tuning.linearize``).
 Stage by stage (input side first), the layers a learned merge created are trained so that
 the slimmed network (the *student*, fed by its own already-tuned earlier layers) reproduces
 the original (the *teacher*, frozen) at the merge's block boundary. Then the whole student
-is fine-tuned with knowledge distillation (soft teacher logits; plus cross-entropy when
-labels are used). Stages need images only, no labels.
+is fine-tuned against the teacher: its soft logits, the labels' cross-entropy
+(``use_labels``), and the features at the stages' block boundaries (``feature_weight``),
+the merged layers at ``merged_lr_scale`` times the learning rate. That default won an
+ablation on the validation split (``benchmarks/tune_ablation.py``). Stages need images only,
+no labels.
 
 A checkpoint is written after every stage, and after every pass over the data within a
 run longer than one pass (weights, optimizer, schedule); ``resume=True`` continues from the
