@@ -551,12 +551,9 @@ def describe_export(fmt: str, int8: str | None = None) -> str:
     )
 
 
-def calibration_batches(data: str, spec: ModelConfig, images: int, batch: int = 64) -> list:
+def calibration_batches(data: str, spec: ModelConfig, images: int) -> list:
     """The first ``images`` training images (the same every run), for int8 ranges."""
-    from .data import get_dataset, get_loader
-
-    ds = get_dataset(data, "train", input_size=spec.input_size, in_chans=spec.in_chans)
-    return list(islice((x for x, _ in get_loader(ds, batch)), -(-images // batch)))
+    return [x for x, _ in labelled_batches(data, "train", spec.input_size, spec.in_chans, images)]
 
 
 def labelled_batches(data: str, split: str, size: int, chans: int, images: int) -> list:
