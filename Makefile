@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[dev,mobile]' $(TORCH_PINS) $(EXECUTORCH_PIN)
+	$(PIP) install --quiet -e '.[dev,mobile,timm]' $(TORCH_PINS) $(EXECUTORCH_PIN)
 	touch $@
 
 data:

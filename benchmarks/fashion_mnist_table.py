@@ -225,6 +225,10 @@ def paper_table(results: dict) -> str:
                 "do not change the latency): " + "; ".join(label(k) for k in retrained) + ".",
                 "",
             ]
+        def files_at(entry: dict) -> str:
+            commit = entry["files_at_commit"]
+            return f"files at {commit[:10]}" if commit else "files not kept"
+
         kept = [k for k in models if k not in rows and "files_at_commit" in models[k]]
         if trained and kept:
             lines += [
@@ -232,7 +236,7 @@ def paper_table(results: dict) -> str:
                 "above; their files are in the commit named): "
                 + "; ".join(
                     f"{label(k)} (top-1 val {models[k]['top1_val']:.2f}%, test "
-                    f"{models[k]['top1_test']:.2f}%; files at {models[k]['files_at_commit'][:10]})"
+                    f"{models[k]['top1_test']:.2f}%; {files_at(models[k])})"
                     for k in kept
                 )
                 + ".",

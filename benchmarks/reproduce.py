@@ -168,14 +168,23 @@ def record(key: str, entry: dict, provenance: dict | None = None) -> None:
 
 def keep(key: str, new_key: str) -> None:
     """Move the entry ``key`` to ``new_key`` before a new run replaces its files: its numbers
-    stay, and it names the commit that holds its files."""
+    stay, and it names the commit that holds its files (None when they were never
+    committed: the numbers are kept, the files are not)."""
     results = load_results()
     if new_key in results["models"]:
         sys.exit(f"reproduce.py: {new_key} has an entry already")
     entry = results["models"].pop(key)
-    results["models"][new_key] = {**entry, "files_at_commit": git("rev-parse", "HEAD")}
+    files = [
+        str(p)
+        for p in (WEIGHTS / key, WEIGHTS / f"{key}.safetensors", WEIGHTS / f"{key}.onnx")
+        if p.exists()
+    ]
+    committed = bool(files) and not git("status", "--porcelain", "--", *files)
+    commit = git("rev-parse", "HEAD") if committed else None
+    results["models"][new_key] = {**entry, "files_at_commit": commit}
     write_json(RESULTS, results)
-    print(f"{key}: its entry is kept as {new_key} (files at {git('rev-parse', 'HEAD')[:10]})")
+    where = f"files at {commit[:10]}" if commit else "its files were never committed: not kept"
+    print(f"{key}: its entry is kept as {new_key} ({where})")
 
 
 def loader(split: str, size: int = SIZE, in_chans: int = CHANS, batch: int = 256):

@@ -110,6 +110,93 @@ def test_fuse_parallel():
     gm(x.requires_grad_()).sum().backward()  # split views are not modified in place
 
 
+class RepBlock(nn.Module):
+    """RepVGG/ACNet/diverse-branch style: linear branches on one input, summed."""
+
+    def __init__(self, c=4, groups=1, stride=1):
+        super().__init__()
+        self.k3 = nn.Sequential(nn.Conv2d(c, c, 3, stride, 1, groups=groups), nn.BatchNorm2d(c))
+        self.k1 = nn.Sequential(nn.Conv2d(c, c, 1, stride, groups=groups), nn.BatchNorm2d(c))
+        self.row = nn.Conv2d(c, c, (1, 3), stride, (0, 1), groups=groups, bias=False)
+        self.col = nn.Conv2d(c, c, (3, 1), stride, (1, 0), groups=groups)
+        self.k5 = nn.Conv2d(c, c, 5, stride, 2, groups=groups)
+        self.bn = nn.BatchNorm2d(c)
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = 0.5 + self.k3(x) + self.k1(x)
+        out += self.row(x) + self.col(x)
+        out = torch.add(out, self.k5(x))
+        if self.k3[0].stride == (1, 1):
+            out = out + self.bn(x) + x + self.pool(x)
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("groups,stride", [(1, 1), (2, 1), (4, 1), (1, 2)])
+def test_sum_parallel_merges_summed_linear_branches_into_one_conv(groups, stride):
+    model = randomize_bn(RepBlock(groups=groups, stride=stride)).eval()
+    x = torch.randn(2, 4, 9, 9)
+    gm, entries = find_and_apply(model, "fold_batchnorm", x)
+    propagate_shapes(gm, x)
+    (entry,) = MERGES["sum_parallel"].find(gm)
+    assert entry.exact and entry.nodes[0] == "k3.0"
+    assert entry.geometry == {
+        "kernel": [5, 5],
+        "stride": [stride, stride],
+        "padding": [2, 2],
+        "groups": groups,
+        "branches": 8 if stride == 1 else 5,
+    }
+    assert entry.note.startswith("5x5 conv + 3x3 conv + 1x3 conv + 3x1 conv + 1x1 conv")
+    MERGES["sum_parallel"].apply(gm, entry)
+    layers = [t for t in types_in(gm) if t not in (type(gm), nn.Module)]
+    assert layers == [nn.Conv2d, nn.ReLU]  # one conv, groups kept
+    assert gm.get_submodule("k3.0").groups == groups
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sum_parallel_counts_the_macs_it_saves():
+    model = randomize_bn(RepBlock()).eval()
+    plan = make_plan(model, torch.randn(1, 4, 8, 8))
+    (entry,) = [e for e in plan.entries if e.kind == "sum_parallel"]
+    # 3x3 + 1x1 + 1x3 + 3x1 + 5x5 taps become one 5x5: 3x3 + 1 + 3 + 3 taps saved
+    assert entry.macs_saved == 4 * 4 * 64 * (9 + 1 + 3 + 3)
+
+
+class NotOneInput(nn.Module):
+    """Sums that are not linear branches of one input: a residual block, a conv whose
+    output is also read elsewhere, a broadcast, convs with different strides."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.c, self.d = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.e, self.f = nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 1, 2)
+        self.g = nn.Conv2d(4, 1, 1)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x))) + x  # residual: the branches read different inputs
+        tap = self.c(y)
+        z = tap + self.d(y)  # c is also read below
+        w = self.g(z) + z  # broadcast over channels
+        v = self.e(w) + self.pool(w)  # merges: the 2x2 pool is a corner of a 3x3 kernel
+        return v, tap
+
+
+def test_sum_parallel_leaves_other_sums_alone():
+    model = NotOneInput().eval()
+    x = torch.randn(1, 4, 8, 8)
+    gm = capture(model)
+    propagate_shapes(gm, x)
+    entries = MERGES["sum_parallel"].find(gm)
+    assert [e.nodes for e in entries] == [["e", "pool"]]
+    MERGES["sum_parallel"].apply(gm, entries[0])
+    for out, ref in zip(gm(x), model(x), strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_streamline_conv_relu_pool_lrn():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 7, 2, 3),

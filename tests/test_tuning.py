@@ -381,6 +381,37 @@ def test_merged_layers_get_their_own_learning_rate_in_the_fine_tune(tmp_path, mo
     assert fast_lr == pytest.approx(10 * slow_lr) and slow_lr == pytest.approx(1e-3)
 
 
+def test_tucker_factors_keep_the_base_learning_rate_in_the_fine_tune(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+    result = slim(teacher, input_size=16, tucker=True, rank_ratio=0.5)
+    assert {"streamline:0", "tucker:3"} <= set(result.report.applied)
+    _, _, loader = tiny_setup()
+    factors = {id(p) for p in result.model.get_submodule("3").parameters()}
+    streamlined = {id(p) for p in result.model.get_submodule("0").parameters()}
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append([{id(p) for p in g["params"]} for g in self.param_groups])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    tune(result, teacher, loader, TuneConfig(max_batches=0, finetune_batches=1), tmp_path)
+    slow, fast = seen[0]
+    assert factors and factors <= slow  # Tucker-2's factors of conv 3: the base rate
+    assert streamlined and streamlined <= fast  # the streamlined conv: merged_lr_scale
+
+
 def test_feature_distillation_joins_the_fine_tune_at_the_stage_boundaries(tmp_path):
     torch.manual_seed(0)
     teacher, result, loader = tiny_setup()

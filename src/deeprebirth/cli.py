@@ -71,7 +71,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from .zoo import list_models, model_meta
 
-    table = Table(title="models (`deeprebirth profile NAME`; own models: package.module:factory)")
+    table = Table(
+        title="models (`deeprebirth profile NAME`; also timm:NAME, own models: "
+        "package.module:factory)"
+    )
     for col in ("name", "source", "input"):
         table.add_column(col)
     for name in list_models(args.pattern):
@@ -197,7 +200,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- the parser ----------------------------------------------------------------------------
 
 
-MODEL_KINDS = "zoo name, slimmed directory, weights file from deeprebirth, or .onnx/.pte file"
+MODEL_KINDS = (
+    "zoo name, timm:NAME, slimmed directory, weights file from deeprebirth, or .onnx/.pte file"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

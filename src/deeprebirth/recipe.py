@@ -39,7 +39,8 @@ RECIPE_FILE = "recipe.toml"
 @dataclass
 class ModelConfig:
     name: str = option(
-        help="zoo name (`deeprebirth models`), package.module:factory, or a slimmed directory"
+        help="zoo name (`deeprebirth models`), timm:NAME, package.module:factory, or a "
+        "slimmed directory"
     )
     checkpoint: str | None = option(None, "weights: .safetensors or a PyTorch state dict")
     pretrained: bool = option(False, "torchvision weights from the local cache only")

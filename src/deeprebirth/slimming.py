@@ -115,7 +115,8 @@ def tune(
         reinitialise(result.model, sorted({t for s in stages for t in s.trainable}))
     if config.all_at_once and stages:
         names = sorted({t for s in stages for t in s.trainable})
-        stages = [Stage("all_at_once", names, ["<output>"])]
+        kept = sorted({a for s in stages for a in s.approximating})
+        stages = [Stage("all_at_once", names, ["<output>"], kept)]
     tuner = Tuner(
         teacher_gm,
         result.model,

@@ -6,11 +6,53 @@ node, so the graph reads in the paper's terms: one node per layer.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
+from collections.abc import Callable
+
 import torch
 from torch import fx, nn
 
 from ..errors import TraceError
 from .taxonomy import is_leaf_type
+
+
+def _batchnorm_act(layer: nn.BatchNorm2d) -> nn.Module:
+    """timm's BatchNormAct2d (a batch-norm that also runs dropout and an activation) as the
+    three layers it computes, so that the batch-norm folds and the activation is seen."""
+    bn = nn.BatchNorm2d(
+        layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+    ).to(layer.weight.device if layer.weight is not None else None)
+    own = {k: v for k, v in layer.state_dict().items() if "." not in k}
+    bn.load_state_dict(own)
+    parts = OrderedDict(bn=bn, drop=layer.drop, act=layer.act)
+    kept = OrderedDict((k, v) for k, v in parts.items() if type(v) is not nn.Identity)
+    return nn.Sequential(kept).train(layer.training)
+
+
+#: Layers of other libraries that compute several layers in one module, by qualified class
+#: name (no import of the library needed) -> the layers they compute, as one module.
+#: Captured graphs see the parts: a batch-norm that folds, an activation that counts.
+SPLIT_LAYERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "timm.layers.norm_act.BatchNormAct2d": _batchnorm_act,
+}
+
+
+def _qualified_name(layer: nn.Module) -> str:
+    return f"{type(layer).__module__}.{type(layer).__qualname__}"
+
+
+def split_layers(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it with every ``SPLIT_LAYERS`` layer replaced by its parts."""
+    if not any(_qualified_name(m) in SPLIT_LAYERS for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for name, layer in list(model.named_modules()):
+        split = SPLIT_LAYERS.get(_qualified_name(layer))
+        if split is not None and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, split(layer))
+    return model
 
 
 class LayerTracer(fx.Tracer):
@@ -29,6 +71,7 @@ def capture(model: nn.Module) -> fx.GraphModule:
     """
     if isinstance(model, fx.GraphModule):
         return model
+    model = split_layers(model)
     try:
         graph = LayerTracer().trace(model)
     except Exception as e:  # fx raises many types (TraceError, TypeError, ...)

@@ -53,6 +53,7 @@ def make_plan(
     macs = count_macs(gm, example)
     for phase in phases(depth=depth, tucker=compression):
         propagate_shapes(gm, example)
+        stale = False  # whether an applied entry changed shapes since
         found = [entry for merge in phase for entry in merge.find(gm)]
         merge_of = {m.kind: m for m in phase}
         alternatives = any(m.alternatives for m in phase)
@@ -67,12 +68,14 @@ def make_plan(
             if not entry.enabled:
                 continue
             merge = merge_of[entry.kind]
-            if merge.needs_shapes:
-                propagate_shapes(gm, example)  # an earlier entry may have changed shapes
+            if merge.needs_shapes and stale:
+                propagate_shapes(gm, example)  # an earlier entry changed shapes
+                stale = False
             merge.apply(gm, entry)
+            stale = stale or not merge.keeps_shapes
             if merge.keeps_macs:
                 entry.macs_saved = 0
-            elif not alternatives:
+            elif not alternatives and not merge.counts_macs:
                 after = count_macs(gm, example)
                 entry.macs_saved, macs = macs - after, after
         if alternatives:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -26,6 +28,12 @@ class Merge:
     #: True for merges that remove only layers with no multiply-accumulates (batch-norm,
     #: dropout): the plan records 0 MACs saved without counting.
     keeps_macs: bool = False
+    #: True for merges whose ``find`` records each entry's ``macs_saved`` (counted on the
+    #: layers it replaces): the plan does not count the whole network after each one.
+    counts_macs: bool = False
+    #: True for merges whose ``apply`` leaves every node's recorded shape true (it removes
+    #: or replaces layers by ones of the same output shape): no shape propagation after it.
+    keeps_shapes: bool = False
 
     def find(self, gm: fx.GraphModule) -> list[PlanEntry]:
         raise NotImplementedError
@@ -146,3 +154,32 @@ def conv_macs(conv: nn.Conv2d, output_shape) -> int:
     n, c, h, w = output_shape
     kh, kw = pair(conv.kernel_size)
     return n * c * h * w * (conv.in_channels // conv.groups) * kh * kw
+
+
+def dense_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv``'s weight as a groups=1 weight (zeros between the groups)."""
+    w, g = conv.weight, conv.groups
+    if g == 1:
+        return w
+    out_g, in_g = conv.out_channels // g, conv.in_channels // g
+    dense = w.new_zeros(conv.out_channels, conv.in_channels, *w.shape[2:])
+    for j in range(g):
+        dense[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] = w[
+            j * out_g : (j + 1) * out_g
+        ]
+    return dense
+
+
+def grouped_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The grouped weight of a block-diagonal dense one (the inverse of ``dense_weight``)."""
+    out_g, in_g = weight.shape[0] // groups, weight.shape[1] // groups
+    return torch.cat(
+        [weight[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] for j in range(groups)]
+    )
+
+
+def called_once(gm: fx.GraphModule) -> set[str]:
+    """Modules the graph calls from one place only: a merge may replace those (a module
+    called twice shares its weights with another call site, which must not change)."""
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    return {target for target, count in calls.items() if count == 1}

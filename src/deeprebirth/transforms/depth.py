@@ -31,14 +31,25 @@ import bisect
 import copy
 import math
 import operator
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..plan.plan import PlanEntry, PlanError
-from .base import Merge, conv_macs, finish, module_node, modules_of, pair, set_module, shape_of
+from .base import (
+    Merge,
+    called_once,
+    conv_macs,
+    dense_weight,
+    finish,
+    grouped_weight,
+    module_node,
+    modules_of,
+    pair,
+    set_module,
+    shape_of,
+)
 
 #: Element-wise activations a chain may drop (modules and functions).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU)
@@ -46,20 +57,6 @@ ACTIVATION_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.hardswish, F.silu, F.gelu
 #: The longest chain considered, in convs.
 MAX_CHAIN = 3
 ADDS = (operator.add, torch.add)
-
-
-def dense_weight(conv: nn.Conv2d) -> torch.Tensor:
-    """``conv``'s weight as a groups=1 weight (zeros between the groups)."""
-    w, g = conv.weight, conv.groups
-    if g == 1:
-        return w
-    out_g, in_g = conv.out_channels // g, conv.in_channels // g
-    dense = w.new_zeros(conv.out_channels, conv.in_channels, *w.shape[2:])
-    for j in range(g):
-        dense[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] = w[
-            j * out_g : (j + 1) * out_g
-        ]
-    return dense
 
 
 def _connections(conv: nn.Conv2d) -> torch.Tensor:
@@ -85,14 +82,6 @@ def chain_groups(convs: list[nn.Conv2d], residual: bool = False) -> int:
         if not reach[~inside].any():
             return g
     return 1
-
-
-def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """The grouped weight of a block-diagonal dense one."""
-    out_g, in_g = weight.shape[0] // groups, weight.shape[1] // groups
-    return torch.cat(
-        [weight[j * out_g : (j + 1) * out_g, j * in_g : (j + 1) * in_g] for j in range(groups)]
-    )
 
 
 def chain_geometry(convs: list[nn.Conv2d]) -> dict:
@@ -149,7 +138,7 @@ def compose_convs(convs: list[nn.Conv2d], residual: bool = False) -> nn.Conv2d:
         bias=bias is not None,
     ).to(first.weight.device, first.weight.dtype)
     with torch.no_grad():
-        merged.weight.copy_(_grouped(weight, groups))
+        merged.weight.copy_(grouped_weight(weight, groups))
         if bias is not None:
             merged.bias.copy_(bias)
     return merged
@@ -174,13 +163,6 @@ def activation_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 and users[0].args[:1] == (node,) else None
-
-
-def _called_once(gm: fx.GraphModule) -> set[str]:
-    """Modules the graph calls from one place only: a merge may replace those (a module
-    called twice shares its weights with another call site, which must not change)."""
-    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
-    return {target for target, count in calls.items() if count == 1}
 
 
 def _links(
@@ -230,7 +212,7 @@ class _ConvChain(Merge):
 
     def find(self, gm):
         modules = modules_of(gm)
-        once = _called_once(gm)
+        once = called_once(gm)
         entries = []
         for n in gm.graph.nodes:
             if _conv(n, modules) is None or n.target not in once:
@@ -306,7 +288,7 @@ class _ConvChain(Merge):
         convs = [n for n in chain if _conv(n, modules) is not None]
         if len(convs) < 2 or any(n not in convs and not activation_node(n, modules) for n in chain):
             raise PlanError(f"plan entry {entry.id}: the chain is no longer convs and activations")
-        once = _called_once(gm)
+        once = called_once(gm)
         if any(c.target not in once for c in convs):
             raise PlanError(
                 f"plan entry {entry.id}: a conv of the chain is called from elsewhere too"

@@ -13,15 +13,17 @@ from ..plan.plan import Plan, PlanEntry, PlanError
 from .base import Merge, propagate_shapes
 from .branch import BlockPool, BranchPool
 from .depth import DropActivation, MergeConvs
-from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel
+from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel, SumParallel
 from .streamline import Streamline
 from .tucker import Tucker
 
 #: Merges in the order they are found and applied. Later phases look at the graph the
-#: earlier ones left: batch-norm is folded before a streamline run is followed, branch
-#: heads lose their pools before a block is strided, and the heads are fused last.
+#: earlier ones left: batch-norm is folded before summed branches are merged and before a
+#: streamline run is followed, branch heads lose their pools before a block is strided,
+#: and the heads are fused last.
 PHASES: tuple[tuple[Merge, ...], ...] = (
     (DropLayer(), FoldBatchNorm(), AvgPoolConv()),
+    (SumParallel(),),
     (Streamline(), BranchPool()),
     (BlockPool(),),
     (FuseParallel(),),
@@ -143,11 +145,12 @@ def _apply(
     gm: fx.GraphModule, entries: list[PlanEntry], example: torch.Tensor, report: SlimReport
 ) -> list[PlanEntry]:
     """Apply ``entries`` in order; returns those applied (also listed in ``report``)."""
-    applied = []
+    applied, stale = [], True
     for entry in entries:
         merge = MERGES[entry.kind]
-        if merge.needs_shapes:
+        if merge.needs_shapes and stale:
             propagate_shapes(gm, example)
+            stale = False
         try:
             merge.apply(gm, entry)
         except PlanError:
@@ -157,6 +160,7 @@ def _apply(
             # a learned merge would have removed): skip it too. Merges check before changing.
             report.skipped.append(entry.id)
             continue
+        stale = stale or not merge.keeps_shapes
         report.applied.append(entry.id)
         applied.append(entry)
     return applied

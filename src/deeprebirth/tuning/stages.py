@@ -8,7 +8,7 @@ output shape. Stages are ordered from the input side to the output side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -24,6 +24,15 @@ class Stage:
     trainable: list[str]
     #: Module names (in both networks) whose outputs the student must reproduce.
     boundary: list[str]
+    #: Trainable layers that an approximating merge (``APPROXIMATIONS``) created and no
+    #: other merge gave a new job: the fine-tune keeps them at its base learning rate.
+    approximating: list[str] = field(default_factory=list)
+
+
+#: Merges whose new layers approximate the layer they replace (a compression), rather than
+#: take over the job of layers that are gone. Tucker-2 factors every conv: with the merged
+#: layers' learning rate on its factors, the whole network would train at that rate.
+APPROXIMATIONS = frozenset({"tucker"})
 
 
 def _module_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
@@ -81,13 +90,15 @@ def find_stages(
             and shape_of(node) == shape_of(t_nodes[node.target])
         )
 
-    stages = []
+    stages, new_jobs = [], set()
     for entry in plan.entries:
         if entry.exact or entry.id not in applied:
             continue
         starts = {t for name in _seeds(entry, teacher) for t in _resolve(name, student)}
         if not starts:
             continue
+        if entry.kind not in APPROXIMATIONS:
+            new_jobs |= starts
         trainable, boundary, seen = [], [], set()
         frontier = [s_nodes[s] for s in sorted(starts)]
         while frontier:  # walk downstream until layers the teacher also has, same shape
@@ -106,7 +117,12 @@ def find_stages(
             frontier.extend(node.users)
         trainable.sort(key=lambda t: order[s_nodes[t]])
         stages.append(
-            Stage(entry.id, trainable, sorted({b for b in boundary if b}) or ["<output>"])
+            Stage(
+                entry.id,
+                trainable,
+                sorted({b for b in boundary if b}) or ["<output>"],
+                sorted(starts) if entry.kind in APPROXIMATIONS else [],
+            )
         )
     # Merges that train the same layers against the same boundary are one stage.
     merged: dict[tuple, Stage] = {}
@@ -114,9 +130,12 @@ def find_stages(
         key = (tuple(st.trainable), tuple(st.boundary))
         if key in merged:
             merged[key].id += f"+{st.id}"
+            merged[key].approximating += st.approximating
         else:
             merged[key] = st
     stages = [st for st in merged.values() if st.trainable]
+    for st in stages:
+        st.approximating = sorted(set(st.approximating) - new_jobs)
     stages.sort(key=lambda st: order[s_nodes[st.trainable[0]]])
     return stages
 

@@ -84,7 +84,7 @@ class TuneConfig:
     merged_lr_scale: float = option(
         3.0,
         "the merged layers' learning rate in the fine-tune, as a multiple of finetune_lr "
-        "(the layers around them keep finetune_lr)",
+        "(the layers around them, and Tucker-2's factors, keep finetune_lr)",
     )
     use_labels: bool = option(
         True, "cross-entropy on the labels beside distillation in the fine-tune (stages never)"
@@ -542,7 +542,12 @@ class Tuner:
         params = list(self.student.parameters())
         for p in params:
             p.requires_grad_(True)
-        merged = {p for st in self.stages for p in trainable_parameters(self.student, st.trainable)}
+        kept = {name for st in self.stages for name in st.approximating}  # Tucker's factors
+        merged = {
+            p
+            for st in self.stages
+            for p in trainable_parameters(self.student, [t for t in st.trainable if t not in kept])
+        }
         features = self.boundaries() if self.config.feature_weight else []
         student, teacher = self.student, self.teacher
         if features:  # both return the boundaries' feature maps, then the logits

@@ -1,10 +1,11 @@
 """The model registry: ``register_model``, ``get_model``, ``list_models``.
 
-Three sources of models, one entry point:
+Four sources of models, one entry point:
 
 * models defined in this package (``bvlc_googlenet``, ``bvlc_alexnet``), registered with
   :func:`register_model` together with facts about them (``ModelEntry.meta``);
 * every torchvision classification model, by its torchvision name;
+* every timm model, as ``timm:NAME`` (the optional ``deeprebirth[timm]``);
 * a user's own model, as ``package.module:factory``.
 """
 
@@ -70,10 +71,43 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+#: The prefix naming a timm model: ``timm:repvgg_a0``.
+TIMM_PREFIX = "timm:"
+
+
+def _timm():
+    """timm, or a one-line error saying how to install it (an optional dependency)."""
+    try:
+        import timm  # optional: only timm:NAME models need it
+    except ImportError as e:
+        raise DeepRebirthError(
+            "timm models need timm: pip install 'deeprebirth[timm]' (or pip install timm)"
+        ) from e
+    return timm
+
+
+def _timm_model(name: str, pretrained: bool, **config: Any) -> nn.Module:
+    timm = _timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"timm has no model {name!r}{hint}")
+    if pretrained:
+        raise CheckpointError(
+            f"deeprebirth never downloads weights: pass timm:{name}'s weights with --checkpoint "
+            "(a .safetensors file or a state dict)"
+        )
+    return timm.create_model(name, pretrained=False, **config)
+
+
 def model_meta(name: str) -> dict[str, Any]:
     """Facts about a model (input size, channels, source); defaults for torchvision/user."""
     if name in _REGISTRY:
         return dict(_REGISTRY[name].meta)
+    if name.startswith(TIMM_PREFIX):
+        cfg = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        size = cfg.input_size[-1] if cfg is not None and cfg.input_size else 224
+        return {"input_size": size, "in_chans": 3, "source": "timm"}
     if ":" in name:
         return {"input_size": 224, "in_chans": 3, "source": "user"}
     size = 299 if name.startswith("inception") else 224
@@ -152,8 +186,9 @@ def get_model(
     """Build a model by name, in eval mode, optionally with weights.
 
     Args:
-        name: a registered name (``list_models()``), a torchvision model name, or
-            ``package.module:factory`` for a user's own model.
+        name: a registered name (``list_models()``), a torchvision model name,
+            ``timm:NAME`` for a timm model, or ``package.module:factory`` for a user's own
+            model.
         checkpoint: a ``.safetensors`` file or a PyTorch state dict (loaded with
             ``weights_only=True``; pickled code is refused).
         pretrained: torchvision weights from the local torch cache (never downloaded).
@@ -164,6 +199,8 @@ def get_model(
     """
     if name in _REGISTRY:
         model = _REGISTRY[name].factory(**config)
+    elif name.startswith(TIMM_PREFIX):
+        model = _timm_model(name.removeprefix(TIMM_PREFIX), pretrained, **config)
     elif ":" in name:
         model = _user_model(name, **config)
     elif name in _torchvision_names():
@@ -180,7 +217,7 @@ def get_model(
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}{hint} (`deeprebirth models` lists them all; "
-            "your own model: package.module:factory)"
+            "timm's: timm:NAME; your own model: package.module:factory)"
         )
     if pretrained and name in _REGISTRY:
         raise DeepRebirthError(f"{name} has no pretrained weights; pass --checkpoint")
