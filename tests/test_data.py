@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deeprebirth import data
-from deeprebirth.errors import DataNotFoundError
+from deeprebirth import cli, data
+from deeprebirth.errors import DataError, DataNotFoundError
 
 
 def write_idx(path, array: np.ndarray, compress: bool):
@@ -92,6 +92,20 @@ def test_image_folder(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "cat" / "x.png")
     assert len(data.get_dataset(str(tmp_path), "val", input_size=16)) == 1  # its own val/
     assert len(data.get_dataset(str(tmp_path), "train", input_size=16)) == 4
+
+
+def test_an_unreadable_image_is_named_in_one_line(tmp_path, capsys):
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (20, 30)).save(tmp_path / "cat" / "good.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "cat" / "truncated.jpg")
+    bad = tmp_path / "cat" / "truncated.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    ds = data.get_dataset(str(tmp_path), "test", input_size=16)
+    with pytest.raises(DataError, match=r"cannot read image .*truncated\.jpg"):
+        [ds[i] for i in range(len(ds))]
+    rc = cli.main(["evaluate", "bvlc_googlenet", "--data", str(tmp_path), "--input-size", "32"])
+    said = "".join(capsys.readouterr())
+    assert rc == 2 and "truncated.jpg" in said and "internal error" not in said
 
 
 def test_unknown_split():

@@ -6,6 +6,7 @@ from torch import nn
 
 from deeprebirth.graph import capture, example_input
 from deeprebirth.plan import make_plan
+from deeprebirth.slimming import slim
 from deeprebirth.transforms import MERGES, propagate_shapes
 from deeprebirth.zoo import LocalResponseNorm, get_model
 
@@ -266,3 +267,27 @@ def test_block_pool_strides_the_block_heads():
 @pytest.mark.parametrize("kind", sorted(MERGES))
 def test_every_merge_has_a_kind_and_exactness(kind):
     assert MERGES[kind].kind == kind and isinstance(MERGES[kind].exact, bool)
+
+
+class Unread(nn.Module):
+    """A layer whose output nothing reads (as timm's DLA computes a projection it drops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.unused = nn.Identity()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        self.unused(y)
+        return self.pool(torch.relu(y))
+
+
+def test_a_plan_applies_to_the_model_it_was_made_for_when_a_layer_is_never_read():
+    model = randomize_bn(Unread()).eval()
+    result = slim(model, input_size=8, exact_only=True)
+    assert "fold_batchnorm:conv" in result.report.applied
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)

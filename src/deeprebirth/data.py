@@ -21,11 +21,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import extract_archive
 
-from .errors import DataNotFoundError
+from .errors import DataError, DataNotFoundError
 
 FASHION_MNIST = "fashion-mnist"
 SYNTHETIC = "synthetic"
@@ -157,6 +158,14 @@ def _split_of(dataset, split: str, n_val: int) -> Dataset:
     return subset
 
 
+def read_image(path: str) -> Image.Image:
+    """An ImageFolder image as RGB, or a one-line error naming the file that cannot be read."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, corrupt, not an image
+        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from e
+
+
 def _image_folder(path: Path, split: str, transform) -> Dataset:
     if not path.is_dir():
         raise DataNotFoundError(
@@ -175,7 +184,7 @@ def _image_folder(path: Path, split: str, transform) -> Dataset:
         sub = "train" if has["train"] else None
     root = path / sub if sub else path
     try:
-        ds = datasets.ImageFolder(root, transform=transform)
+        ds = datasets.ImageFolder(root, transform=transform, loader=read_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataNotFoundError(f"no images found in {root}: {e}") from e
     if split == "test" or own_val or len(ds) < 2:

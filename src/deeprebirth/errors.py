@@ -22,5 +22,9 @@ class DataNotFoundError(DeepRebirthError, FileNotFoundError):
     """A data set that cannot be found where we looked."""
 
 
+class DataError(DeepRebirthError):
+    """A data file that cannot be read (a corrupt or truncated image)."""
+
+
 class TraceError(DeepRebirthError):
     """A model that torch.fx cannot capture as a graph."""

@@ -7,6 +7,7 @@ node, so the graph reads in the paper's terms: one node per layer.
 from __future__ import annotations
 
 import copy
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -55,11 +56,31 @@ def split_layers(model: nn.Module) -> nn.Module:
     return model
 
 
+def _library_leaves() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    """The modules and functions a model library registered as not traceable by torch.fx
+    (timm's ``register_notrace_module``/``_function``: a shape check, a padding computed
+    from the input size), when that library is loaded: they stay leaves, called as a whole."""
+    if "timm" not in sys.modules:  # a timm model imported timm already; never import it here
+        return (), ()
+    from timm.models import get_notrace_functions, get_notrace_modules
+
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+
+
 class LayerTracer(fx.Tracer):
-    """A tracer that keeps every taxonomy layer (including subclasses) as a leaf module."""
+    """A tracer that keeps every taxonomy layer (including subclasses), and what a model
+    library registered as not traceable, as a leaf."""
+
+    def __init__(self):
+        self.library_modules, functions = _library_leaves()
+        super().__init__(autowrap_functions=functions)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_leaf_type(m) or super().is_leaf_module(m, module_qualified_name)
+        return (
+            is_leaf_type(m)
+            or isinstance(m, self.library_modules)
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
 def capture(model: nn.Module) -> fx.GraphModule:
@@ -80,8 +101,13 @@ def capture(model: nn.Module) -> fx.GraphModule:
             f"torch.fx cannot trace {type(model).__name__}: {cause} "
             "(data-dependent control flow must be moved into a leaf module)"
         ) from e
-    name = type(model).__name__
-    gm = fx.GraphModule(model, graph, name)
+    # Layers whose output nothing reads (timm's DLA computes a projection it never uses)
+    # go now: a merge's clean-up would drop them later, and a plan made before that would
+    # name layers that applying it cannot find.
+    gm = fx.GraphModule(model, graph, type(model).__name__)
+    if gm.graph.eliminate_dead_code():
+        gm.delete_all_unused_submodules()
+        gm.recompile()
     gm.training = model.training
     return gm
 

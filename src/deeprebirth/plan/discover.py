@@ -10,7 +10,7 @@ from torch import nn
 
 from ..graph.capture import capture
 from ..profiling.stats import count_macs
-from .plan import Plan
+from .plan import Plan, PlanError
 
 
 def make_plan(
@@ -50,7 +50,12 @@ def make_plan(
     compression = Tucker(rank_ratio, pointwise_ratio) if tucker else None
     gm = capture(copy.deepcopy(model)).eval()
     entries = []
-    macs = count_macs(gm, example)
+    try:
+        macs = count_macs(gm, example)
+    except RuntimeError as e:  # e.g. an input smaller than the network's kernels
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shape = "x".join(map(str, example.shape))
+        raise PlanError(f"{name} does not run on a {shape} input: {cause}") from e
     for phase in phases(depth=depth, tucker=compression):
         propagate_shapes(gm, example)
         stale = False  # whether an applied entry changed shapes since

@@ -1,0 +1,142 @@
+"""Re-parameterizable timm models, exact-only slim against timm's own ``reparameterize()``.
+
+    .venv/bin/python benchmarks/timm_reparam.py [--models repvgg_a0,mobileone_s0] [--size 224]
+
+For each model (random weights, batch-norm statistics randomised so that every fold
+matters): the original, ``deeprebirth.slim(model, exact_only=True)`` (which finds the summed
+branches itself: ``sum_parallel``) and timm's ``reparameterize_model`` (each family's own
+code), exported to ONNX and timed side by side in ONNX Runtime, interleaved in one
+process, 1 thread, batch 1, medians. Output parity of both against the original is the
+largest absolute difference over the largest absolute output (float32, eager).
+
+Writes benchmarks/results/timm_reparam.{json,md} with the command, commit, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeprebirth import get_model
+from deeprebirth.export.onnx import to_onnx
+from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.graph import example_input
+from deeprebirth.profiling.machine import cpu_label, machine_info
+from deeprebirth.profiling.ort_runtime import ort_runner, ort_session
+from deeprebirth.profiling.timing import measure_interleaved
+from deeprebirth.slimming import slim
+from deeprebirth.transforms.runner import relative_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from depth_speed import git_commit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results"
+ARMS = ("original", "deeprebirth", "timm")
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Batch-norm statistics and affine terms away from identity, so that folds matter."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                m.bias.data.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+
+
+def run_model(name: str, size: int, runs: int) -> dict:
+    from timm.utils import reparameterize_model  # timm: the [timm] extra
+
+    torch.manual_seed(0)
+    original = get_model(f"timm:{name}")
+    randomize_batchnorm(original)
+    x = example_input(1, 3, size)
+    result = slim(original, name=f"timm:{name}", input_size=size, exact_only=True)
+    models = {
+        "original": original,
+        "deeprebirth": result.model,
+        "timm": reparameterize_model(copy.deepcopy(original)).eval(),
+    }
+    with torch.no_grad():
+        outputs = {k: m(x) for k, m in models.items()}
+    parity = {k: relative_error(outputs[k], outputs["original"]) for k in ARMS[1:]}
+    kinds: dict[str, int] = {}
+    for entry_id in result.report.applied:
+        kind = entry_id.partition(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    example = x.numpy().astype(np.float32)
+    runners = {k: ort_runner(ort_session(to_onnx(m, x), 1), example) for k, m in models.items()}
+    timings = measure_interleaved(runners, runs=runs, warmup=max(5, runs // 10))
+    ms = {k: t.median_ms for k, t in timings.items()}
+    print(
+        f"{name}: original {ms['original']:.2f} ms, deeprebirth {ms['deeprebirth']:.2f} ms, "
+        f"timm {ms['timm']:.2f} ms; parity {parity['deeprebirth']:.1e} / {parity['timm']:.1e}"
+    )
+    return {
+        "ort_ms": {k: t.to_dict() for k, t in timings.items()},
+        "speedup_vs_original": {k: ms["original"] / ms[k] for k in ARMS[1:]},
+        "deeprebirth_vs_timm": ms["timm"] / ms["deeprebirth"],
+        "relative_error": parity,
+        "applied": kinds,
+        "reverted": [r[0] for r in result.report.reverted],
+    }
+
+
+def table(data: dict) -> str:
+    lines = [
+        f"# Exact-only slim against timm's reparameterize() ({data['size']}x{data['size']}, "
+        "ONNX Runtime, 1 thread, batch 1)",
+        "",
+        f"`{data['command']}` at {data['commit'][:10]}, {data['date']}, "
+        f"{cpu_label(data['machine'])}. Medians of {data['runs']} interleaved runs; speed-up "
+        "against the original; parity: largest output difference over the largest output.",
+        "",
+        "| model | original ms | deeprebirth ms (speed-up) | timm reparameterize ms (speed-up) "
+        "| deeprebirth / timm speed | parity deeprebirth | parity timm | merges applied |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in data["models"].items():
+        ms = {k: r["ort_ms"][k]["median_ms"] for k in ARMS}
+        sp = r["speedup_vs_original"]
+        merges = ", ".join(f"{k} {n}" for k, n in sorted(r["applied"].items()))
+        lines.append(
+            f"| {name} | {ms['original']:.2f} | {ms['deeprebirth']:.2f} "
+            f"({sp['deeprebirth']:.2f}x) | {ms['timm']:.2f} ({sp['timm']:.2f}x) "
+            f"| {r['deeprebirth_vs_timm']:.2f}x | {r['relative_error']['deeprebirth']:.1e} "
+            f"| {r['relative_error']['timm']:.1e} | {merges} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="repvgg_a0,mobileone_s0")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--runs", type=int, default=100)
+    args = p.parse_args()
+    info = machine_info()
+    data = {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "date": info.pop("date"),
+        "machine": info,
+        "size": args.size,
+        "runs": args.runs,
+        "models": {name: run_model(name, args.size, args.runs) for name in args.models.split(",")},
+    }
+    write_json(RESULTS / "timm_reparam.json", data)
+    atomic_write_text(RESULTS / "timm_reparam.md", table(data))
+    print(f"wrote {RESULTS / 'timm_reparam.md'}")
+
+
+if __name__ == "__main__":
+    main()
