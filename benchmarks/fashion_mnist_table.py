@@ -25,6 +25,7 @@ LABELS = {
     "slimmed_tucker_int8_2026_12_03": "slimmed + Tucker-2 + int8, earlier (7-bit weights, min/max)",
     "slimmed_tucker_merged_lr_3x": "slimmed + Tucker-2, default recipe with its factors at 3x the rate",
     "slimmed_tucker_int8_merged_lr_3x": "slimmed + Tucker-2 (factors at 3x the rate) + int8",
+    "slimmed_tucker_int8_all_layers": "slimmed + Tucker-2 + int8, every layer quantized",
     "squeezenet1_1": "SqueezeNet 1.1",
     "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
     "mobilenet_v2": "MobileNetV2",

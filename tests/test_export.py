@@ -249,13 +249,38 @@ def test_choose_int8_keeps_the_most_accurate_method(tmp_path):
 def test_choose_int8_breaks_ties_by_the_order_given(tmp_path, monkeypatch):
     from deeprebirth.export import int8_choice
 
-    scores = iter([0.5, 0.75, 0.75])
+    scores = iter([0.5, 0.75, 0.75, 0.75])  # the three methods, then the float model
     monkeypatch.setattr(int8_choice, "_top1", lambda model, batches: next(scores))
     proto, calibration, val = _tiny_int8_case(1)
     methods = ("entropy", "minmax", "percentile")
     r = int8_choice.choose_int8(proto, tmp_path / "m.onnx", calibration, val, methods)
     assert r["top1"] == {"entropy": 0.5, "minmax": 0.75, "percentile": 0.75}
     assert r["method"] == "minmax"
+
+
+def test_the_layers_quantization_hurts_most_are_kept_in_float(tmp_path, monkeypatch):
+    from deeprebirth.export import OnnxModel, int8_choice
+
+    proto, calibration, val = _tiny_int8_case(1)
+    ranked = int8_choice.sensitive_nodes(
+        proto,
+        int8_choice.quantize_int8(proto, tmp_path / "q.onnx", calibration),
+        val[0][0].numpy(),
+    )
+    convs = {n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert {name for name, _ in ranked} == convs  # every quantized layer, ranked
+    assert [db for _, db in ranked] == sorted(db for _, db in ranked)  # worst first
+    # int8 loses 40 points of the float model's 90: the worst layer stays float
+    scores = iter([0.5, 0.5, 0.5, 0.9, 0.8])
+    monkeypatch.setattr(int8_choice, "_top1", lambda model, batches: next(scores))
+    r = int8_choice.choose_int8(proto, tmp_path / "m.onnx", calibration, val)
+    assert r["float_top1"] == 0.9 and r["top1_kept_float"] == {0: 0.5, 1: 0.8}
+    (kept,) = r["kept_float"]
+    assert kept == ranked[0][0]
+    graph = OnnxModel(tmp_path / "m.onnx").proto.graph
+    node = next(n for n in graph.node if n.name == kept)
+    assert not node.input[1].endswith("DequantizeLinear_Output")  # float weights
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the rest int8
 
 
 def test_int8_calibration_is_chosen_on_validation_images_by_default(capsys, tmp_path):

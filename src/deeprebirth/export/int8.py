@@ -105,6 +105,17 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {self.input_name: batch}
 
 
+def prepare_for_int8(model: onnx.ModelProto | str | Path, out: Path) -> Path:
+    """``model`` as the quantizer sees it: shapes inferred, the graph cleaned up (constants
+    folded, batch-norms fused); its tensor names are those of the int8 model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "float.onnx"
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        onnx.save(proto, str(source))
+        quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+    return out
+
+
 def quantize_int8(
     model: onnx.ModelProto | str | Path,
     out: str | Path,
@@ -156,10 +167,7 @@ def quantize_int8(
         extra.setdefault("CalibStridedMinMax", 1)
     logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer logs advice at INFO
     with tempfile.TemporaryDirectory() as tmp:
-        source, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
-        onnx.save(proto, str(source))
-        # Shape inference and graph clean-up (constant folding, BN fusion) before quantizing.
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        prepared = prepare_for_int8(proto, Path(tmp) / "prepared.onnx")
         result = Path(tmp) / "int8.onnx"
         # The histogram calibrators print their progress.
         with contextlib.redirect_stdout(io.StringIO()):

@@ -1,9 +1,17 @@
-"""int8 settings chosen on held-out images: one model per calibration method, the best kept.
+"""int8 settings chosen on held-out images: one model per calibration method, the best kept,
+then the layers that lose most kept in float while that buys accuracy back.
 
 No calibration method wins on every model: clipping outliers (``percentile``) helps where
 a few extreme activations stretch the ranges and hurts where those extremes matter. So each
 candidate is quantized, run in ONNX Runtime on labelled validation images (never the
 calibration ones) and judged by its top-1 there.
+
+When the best still loses more than ``max_drop`` of the float model's top-1, the quantized
+layers are ranked by how much quantization hurts them (:func:`sensitive_nodes`: the
+signal-to-quantization-noise ratio of each one's input activation and weights, from ORT's
+``qdq_loss_debug``, as NNCF's accuracy control and AIMET's quantization analyzer rank
+layers), and the worst 1, 2, 4, ... are left in float (at most ``max_float_share`` of them)
+until the loss is within ``max_drop``, or the most accurate of those tries is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from ..files import publish
 from .int8 import (
     CALIBRATION_METHODS,
     DEFAULT_INT8_FORMAT,
+    QUANTIZED_OPS,
     needs_reduce_range,
+    prepare_for_int8,
     quantize_int8,
 )
 from .onnx_file import OnnxModel
@@ -37,6 +47,69 @@ def _top1(model: OnnxModel, batches: Sequence[tuple]) -> float:
     return hits / n
 
 
+#: Largest top-1 loss (a fraction) against the float model before layers are kept in float.
+MAX_DROP = 0.003
+#: At most this share of the quantizable layers is kept in float.
+MAX_FLOAT_SHARE = 0.25
+#: Validation images the sensitivity analysis runs on.
+SENSITIVITY_IMAGES = 64
+DEQUANTIZED = "_DequantizeLinear_Output"
+
+
+def sensitive_nodes(
+    float_model: onnx.ModelProto | str | Path, int8_model: str | Path, images: np.ndarray
+) -> list[tuple[str, float]]:
+    """The int8 model's quantized layers (Conv, Gemm, MatMul), the most hurt first: each with
+    the worse signal-to-quantization-noise ratio (dB) of its input activation and its
+    weights, measured on ``images`` against the float model (ORT's ``qdq_loss_debug``)."""
+    from onnxruntime.quantization import qdq_loss_debug as debug  # only this step uses it
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare_for_int8(float_model, Path(tmp) / "prepared.onnx")
+        augmented = {}
+        for key, path in (("float", prepared), ("int8", Path(int8_model))):
+            augmented[key] = Path(tmp) / f"{key}_augmented.onnx"
+            debug.modify_model_output_intermediate_tensors(path, augmented[key])
+        name = onnx.load(str(prepared)).graph.input[0].name
+        acts = {
+            key: debug.collect_activations(str(path), _Images(name, images))
+            for key, path in augmented.items()
+        }
+        errors = debug.compute_activation_error(
+            debug.create_activation_matching(acts["int8"], acts["float"])
+        )
+        weights = debug.compute_weight_error(
+            debug.create_weight_matching(str(prepared), str(int8_model))
+        )
+    ranked = []
+    for node in onnx.load(str(int8_model)).graph.node:
+        if node.op_type not in QUANTIZED_OPS or node.op_type == "Concat":
+            continue
+        sqnr = []
+        for i, tensor in enumerate(node.input[:2]):
+            source = tensor.removesuffix(DEQUANTIZED)
+            if i == 0 and source in errors:
+                sqnr.append(errors[source]["qdq_err"])
+            elif i == 1 and source in weights:
+                sqnr.append(weights[source])
+        if sqnr and node.name:
+            ranked.append((node.name, float(min(sqnr))))
+    return sorted(ranked, key=lambda item: item[1])
+
+
+class _Images:
+    """ORT's calibration reader over images, one at a time."""
+
+    def __init__(self, input_name: str, images: np.ndarray):
+        self._it = iter([{input_name: img[None]} for img in images])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def __iter__(self):  # qdq_loss_debug iterates its reader
+        return self._it
+
+
 def choose_int8(
     model: onnx.ModelProto | str | Path,
     out: str | Path,
@@ -47,9 +120,12 @@ def choose_int8(
     per_channel: bool = True,
     reduce_range: bool | None = None,
     threads: int = 1,
+    max_drop: float | None = MAX_DROP,
     **options,
 ) -> dict:
-    """Quantize ``model`` with each calibration method and write the most accurate to ``out``.
+    """Quantize ``model`` with each calibration method and write the most accurate to ``out``;
+    then, if it loses more than ``max_drop`` of the float model's top-1, leave the layers that
+    quantization hurts most in float while that brings top-1 back (module docstring).
 
     Args:
         model: the float model (a ModelProto or a path to an ``.onnx`` file).
@@ -62,11 +138,14 @@ def choose_int8(
             tie the first one listed wins, so put the cheapest or most trusted first.
         reduce_range: None detects it (:func:`~.int8.needs_reduce_range`).
         threads: ONNX Runtime threads for the validation runs.
+        max_drop: the top-1 loss (a fraction) accepted before layers are kept in float;
+            None keeps every layer int8.
         options: passed on to :func:`~.int8.quantize_int8` (and on to ORT).
 
     Returns:
         ``{"top1": {method: accuracy}, "method": chosen, "reduce_range": bool, "format":
-        fmt, "n": validation images, "path": str(out)}``.
+        fmt, "n": validation images, "path": str(out), "float_top1": accuracy,
+        "kept_float": [node names], "top1_kept_float": {count: accuracy}}``.
     """
     methods = list(dict.fromkeys(methods))
     choices = ", ".join(CALIBRATION_METHODS)
@@ -102,9 +181,43 @@ def choose_int8(
             )
             top1[method] = _top1(OnnxModel(path, threads), val)
         best = max(methods, key=top1.__getitem__)  # the first of equals
+        chosen = Path(tmp) / f"{best}.onnx"
+        kept = {"float_top1": None, "kept_float": [], "top1_kept_float": {}}
+        if max_drop is not None:
+            float_path = Path(tmp) / "float.onnx"
+            onnx.save(
+                model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)),
+                str(float_path),
+            )
+            kept["float_top1"] = _top1(OnnxModel(float_path, threads), val)
+            if top1[best] < kept["float_top1"] - max_drop:
+                images = np.concatenate([np.asarray(x, np.float32) for x, _ in val])
+                ranked = sensitive_nodes(float_path, chosen, images[:SENSITIVITY_IMAGES])
+                accuracy, best_k, k = {0: top1[best]}, 0, 1
+                while k <= max(1, int(MAX_FLOAT_SHARE * len(ranked))) and k <= len(ranked):
+                    names = [name for name, _ in ranked[:k]]
+                    path = quantize_int8(
+                        float_path,
+                        Path(tmp) / f"float_{k}.onnx",
+                        calibration,
+                        fmt,
+                        per_channel,
+                        reduce_range,
+                        calibration_method=best,
+                        nodes_to_exclude=names,
+                        **options,
+                    )
+                    accuracy[k] = _top1(OnnxModel(path, threads), val)
+                    if accuracy[k] > accuracy[best_k]:
+                        best_k, chosen = k, path
+                    if accuracy[k] >= kept["float_top1"] - max_drop:
+                        break
+                    k *= 2
+                kept["kept_float"] = [name for name, _ in ranked[:best_k]]
+                kept["top1_kept_float"] = accuracy
         out.parent.mkdir(parents=True, exist_ok=True)
         staged = out.with_name(f".{out.name}.tmp")
-        staged.write_bytes((Path(tmp) / f"{best}.onnx").read_bytes())
+        staged.write_bytes(chosen.read_bytes())
         publish(staged, out)
     return {
         "top1": top1,
@@ -113,4 +226,5 @@ def choose_int8(
         "format": fmt,
         "n": n,
         "path": str(out),
+        **kept,
     }

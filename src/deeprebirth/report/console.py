@@ -85,6 +85,15 @@ class ConsoleHooks:
                 f"validation images ({tried}); "
                 + ("7-bit weights (this CPU has no VNNI)" if r["reduce_range"] else "8-bit weights")
             )
+            if choice.get("kept_float"):
+                tries = ", ".join(
+                    f"{k} {100 * a:.2f}%" for k, a in choice["top1_kept_float"].items()
+                )
+                self.out.print(
+                    f"int8 kept {len(choice['kept_float'])} layer(s) in float, those "
+                    f"quantization hurt most (float model {100 * choice['float_top1']:.2f}%; "
+                    f"top-1 by layers kept in float: {tries}): {', '.join(choice['kept_float'])}"
+                )
 
     @contextmanager
     def tuning_progress(self, is_main: bool):
