@@ -26,6 +26,8 @@ LABELS = {
     "slimmed_tucker_merged_lr_3x": "slimmed + Tucker-2, default recipe with its factors at 3x the rate",
     "slimmed_tucker_int8_merged_lr_3x": "slimmed + Tucker-2 (factors at 3x the rate) + int8",
     "slimmed_tucker_int8_all_layers": "slimmed + Tucker-2 + int8, every layer quantized",
+    "slimmed_tucker_int8_sensitivity": "slimmed + Tucker-2 + int8, 2 layers kept float, no smoothing",
+    "mobilenet_v2_int8_unsmoothed": "MobileNetV2 + int8, earlier (min/max calibration, no choice)",
     "squeezenet1_1": "SqueezeNet 1.1",
     "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
     "mobilenet_v2": "MobileNetV2",
@@ -228,6 +230,7 @@ def paper_table(results: dict) -> str:
                 "do not change the latency): " + "; ".join(label(k) for k in retrained) + ".",
                 "",
             ]
+
         def files_at(entry: dict) -> str:
             commit = entry["files_at_commit"]
             return f"files at {commit[:10]}" if commit else "files not kept"

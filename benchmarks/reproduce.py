@@ -138,11 +138,12 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"models": {}}
 
 
-def started(work: Path) -> dict:
+def started(work: Path, fresh: bool = False) -> dict:
     """The provenance of a resumable step: the commit and command of each session that ran
-    it (the first one made the run; later ones resumed it)."""
+    it (the first one made the run; later ones resumed it). ``fresh`` (a --force run)
+    starts a new history: the sessions of a run it replaces did not make this one."""
     path = work / "provenance.json"
-    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs = json.loads(path.read_text()) if path.is_file() and not fresh else []
     runs.append({"commit": git_commit(), "command": " ".join(["python", *sys.argv])})
     write_json(path, runs)
     return {"commit": runs[0]["commit"], "resumed_at": [r["commit"] for r in runs[1:]]}
@@ -216,7 +217,7 @@ def classifier(key: str, model_name: str, args) -> None:
     what is saved."""
     recipe = train_recipe()
     work = Path(args.work) / key
-    provenance = started(work)
+    provenance = started(work, fresh=args.force)
     model = get_model(model_name, num_classes=10, in_chans=CHANS)
     run = train_classifier(model, recipe, work, device=args.device)
     entry = {"epochs": run["epochs"], "best_epoch": run["best_epoch"], "history": run["history"]}
@@ -273,7 +274,7 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
 
     recipe = RECIPES.relative_to(ROOT) / f"{key}.toml"
     out = Path(student_recipe(key).out)
-    provenance = started(Path(args.work) / key)
+    provenance = started(Path(args.work) / key, fresh=args.force)
     sets = [f"tune.device={args.device}", *overrides]
     command = [sys.executable, "-m", "deeprebirth", "run", str(recipe)]
     command += [a for s in sets for a in ("--set", s)]
@@ -413,7 +414,10 @@ def int8(key: str, args) -> None:
         "calibration_images": CALIBRATION_IMAGES,
         "from": key,
         "check_on_val": {k: report[k] for k in ("relative_error", "top1_agreement")},
-        **{k: report[k] for k in ("calibration_method", "reduce_range", "int8_choice")},
+        **{
+            k: report[k]
+            for k in ("calibration_method", "reduce_range", "int8_choice", "smoothed_pairs")
+        },
     }
     record(f"{key}_int8", entry)
 

@@ -306,3 +306,32 @@ def test_an_unknown_int8_calibration_is_a_one_line_error(capsys, tmp_path):
     code = main([*args, "--int8-calibration", "kl", "-o", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert code != 0 and "--int8-calibration" in err and len(err.strip().splitlines()) == 1
+
+
+def test_smoothing_conv_pairs_keeps_the_function_and_evens_out_ranges():
+    from deeprebirth.export.smooth import linear_pairs, smooth_linear_pairs
+    from deeprebirth.graph import capture
+
+    torch.manual_seed(0)
+    # a Tucker-2 chain: 1x1 -> 3x3 core -> 1x1, nothing between; then a ReLU and a conv
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 1, bias=False),
+        torch.nn.Conv2d(6, 5, 3, padding=1, bias=False),
+        torch.nn.Conv2d(5, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 3),
+    ).eval()
+    with torch.no_grad():  # one rank channel 100x the others, as Tucker-2's can be
+        model[0].weight[2] *= 100
+    x = torch.randn(16, 3, 12, 12)
+    assert linear_pairs(capture(model)) == [("0", "1"), ("1", "2")]
+    smoothed, pairs = smooth_linear_pairs(model, x)
+    assert pairs == 2 and model[0].weight[2].abs().max() > 10  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
+
+        def spread(m):  # of the first conv's output channels' largest values
+            peak = m.get_submodule("0")(x).abs().amax(dim=(0, 2, 3))
+            return (peak.max() / peak.min()).item()
+
+        assert spread(smoothed) < spread(model) / 5

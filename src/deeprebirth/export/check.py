@@ -16,6 +16,7 @@ from ..profiling.ort_runtime import ort_session
 from .int8 import DEFAULT_INT8_FORMAT, needs_reduce_range, quantize_int8
 from .int8_choice import choose_int8
 from .onnx import to_onnx
+from .smooth import smooth_linear_pairs
 
 #: Largest accepted output difference, relative to the output's scale.
 PARITY_TOLERANCE = 1e-4
@@ -102,6 +103,10 @@ def export(
     return report
 
 
+#: Calibration images whose activation ranges set the smoothing of conv pairs.
+SMOOTHING_IMAGES = 256
+
+
 def export_int8(
     model: nn.Module,
     path: str | Path,
@@ -117,6 +122,7 @@ def export_int8(
     ``calibration_method``: one of :data:`~.int8.CALIBRATION_METHODS`, or ``"auto"``: each
     is tried and the one with the best top-1 on ``choose_on`` (labelled validation batches)
     kept (:func:`~.int8_choice.choose_int8`). 7-bit weights only where the CPU needs them.
+    Convs that feed the next conv directly are smoothed first (:mod:`.smooth`).
 
     The check runs the int8 model in ONNX Runtime on ``inputs`` (real images, ideally) and
     compares with PyTorch in float: the relative error must stay within ``INT8_TOLERANCE``,
@@ -129,7 +135,11 @@ def export_int8(
     model = model.eval()
     with torch.no_grad():
         reference = model(inputs)
-    proto = to_onnx(model, inputs)
+    calibration = list(calibration)
+    # conv pairs with nothing between them share their ranges first (exact in float)
+    images = torch.cat([torch.as_tensor(b) for b in calibration])[:SMOOTHING_IMAGES]
+    smoothed, pairs = smooth_linear_pairs(model, images)
+    proto = to_onnx(smoothed, inputs)
     choice = None
     if calibration_method == "auto":
         if not choose_on:
@@ -151,6 +161,7 @@ def export_int8(
         "int8": fmt,
         "calibration_method": calibration_method,
         "reduce_range": needs_reduce_range(),
+        "smoothed_pairs": pairs,
         **({"int8_choice": choice} if choice else {}),
         "path": str(path),
         "inputs": list(inputs.shape),

@@ -77,6 +77,11 @@ class ConsoleHooks:
         if "top1_agreement" in r:
             line += f"top-1 unchanged on {100 * r['top1_agreement']:.1f}%, "
         self.out.print(f"{line}error {r['relative_error']:.1e} of the output's scale")
+        if r.get("smoothed_pairs"):
+            self.out.print(
+                f"int8: {r['smoothed_pairs']} pair(s) of convs with nothing between them "
+                "share their ranges first (smoothed; exact in float)"
+            )
         choice = r.get("int8_choice")
         if choice:
             tried = ", ".join(f"{m} {100 * a:.2f}%" for m, a in choice["top1"].items())
