@@ -235,6 +235,14 @@ def paper_table(results: dict) -> str:
             commit = entry["files_at_commit"]
             return f"files at {commit[:10]}" if commit else "files not kept"
 
+        dropped = [k for k in rows if models.get(k, {}).get("files_at_commit")]
+        if trained and dropped:
+            lines += [
+                "Rows whose files are no longer in benchmarks/weights (kept out of clones; "
+                "`git checkout COMMIT -- benchmarks/weights/fashion_mnist_64/KEY` brings them "
+                "back): " + "; ".join(f"{label(k)} ({files_at(models[k])})" for k in dropped) + ".",
+                "",
+            ]
         kept = [k for k in models if k not in rows and "files_at_commit" in models[k]]
         if trained and kept:
             lines += [

@@ -68,6 +68,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -167,6 +168,36 @@ def record(key: str, entry: dict, provenance: dict | None = None) -> None:
     write_json(RESULTS, results)
 
 
+def files_of(key: str) -> list[str]:
+    """The files in benchmarks/weights of the entry ``key`` (a directory or one file)."""
+    candidates = (WEIGHTS / key, WEIGHTS / f"{key}.safetensors", WEIGHTS / f"{key}.onnx")
+    return [str(p) for p in candidates if p.exists()]
+
+
+def drop_files(keys: list[str]) -> None:
+    """Delete the entries' files from the work tree, keeping their numbers: each entry names
+    the commit that holds its files (commit the deletion after). Only committed files."""
+    results = load_results()
+    head = git("rev-parse", "HEAD")
+    for key in keys:
+        if key not in results["models"]:
+            sys.exit(f"reproduce.py: no entry {key}")
+        files = files_of(key)
+        if not files:
+            sys.exit(f"reproduce.py: {key} has no files in {WEIGHTS}")
+        if git("status", "--porcelain", "--", *files):
+            sys.exit(f"reproduce.py: {key}'s files have uncommitted changes; commit them first")
+    for key in keys:
+        for f in map(Path, files_of(key)):
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+        results["models"][key]["files_at_commit"] = head
+        print(f"{key}: files deleted; they are at {head[:10]}")
+    write_json(RESULTS, results)
+
+
 def keep(key: str, new_key: str) -> None:
     """Move the entry ``key`` to ``new_key`` before a new run replaces its files: its numbers
     stay, and it names the commit that holds its files (None when they were never
@@ -175,11 +206,7 @@ def keep(key: str, new_key: str) -> None:
     if new_key in results["models"]:
         sys.exit(f"reproduce.py: {new_key} has an entry already")
     entry = results["models"].pop(key)
-    files = [
-        str(p)
-        for p in (WEIGHTS / key, WEIGHTS / f"{key}.safetensors", WEIGHTS / f"{key}.onnx")
-        if p.exists()
-    ]
+    files = files_of(key)
     committed = bool(files) and not git("status", "--porcelain", "--", *files)
     commit = git("rev-parse", "HEAD") if committed else None
     results["models"][new_key] = {**entry, "files_at_commit": commit}
@@ -500,7 +527,8 @@ def step_speed(args) -> None:
     from deeprebirth.profiling.bench import latencies
     from deeprebirth.profiling.stats import count_macs, count_params, peak_activation_bytes
 
-    keys = list(load_results()["models"])
+    # entries whose files are in an earlier commit (replaced or dropped) are not timed
+    keys = [k for k, e in load_results()["models"].items() if "files_at_commit" not in e]
     speed = {"runs": args.runs, "sessions": args.sessions, "threads": 1, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in SPEED_SIZES:
@@ -572,7 +600,7 @@ STEPS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("steps", nargs="+", choices=[*STEPS, "all"])
+    p.add_argument("steps", nargs="*", choices=[*STEPS, "all"])
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     p.add_argument("--work", default="runs/fashion_mnist_64", help="resumable state of each step")
     p.add_argument("--runs", type=int, default=15, help="timed runs per session (speed)")
@@ -586,7 +614,19 @@ def main() -> None:
         help="with --force and one model step: keep the step's current entry under KEY, "
         "naming the commit that holds its files (the new run replaces them)",
     )
+    p.add_argument(
+        "--drop-files",
+        metavar="KEY,...",
+        help="delete these entries' files from benchmarks/weights (their numbers stay and "
+        "name the commit that holds the files); commit the deletion after",
+    )
     args = p.parse_args()
+    if args.drop_files:
+        drop_files(args.drop_files.split(","))
+        if not args.steps:
+            return
+    if not args.steps:
+        p.error("name a step (or all), or --drop-files")
     if args.keep_as:
         if not args.force or len(args.steps) != 1 or args.steps[0] not in load_results()["models"]:
             p.error("--keep-as needs --force and one model step that has an entry")
