@@ -600,7 +600,7 @@ STEPS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("steps", nargs="*", choices=[*STEPS, "all"])
+    p.add_argument("steps", nargs="*", metavar="STEP", help=f"{', '.join(STEPS)} or all")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     p.add_argument("--work", default="runs/fashion_mnist_64", help="resumable state of each step")
     p.add_argument("--runs", type=int, default=15, help="timed runs per session (speed)")
@@ -627,6 +627,9 @@ def main() -> None:
             return
     if not args.steps:
         p.error("name a step (or all), or --drop-files")
+    unknown = [s for s in args.steps if s not in (*STEPS, "all")]
+    if unknown:
+        p.error(f"unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}, all")
     if args.keep_as:
         if not args.force or len(args.steps) != 1 or args.steps[0] not in load_results()["models"]:
             p.error("--keep-as needs --force and one model step that has an entry")
