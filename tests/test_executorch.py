@@ -59,6 +59,24 @@ def test_int8_program(tmp_path):
     assert PteModel(tmp_path / "q.pte")(x).shape == (4, 10)
 
 
+def test_int8_program_smooths_conv_pairs_first(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(  # a Tucker-2 chain: 1x1 -> 3x3 core -> 1x1, then a head
+        torch.nn.Conv2d(3, 6, 1, bias=False),
+        torch.nn.Conv2d(6, 5, 3, padding=1, bias=False),
+        torch.nn.Conv2d(5, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()
+    x = torch.randn(4, 3, 16, 16)
+    r = export_executorch(model, tmp_path / "q.pte", x, calibration=[torch.randn(8, 3, 16, 16)])
+    assert r["smoothed_pairs"] == 2 and r["relative_error"] < 0.15
+    float_only = export_executorch(model, tmp_path / "f.pte", x)
+    assert float_only["smoothed_pairs"] == 0  # float programs are exported as they are
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     channels=st.integers(1, 20),

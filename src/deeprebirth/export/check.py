@@ -189,6 +189,11 @@ def export_executorch(
     model = model.eval()
     with torch.no_grad():
         reference = model(inputs)
+    pairs = 0
+    if calibration is not None:  # conv pairs share their ranges first, as for ONNX Runtime
+        calibration = list(calibration)
+        images = torch.cat([torch.as_tensor(b) for b in calibration])[:SMOOTHING_IMAGES]
+        model, pairs = smooth_linear_pairs(model, images)
     program, summary = to_executorch(model, inputs, calibration)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -205,6 +210,7 @@ def export_executorch(
     return {
         "format": "executorch",
         "int8": "xnnpack" if calibration is not None else None,
+        "smoothed_pairs": pairs,
         "path": str(path),
         "inputs": list(inputs.shape),
         "delegation": summary,

@@ -1,6 +1,7 @@
 """Even out activation ranges between linear layers before int8 (SmoothQuant on conv pairs).
 
-ONNX Runtime quantizes each activation with one scale for all its channels, so a channel
+ONNX Runtime and XNNPACK quantize each activation with one scale for all its channels, so a
+channel
 whose values span 68 times another's loses most of its bits. Where a conv feeds the next
 conv with nothing between them (Tucker-2's factors: a 1x1, the core, a 1x1; a projection
 read only by the next expansion), scaling the first's output channel ``c`` down by ``s_c``
@@ -10,8 +11,9 @@ range from the activation into the weights, which are quantized per output chann
 calibration images, ``w_c``: the second conv's largest weight reading it; Xiao et al.,
 SmoothQuant, 2023) both sides share the range.
 
-On slimmed + Tucker-2 GoogLeNet (Fashion-MNIST, 1,024 validation images) int8 top-1 went
-from 88.77% to 90.82% (float 91.21%) at ``alpha`` 0.5, the function unchanged to 7e-7.
+On slimmed + Tucker-2 GoogLeNet (Fashion-MNIST, validation top-1) ORT's int8 went from
+88.77% to 90.82% on 1,024 images (float 91.21%) at ``alpha`` 0.5, the function unchanged to
+7e-7; the ExecuTorch/XNNPACK int8 program from 88.04% to 91.36% on 5,000 (float 92.12%).
 """
 
 from __future__ import annotations
