@@ -48,6 +48,17 @@ def git_commit() -> str:
     return run("rev-parse", "HEAD").stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
+def provenance() -> dict:
+    """What a results file records of its run: command, commit, date and machine."""
+    info = machine_info()
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "date": info.pop("date"),
+        "machine": info,
+    }
+
+
 def select(model, name: str, args):
     """The chains the latency-budget selection picks for ``args.budget_share`` (ORT, 1
     thread), applied; and the selection."""
@@ -126,12 +137,8 @@ def main() -> None:
                 for k in ("chosen", "budget_ms", "original_ms", "base_ms", "predicted_ms", "rounds")
             }
         rows[name] = r
-    info = machine_info()
     out = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
-        "date": info.pop("date"),
-        "machine": info,
+        **provenance(),
         "size": args.size,
         "runs": args.runs,
         "budget_share": args.budget_share,
@@ -161,7 +168,7 @@ def main() -> None:
         "",
         f"Merged: {how}.",
         "",
-        f"`{out['command']}` at {out['commit'][:12]}, {out['date']}, {cpu_label(info)}, 1 thread, "
+        f"`{out['command']}` at {out['commit'][:12]}, {out['date']}, {cpu_label(out['machine'])}, 1 thread, "
         f"batch 1, {args.runs} interleaved runs, medians.",
         "",
         "| model | chains merged | convs Tucker-2 decomposed | MMACs | "

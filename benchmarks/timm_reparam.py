@@ -26,14 +26,14 @@ from deeprebirth import get_model
 from deeprebirth.export.onnx import to_onnx
 from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.graph import example_input
-from deeprebirth.profiling.machine import cpu_label, machine_info
+from deeprebirth.profiling.machine import cpu_label
 from deeprebirth.profiling.ort_runtime import ort_runner, ort_session
 from deeprebirth.profiling.timing import measure_interleaved
 from deeprebirth.slimming import slim
 from deeprebirth.transforms.runner import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from depth_speed import git_commit  # noqa: E402
+from depth_speed import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
@@ -117,25 +117,27 @@ def table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default="repvgg_a0,mobileone_s0")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--runs", type=int, default=100)
+def sweep(stem: str, doc: str, run, write_table, models: str, size: int, runs: int) -> None:
+    """Parse ``--models/--size/--runs``, ``run(name, size, runs)`` each model, and write
+    benchmarks/results/STEM.json and STEM.md (``write_table``) with the run's provenance."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=models)
+    p.add_argument("--size", type=int, default=size)
+    p.add_argument("--runs", type=int, default=runs)
     args = p.parse_args()
-    info = machine_info()
     data = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
-        "date": info.pop("date"),
-        "machine": info,
+        **provenance(),
         "size": args.size,
         "runs": args.runs,
-        "models": {name: run_model(name, args.size, args.runs) for name in args.models.split(",")},
+        "models": {name: run(name, args.size, args.runs) for name in args.models.split(",")},
     }
-    write_json(RESULTS / "timm_reparam.json", data)
-    atomic_write_text(RESULTS / "timm_reparam.md", table(data))
-    print(f"wrote {RESULTS / 'timm_reparam.md'}")
+    write_json(RESULTS / f"{stem}.json", data)
+    atomic_write_text(RESULTS / f"{stem}.md", write_table(data))
+    print(f"wrote {RESULTS / f'{stem}.md'}")
+
+
+def main() -> None:
+    sweep("timm_reparam", __doc__, run_model, table, "repvgg_a0,mobileone_s0", 224, 100)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Writes benchmarks/results/timm_zoo.{json,md} with the command, commit, date and 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,17 +25,15 @@ import torch
 from deeprebirth import get_model
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.export.onnx import to_onnx
-from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.graph import example_input
-from deeprebirth.profiling.machine import cpu_label, machine_info
+from deeprebirth.profiling.machine import cpu_label
 from deeprebirth.profiling.ort_runtime import ort_runner, ort_session
 from deeprebirth.profiling.timing import measure_interleaved
 from deeprebirth.slimming import slim
 from deeprebirth.transforms.runner import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from depth_speed import git_commit  # noqa: E402
-from timm_reparam import randomize_batchnorm  # noqa: E402
+from timm_reparam import randomize_batchnorm, sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
@@ -161,24 +158,7 @@ def table(data: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--runs", type=int, default=50)
-    args = p.parse_args()
-    info = machine_info()
-    data = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
-        "date": info.pop("date"),
-        "machine": info,
-        "size": args.size,
-        "runs": args.runs,
-        "models": {name: run_model(name, args.size, args.runs) for name in args.models.split(",")},
-    }
-    write_json(RESULTS / "timm_zoo.json", data)
-    atomic_write_text(RESULTS / "timm_zoo.md", table(data))
-    print(f"wrote {RESULTS / 'timm_zoo.md'}")
+    sweep("timm_zoo", __doc__, run_model, table, ",".join(MODELS), 64, 50)
 
 
 if __name__ == "__main__":
