@@ -26,8 +26,11 @@ finished step is skipped unless --force):
                         of each float model
   mobilenet_v2_int8
   mobilenet_v2_depth    depth compression of the MobileNetV2 reference: activations dropped
-                        and the convs around them merged, chosen to reach 0.75 of its ORT
-                        latency, tuned layer-wise against it with the students' budget
+                        and the convs around them merged (the chains chosen to reach 0.75 of
+                        its ORT latency), tuned by the default recipe with a budget
+  mobilenet_v2_depth_stagewise
+                        the same chains (this step chose them), tuned layer-wise against it
+                        with the students' first budget
   mobilenet_v2_depth_int8
   mobilenet_v2_depth_linearized
                         the same chains, tuned by gradual linearization instead: the
@@ -210,6 +213,8 @@ def keep(key: str, new_key: str) -> None:
     committed = bool(files) and not git("status", "--porcelain", "--", *files)
     commit = git("rev-parse", "HEAD") if committed else None
     results["models"][new_key] = {**entry, "files_at_commit": commit}
+    if (RECIPES / f"{new_key}.toml").is_file():  # its recipe, kept under the new key too
+        results["models"][new_key]["recipe"] = str((RECIPES / f"{new_key}.toml").relative_to(ROOT))
     write_json(RESULTS, results)
     where = f"files at {commit[:10]}" if commit else "its files were never committed: not kept"
     print(f"{key}: its entry is kept as {new_key} ({where})")
@@ -381,28 +386,16 @@ def step_slimmed_tucker(args) -> None:
     student("slimmed_tucker", args, (f"tune.max_batches={batches}",))
 
 
-def step_mobilenet_v2_depth(args) -> None:
-    student("mobilenet_v2_depth", args)
-
-
-def step_mobilenet_v2_depth_linearized(args) -> None:
-    student("mobilenet_v2_depth_linearized", args)
-
-
-def step_mobilenet_v2_depth_long(args) -> None:
-    student("mobilenet_v2_depth_long", args)
-
-
-def step_mobilenet_v2_depth_augmented(args) -> None:
-    student("mobilenet_v2_depth_augmented", args)
-
-
-def step_mobilenet_v2_depth_ended(args) -> None:
-    student("mobilenet_v2_depth_ended", args)
-
-
-def step_mobilenet_v2_depth_ended_more(args) -> None:
-    student("mobilenet_v2_depth_ended_more", args)
+#: The students whose committed recipe is the whole step.
+RECIPE_STUDENTS = (
+    "mobilenet_v2_depth",
+    "mobilenet_v2_depth_stagewise",
+    "mobilenet_v2_depth_linearized",
+    "mobilenet_v2_depth_long",
+    "mobilenet_v2_depth_augmented",
+    "mobilenet_v2_depth_ended",
+    "mobilenet_v2_depth_ended_more",
+)
 
 
 def float_model(key: str):
@@ -578,12 +571,7 @@ STEPS = {
     "slimmed_depth": step_slimmed_depth,
     "slimmed_depth_3a": step_slimmed_depth_3a,
     "slimmed_tucker": step_slimmed_tucker,
-    "mobilenet_v2_depth": step_mobilenet_v2_depth,
-    "mobilenet_v2_depth_linearized": step_mobilenet_v2_depth_linearized,
-    "mobilenet_v2_depth_long": step_mobilenet_v2_depth_long,
-    "mobilenet_v2_depth_augmented": step_mobilenet_v2_depth_augmented,
-    "mobilenet_v2_depth_ended": step_mobilenet_v2_depth_ended,
-    "mobilenet_v2_depth_ended_more": step_mobilenet_v2_depth_ended_more,
+    **{key: (lambda args, k=key: student(k, args)) for key in RECIPE_STUDENTS},
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (

@@ -95,9 +95,11 @@ def mobilenet():
 
 @pytest.fixture(scope="module")
 def mobilenet_plan():
-    """MobileNetV2 (1 channel) and its plan with depth merges at 32x32: planned once."""
+    """MobileNetV2 (1 channel) and its plan with depth merges at 32x32, the merged chains
+    ending linear: planned once."""
     model = mobilenet()
-    return model, make_plan(model, example_input(1, 1, 32), name="mobilenet_v2", depth=True)
+    x = example_input(1, 1, 32)
+    return model, make_plan(model, x, name="mobilenet_v2", depth=True, end_activation=False)
 
 
 def without_activations(model: nn.Module) -> nn.Module:
@@ -137,7 +139,7 @@ def test_a_single_block_merges_exactly_inside():
     model = mobilenet()
     block = model.features[3]  # 24 -> 24 channels, stride 1: a residual block
     x = torch.randn(1, 24, 12, 12)
-    plan = make_plan(block, x, name="block", depth=True)
+    plan = make_plan(block, x, name="block", depth=True, end_activation=False)
     (entry,) = [e for e in plan.entries if e.kind == "drop_activation" and e.enabled]
     assert entry.geometry["residual"] and entry.geometry["kernel"] == [3, 3]
     gm, _ = apply_plan(block, plan, x)
@@ -245,7 +247,7 @@ def test_a_merged_chain_is_one_tuning_stage(mobilenet_plan):
 def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path, end):
     name = "mobilenet_v2"
     args = ["--input-size", "32", "--in-chans", "1", "--drop-activations"]
-    args += ["--end-activation"] if end else []
+    args += [] if end else ["--linear-chain-ends"]  # ending in an activation: the default
     code = main(["slim", name, *args, "--no-report", "--out", str(tmp_path / "s")])
     _, err = capsys.readouterr()
     assert code == 0, err

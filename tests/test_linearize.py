@@ -23,7 +23,9 @@ SIZE = 32
 def planned():
     torch.manual_seed(0)
     model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
-    plan = make_plan(model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True)
+    plan = make_plan(
+        model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True, end_activation=False
+    )
     plan.model_config = {"num_classes": 10, "in_chans": 1}
     return model, plan
 
@@ -118,7 +120,9 @@ def test_an_end_activation_fades_in_while_the_dropped_ones_fade_out(planned):
 def test_removing_the_fades_gives_back_the_graph():
     torch.manual_seed(0)
     model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
-    plan = make_plan(model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True)
+    plan = make_plan(
+        model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True, end_activation=False
+    )
     result = slimming.slim(model, plan)
     network, fades, _ = slimming._before_drops(result, model, example_input(1, 1, SIZE))
     code = network.code
@@ -167,6 +171,23 @@ def test_linearize_trains_merges_saves_and_resumes(planned, tmp_path):
     assert records == []  # linearized before: the resumed run has nothing left to do
     for k, v in again.model.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_a_depth_plan_is_linearized_by_default_and_its_chains_get_no_stage(planned, tmp_path):
+    """The default tuning of a plan that drops activations: one linearization (a whole pass
+    here), no layer-wise stage for the chains it tuned; linearize_batches = 0 keeps the
+    old way, a stage per chain."""
+    model, plan = planned
+    batches = data()
+    chains = {e.id for e in plan.entries if e.kind == "drop_activation"}
+    default = TuneConfig(max_batches=1, linearize_epochs=1, finetune_batches=0)
+    records = slimming.tune(slimming.slim(model, plan), model, batches, default, tmp_path / "a")
+    assert [r["stage"] for r in records] == ["linearize"]
+    assert records[0]["steps"] == len(batches)
+    off = TuneConfig(max_batches=1, linearize_batches=0, finetune_batches=0)
+    records = slimming.tune(slimming.slim(model, plan), model, batches, off, tmp_path / "b")
+    staged = {i for r in records for i in r["stage"].split("+")}
+    assert "linearize" not in staged and staged & chains
 
 
 def test_an_interrupted_linearization_resumes_its_fade_where_it_saved_it(

@@ -62,7 +62,6 @@ def test_optional_keys_default_to_none():
         ('[model]\nname = "a"\n[tune]\nmax_batches = -1', "tune.max_batches must be at least 0"),
         ('[model]\nname = "a"\n[tune]\nlinearize_ramp = 2.0', "tune.linearize_ramp must be in"),
         ('[model]\nname = "a"\n[plan]\nrank_ratio = 0.5', "plan.rank_ratio needs plan.tucker"),
-        ('[model]\nname = "a"\n[plan]\nend_activation = true', "needs plan.drop_activations"),
         (
             '[model]\nname = "a"\n[plan]\ntucker = true\nrank_ratio = 1.5',
             "plan.rank_ratio must be in (0, 1]",

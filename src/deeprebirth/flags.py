@@ -109,7 +109,12 @@ MODEL_FLAGS = (
 )
 COMPRESSION_FLAGS = (
     ("--drop-activations", "plan.drop_activations", ON),
-    ("--end-activation", "plan.end_activation", ON),
+    (
+        "--linear-chain-ends",
+        "plan.end_activation",
+        OFF | {"help": "depth compression: merged chains end linear (plan.end_activation false)"},
+    ),
+    ("--end-activation", "plan.end_activation", ON | {"help": argparse.SUPPRESS}),  # the default
     ("--tucker", "plan.tucker", ON),
     ("--rank-ratio", "plan.rank_ratio", {"type": rank_share}),
     ("--pointwise-rank-ratio", "plan.pointwise_rank_ratio", {"type": rank_share, "metavar": "R"}),

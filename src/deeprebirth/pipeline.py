@@ -131,14 +131,13 @@ def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
 
 
 def _load_plan_file(recipe: Recipe):
-    """The plan in ``plan.file`` (its depth chains ending in an activation where
-    ``plan.end_activation`` asks), and the model spec completed from it."""
+    """The plan in ``plan.file`` (its depth chains ending in an activation or not, as
+    ``plan.end_activation`` says), and the model spec completed from it."""
     from .plan import Plan, PlanError
     from .transforms.depth import end_in_activation
 
     plan = Plan.load(recipe.plan.file)
-    if recipe.plan.end_activation:
-        end_in_activation(plan.entries)
+    end_in_activation(plan.entries, recipe.plan.end_activation)
     spec = recipe.model
     if plan.model != spec.name:
         raise PlanError(f"{recipe.plan.file} is a plan for {plan.model}, not {spec.name}")

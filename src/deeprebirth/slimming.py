@@ -51,7 +51,7 @@ def slim(
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
     depth: bool = False,
-    end_activation: bool = False,
+    end_activation: bool = True,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it.
 
@@ -134,11 +134,15 @@ def tune(
         tuner.state.update(completed=[s.id for s in stages], linearized=True)
     if resume:
         tuner.resume()
-    records = []
-    if config.linearize_batches and not tuner.state["linearized"]:
+    records, fades = [], []
+    if config.linearizes() and not tuner.state["linearized"]:
         network, fades, merge = _before_drops(result, teacher, example)
-        if fades:
-            records.append(tuner.linearize(network, fades, merge, tuner.linearize_seconds()))
+    if fades or tuner.state["linearized"]:  # the chains are tuned in place: no stage of theirs
+        chains = {e.id for e in result.plan.entries if e.kind == "drop_activation"}
+        done = {s.id for s in stages if set(s.id.split("+")) <= chains}
+        tuner.state["completed"] = sorted(set(tuner.state["completed"]) | done)
+    if fades:
+        records.append(tuner.linearize(network, fades, merge, tuner.linearize_seconds()))
     records += tuner.run()
     result.model.cpu().eval()
     return records

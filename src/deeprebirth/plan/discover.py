@@ -23,7 +23,7 @@ def make_plan(
     rank_ratio: float | None = None,
     pointwise_ratio: float | None = None,
     depth: bool = False,
-    end_activation: bool = False,
+    end_activation: bool = True,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 

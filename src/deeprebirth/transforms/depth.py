@@ -357,12 +357,16 @@ def chain_output(gm: fx.GraphModule, entry: PlanEntry) -> tuple[fx.Node, fx.Node
     return out, acts[0]
 
 
-def end_in_activation(entries: list[PlanEntry]) -> None:
+def end_in_activation(entries: list[PlanEntry], end: bool = True) -> None:
     """Mark the ``drop_activation`` entries to end their merged conv in an activation (see
-    the module's doc)."""
+    the module's doc), or, with ``end=False``, to end linear."""
     for entry in entries:
-        if entry.kind == "drop_activation":
+        if entry.kind != "drop_activation":
+            continue
+        if end:
             entry.geometry["end_activation"] = True
+        else:
+            entry.geometry.pop("end_activation", None)
 
 
 class DropActivation(_ConvChain):

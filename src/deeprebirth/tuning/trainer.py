@@ -1,8 +1,9 @@
 """Layer-wise fine-tuning against the original network, then a short distillation.
 
-With ``linearize_batches``, a gradual linearization comes first: the activations that
-``drop_activation`` entries remove fade out while the unmerged network is distilled, and the
-chains are merged after (``deeprebirth.tuning.linearize``).
+When the plan drops activations (depth compression), a gradual linearization comes first
+(``linearizes``): the activations that ``drop_activation`` entries remove fade out while the
+unmerged network is distilled, the chains are merged after (``deeprebirth.tuning.linearize``)
+and need no stage of their own.
 
 Stage by stage (input side first), the layers a learned merge created are trained so that
 the slimmed network (the *student*, fed by its own already-tuned earlier layers) reproduces
@@ -52,13 +53,15 @@ class TuneConfig:
     max_batches: int = option(200, "batches per stage, at most (0: no stages)")
     epochs_per_stage: int = option(1, "passes over the data per stage, at most")
     lr: float = option(1e-3, "stage learning rate (Adam, cosine decay)")
-    linearize_batches: int = option(
-        0,
-        "before the stages: batches of whole-network distillation in which the activations "
-        "that drop_activation entries remove fade out, merged after (0: dropped at once)",
+    linearize_batches: int | None = option(
+        None,
+        "before the stages, when the plan drops activations: batches of whole-network "
+        "distillation in which those activations fade out, the chains merged after and "
+        "their stages skipped (none: linearize_epochs whole passes; 0: dropped at once, "
+        "a stage per chain)",
     )
-    linearize_epochs: int = option(1, "passes over the data in the linearization, at most")
-    linearize_lr: float = option(3e-4, "linearization learning rate")
+    linearize_epochs: int = option(3, "passes over the data in the linearization, at most")
+    linearize_lr: float = option(5e-4, "linearization learning rate")
     linearize_ramp: float = option(
         0.5, "share of the linearization over which the activations fade (then held gone)"
     )
@@ -112,6 +115,13 @@ class TuneConfig:
     def finetunes(self) -> bool:
         """Whether a fine-tune follows the stages."""
         return self.finetune_batches is None or self.finetune_batches > 0
+
+    def linearizes(self) -> bool:
+        """Whether a plan's dropped activations fade out in a linearization (not with
+        ``reinit``: it starts from the original weights)."""
+        if self.linearize_batches is None:
+            return not self.reinit
+        return self.linearize_batches > 0
 
     def check(self) -> None:
         """Values in range, or a ConfigError naming the key."""
