@@ -400,10 +400,10 @@ RECIPE_STUDENTS = (
 
 def float_model(key: str):
     """A committed float model, by its results key."""
-    from deeprebirth.slimming import is_slimmed_dir, load
+    from deeprebirth.artifacts import TORCH_KINDS, open_model
 
     path = ROOT / load_results()["models"][key]["path"]
-    return load(path) if is_slimmed_dir(path) else load_model_file(path)[0]
+    return open_model(str(path), TORCH_KINDS, "reproduce.py").model
 
 
 def int8(key: str, args) -> None:

@@ -267,7 +267,7 @@ def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
             "out": str(tmp_path / "s"),
         }
     )
-    _, spec = pipeline.load_model(recipe.model)
+    _, spec = pipeline.load_model(recipe.model, "test")
     hooks = pipeline.Hooks()
     first = pipeline.selection_for(recipe, model, spec, tmp_path / "s", hooks)
     again = pipeline.selection_for(recipe, model, spec, tmp_path / "s", hooks)

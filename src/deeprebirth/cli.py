@@ -92,7 +92,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     recipe = command_recipe(args, **{"profile.enabled": True})
     recipe.check()
     pipeline.check(recipe)  # before any work
-    model, spec = pipeline.load_model(recipe.model)
+    model, spec = pipeline.load_model(recipe.model, "deeprebirth profile")
     result = pipeline.profile_step(recipe, model, spec, printer.hooks(), _command())
     if args.json:
         _log(f"wrote {write_json(args.json, result)}")
@@ -118,7 +118,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .report.tables import plan_table
 
     recipe = command_recipe(args)
-    model, spec = pipeline.load_model(recipe.model)
+    model, spec = pipeline.load_model(recipe.model, "deeprebirth plan")
     _log(f"tracing {spec.name} and finding merges at {spec.input_size}x{spec.input_size}")
     plan = pipeline.make_plan(recipe, model, spec)
     out.print(plan_table(plan))
@@ -177,7 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .report.tables import bench_table
 
     t = command_recipe(args, **{"model.name": "-"}).profile
-    a, b, shape, runtimes = bench_pair(args.a, args.b, args.input_size, t.runtimes, log=_log)
+    asked = t.runtimes if hasattr(args, "profile.runtimes") else None  # --runtime given
+    a, b, shape, runtimes = bench_pair(args.a, args.b, args.input_size, asked, log=_log)
     shape = [t.batch, *shape[1:]]
     labels = (args.a, args.b)
     r = bench(

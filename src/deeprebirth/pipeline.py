@@ -31,8 +31,10 @@ from typing import Any
 from torch import nn
 
 from . import __version__
+from .artifacts import TORCH_KINDS, open_model, zoo_config
 from .config import ConfigError
 from .errors import DeepRebirthError
+from .profiling.profile import DEFAULT_RUNTIMES
 from .recipe import RECIPE_FILE, ModelConfig, Recipe
 
 #: What each export format writes into the output directory.
@@ -74,41 +76,12 @@ class RunResult:
 # --- the model -------------------------------------------------------------------------
 
 
-def load_model(spec: ModelConfig) -> tuple[nn.Module, ModelConfig]:
-    """The model ``spec`` names, and ``spec`` resolved: input size, channels and classes
-    filled in from the zoo, a weights file's metadata or a slimmed directory."""
-    from .slimming import input_shape_of, is_slimmed_dir, load
-    from .zoo import get_model, model_meta
-
-    if is_slimmed_dir(spec.name):
-        _, in_chans, size, _ = input_shape_of(spec.name)
-        return load(spec.name), dataclasses.replace(spec, input_size=size, in_chans=in_chans)
-    meta = model_meta(spec.name)
-    checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
-    if checkpoint is not None and checkpoint.suffix == ".safetensors" and checkpoint.is_file():
-        from .evaluation import weights_meta
-
-        saved = weights_meta(checkpoint)  # files from save_weights describe their model
-        filled = {
-            k: int(saved[k])
-            for k in ("num_classes", "in_chans", "input_size")
-            if getattr(spec, k) is None and k in saved
-        }
-        spec = dataclasses.replace(spec, **filled)
-    model = get_model(
-        spec.name, checkpoint=checkpoint, pretrained=spec.pretrained, **model_config(spec)
-    )
-    return model, dataclasses.replace(
-        spec,
-        input_size=spec.input_size or meta["input_size"],
-        in_chans=spec.in_chans or meta["in_chans"],
-        num_classes=spec.num_classes or meta.get("num_classes"),
-    )
-
-
-def model_config(spec: ModelConfig) -> dict:
-    """The keyword arguments the zoo builds the model with (what a plan records)."""
-    return {k: v for k in ("num_classes", "in_chans") if (v := getattr(spec, k)) is not None}
+def load_model(spec: ModelConfig, purpose: str) -> tuple[nn.Module, ModelConfig]:
+    """The PyTorch model ``spec`` names (a zoo name, a weights file or a slimmed
+    directory: :func:`deeprebirth.artifacts.open_model`) and ``spec`` resolved; ``purpose``
+    (the command) names what refuses any other kind."""
+    artifact = open_model(spec, TORCH_KINDS, purpose)
+    return artifact.model, artifact.spec
 
 
 def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
@@ -121,7 +94,7 @@ def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
         model,
         example_input(1, spec.in_chans, spec.input_size),
         name=spec.name,
-        model_config=model_config(spec),
+        model_config=zoo_config(spec),
         tucker=p.tucker,
         rank_ratio=p.rank_ratio,
         pointwise_ratio=p.pointwise_rank_ratio,
@@ -237,7 +210,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
 
     s = recipe.select
     example = example_input(1, spec.in_chans, spec.input_size)
-    config = model_config(spec)
+    config = zoo_config(spec)
     hooks.log("finding every merge and Tucker rank to choose from")
     plan = find_merges(
         model,
@@ -526,7 +499,7 @@ def export_one(recipe: Recipe, path: Path, hooks) -> dict:
     recipe.check()
     check(recipe)  # ExecuTorch installed, before any work
     (fmt,) = recipe.export.formats
-    model, spec = load_model(recipe.model)
+    model, spec = load_model(recipe.model, "deeprebirth export")
     e = recipe.export
     inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
     batches = None
@@ -598,7 +571,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     if recipe.plan.file:
         plan, spec = _load_plan_file(recipe)
         recipe = recipe.replace(model=spec)
-    model, spec = load_model(recipe.model)
+    model, spec = load_model(recipe.model, "slimming")
     recipe = recipe.replace(model=spec)
     run_result = RunResult(out_dir, recipe)
     if recipe.profile.enabled and ctx.is_main:
@@ -616,7 +589,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         name=spec.name,
         input_size=spec.input_size,
         in_chans=spec.in_chans,
-        model_config=model_config(spec),
+        model_config=zoo_config(spec),
         exact_only=p.exact_only,
         tucker=p.tucker,
         rank_ratio=p.rank_ratio,
@@ -754,87 +727,53 @@ def demo_recipe(
     return speed_only, f"{why}; running the speed-only demo (random weights)"
 
 
-def load_for_bench(spec: str, config: dict, input_size: int | None):
-    """A zoo model, a slimmed directory, a weights file or an exported file (.onnx, .pte);
-    ``(model, input_shape)``. ``config`` builds a zoo model like the slimmed one beside it."""
-    from .evaluation import load_model_file
-    from .export import is_deployed_file, load_deployed
-    from .slimming import input_shape_of, is_slimmed_dir, load
-    from .zoo import get_model, model_meta
+def bench_pair(
+    a: str, b: str, input_size: int | None, runtimes: list[str] | None = None, log=_nothing
+):
+    """Two models to time side by side: ``(model_a, model_b, input_shape, runtimes)``, any
+    kind of spec (:func:`deeprebirth.artifacts.open_model`). A zoo model is built like the
+    slimmed directory beside it; an exported file runs only in its own runtime, so both are
+    timed there (an error if ``runtimes``, what was asked for, leaves it out; none: the
+    profile's default runtimes)."""
+    from .artifacts import kind_of
+    from .slimming import plan_of
 
-    if is_slimmed_dir(spec):
-        return load(spec), input_shape_of(spec)
-    if is_deployed_file(spec):
-        model = load_deployed(spec)
-        return model, list(model.input_shape)
-    if spec.endswith(".safetensors") and Path(spec).is_file():
-        model, size, in_chans = load_model_file(spec)
-        return model, [1, in_chans, size, size]
-    meta = model_meta(spec)
-    in_chans = config.get("in_chans", meta["in_chans"])
-    size = input_size or meta["input_size"]
-    return get_model(spec, **config), [1, in_chans, size, size]
-
-
-def bench_pair(a: str, b: str, input_size: int | None, runtimes: list[str], log=_nothing):
-    """Two models to time side by side: ``(model_a, model_b, input_shape, runtimes)``. A zoo
-    model is built like the slimmed directory beside it; an exported file runs only in its
-    own runtime, so both are timed there."""
-    import json
-
-    from .plan import Plan
-    from .slimming import PLAN_FILE, is_slimmed_dir
-
-    config, size = {}, input_size
+    config = {"input_size": input_size}
     for spec in (a, b):
-        if is_slimmed_dir(spec):
-            plan = Plan.from_dict(json.loads((Path(spec) / PLAN_FILE).read_text()))
-            config, size = plan.model_config, size or plan.input_shape[2]
-    model_a, shape_a = load_for_bench(a, config, size)
-    model_b, shape_b = load_for_bench(b, config, size)
-    files = {s: m.runtime for s, m in ((a, model_a), (b, model_b)) if hasattr(m, "runtime")}
+        if kind_of(spec) == "slimmed":
+            plan = plan_of(spec)
+            config = {**plan.model_config, "input_size": input_size or plan.input_shape[2]}
+    art_a, art_b = (
+        open_model(ModelConfig(s, **config), purpose="deeprebirth bench") for s in (a, b)
+    )
+    files = {s: m.runtime for s, m in ((a, art_a), (b, art_b)) if m.runtime}
     if len(set(files.values())) > 1:
         raise DeepRebirthError(f"{a} and {b} run in different runtimes")
+    asked, runtimes = runtimes, runtimes or list(DEFAULT_RUNTIMES)
     for spec, runtime in files.items():
-        if runtime not in runtimes:
+        if asked and runtime not in asked:
             raise DeepRebirthError(f"{spec} runs only in {runtime}: use --runtime {runtime}")
         if runtimes != [runtime]:
             log(f"{spec}: an exported file, timed in {runtime} only")
             runtimes = [runtime]
+    shape_a, shape_b = art_a.input_shape, art_b.input_shape
     if shape_a[1:] != shape_b[1:]:
         raise DeepRebirthError(f"{a} takes input {shape_a[1:]} but {b} takes {shape_b[1:]}")
-    return model_a, model_b, shape_a, runtimes
-
-
-def load_for_evaluate(spec: ModelConfig) -> tuple[nn.Module, int, int]:
-    """A weights file written by deeprebirth, an exported file (.onnx, .pte), a slimmed
-    directory or a zoo model: ``(model, input_size, in_chans)``."""
-    from .evaluation import load_model_file
-    from .export import is_deployed_file, load_deployed
-
-    path = Path(spec.name)
-    if path.suffix == ".safetensors" and path.is_file():
-        return load_model_file(path)
-    if is_deployed_file(path):
-        model = load_deployed(path)
-        if spec.input_size not in (None, model.input_size):
-            raise DeepRebirthError(f"{path} takes {model.input_size}x{model.input_size} inputs")
-        return model, model.input_size, model.in_chans
-    model, spec = load_model(spec)
-    return model, spec.input_size, spec.in_chans
+    return art_a.model, art_b.model, shape_a, runtimes
 
 
 def evaluate_split(
     spec: ModelConfig, data: str, split: str, batch_size: int = 256, progress=_nothing
 ) -> dict:
     """``deeprebirth evaluate``: top-1/top-5 of the model ``spec`` names (any kind that
-    :func:`load_for_evaluate` reads) on one split of ``data``; ``progress(done, total)``
+    :func:`deeprebirth.artifacts.open_model` opens) on one split of ``data``; ``progress(done, total)``
     after each batch (images)."""
     from .data import get_dataset, get_loader, num_classes_of
     from .evaluation import evaluate
 
-    model, input_size, in_chans = load_for_evaluate(spec)
-    ds = get_dataset(data, split, input_size=spec.input_size or input_size, in_chans=in_chans)
+    artifact = open_model(spec, purpose="deeprebirth evaluate")
+    model, size, in_chans = artifact.model, artifact.spec.input_size, artifact.spec.in_chans
+    ds = get_dataset(data, split, input_size=spec.input_size or size, in_chans=in_chans)
     done = 0
 
     def on_batch(n: int) -> None:

@@ -288,5 +288,7 @@ def _base_model(plan: Plan, path: Path) -> nn.Module:
     )
 
 
-def input_shape_of(path: str | Path) -> list[int]:
-    return json.loads((Path(path) / PLAN_FILE).read_text())["input_shape"]
+def plan_of(path: str | Path) -> Plan:
+    """The plan a slimmed directory was made with."""
+    plan_file = Path(path) / PLAN_FILE
+    return Plan.from_dict(json.loads(plan_file.read_text()), source=str(plan_file))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..artifacts import TORCH_KINDS, open_model
 from ..files import atomic_write_text, write_json
 from ..graph.capture import capture
 from ..graph.taxonomy import KINDS, is_tensor_kind
@@ -23,6 +24,7 @@ from ..profiling.machine import cpu_label, machine_info
 from ..profiling.plot import RUNTIME_LABELS
 from ..profiling.profile import profile
 from ..profiling.stats import count_macs, count_params, peak_activation_bytes
+from ..recipe import ModelConfig
 from .energy import energy_note, energy_per_call_mj
 from .plots import plot_accuracy_latency, plot_kinds_before_after
 
@@ -37,17 +39,9 @@ def reference_model(
     built for ``in_chans``, the slimmed model's), a weights file written by deeprebirth or a
     slimmed directory (trained; they name their model and channels; a slimmed directory is
     named by its last two path parts, e.g. ``fashion_mnist_64/slimmed``)."""
-    from ..evaluation import load_model_file, weights_meta
-    from ..slimming import input_shape_of, is_slimmed_dir, load
-    from ..zoo import get_model
-
-    if is_slimmed_dir(ref):
-        path = Path(ref).resolve()
-        return f"{path.parent.name}/{path.name}", load(path), input_shape_of(path)[1], True
-    if Path(ref).is_file():
-        model, _, in_chans = load_model_file(ref)
-        return weights_meta(ref)["model"], model, in_chans, True
-    return ref, get_model(ref, num_classes=num_classes, in_chans=in_chans), in_chans, False
+    spec = ModelConfig(ref, num_classes=num_classes, in_chans=in_chans)
+    a = open_model(spec, TORCH_KINDS, "report.references")
+    return a.label, a.model, a.spec.in_chans, a.trained
 
 
 def _costs(model: nn.Module, x: torch.Tensor) -> dict:
