@@ -30,10 +30,10 @@ import torch
 from deeprebirth import get_model
 from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.graph import example_input
-from deeprebirth.plan import make_plan
-from deeprebirth.plan.select import BudgetError, select_plan, tucker_plans
+from deeprebirth.machine import cpu_label, machine_info
+from deeprebirth.planning import make_plan
+from deeprebirth.planning.select import BudgetError, select_plan, tucker_plans
 from deeprebirth.profiling.bench import bench
-from deeprebirth.profiling.machine import cpu_label, machine_info
 from deeprebirth.profiling.plot import RUNTIME_LABELS
 from deeprebirth.slimming import slim
 

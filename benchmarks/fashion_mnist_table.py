@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from deeprebirth.profiling.machine import cpu_label
+from deeprebirth.machine import cpu_label
 
 LABELS = {
     "teacher": "BVLC GoogLeNet (teacher)",

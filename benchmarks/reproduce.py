@@ -87,7 +87,7 @@ from deeprebirth import get_model  # noqa: E402
 from deeprebirth.data import get_dataset, get_loader  # noqa: E402
 from deeprebirth.evaluation import evaluate, load_model_file, save_weights  # noqa: E402
 from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
-from deeprebirth.profiling.machine import machine_info  # noqa: E402
+from deeprebirth.machine import machine_info  # noqa: E402
 from deeprebirth.recipe import Recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,7 +471,7 @@ def at_size(key: str, size: int, built: dict):
         # GoogLeNet's streamline merges record their 64x64 shapes: re-plan at this size and
         # apply exactly the merges the committed model has (the same architecture).
         from deeprebirth.graph.capture import example_input
-        from deeprebirth.plan import make_plan
+        from deeprebirth.planning import make_plan
 
         applied = set(json.loads((ROOT / entry["path"] / "plan.json").read_text())["applied"])
         plan = make_plan(teacher, example_input(1, CHANS, size), depth=True)

@@ -25,9 +25,10 @@ import torch
 from deeprebirth import get_model
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.export.onnx import to_onnx
+from deeprebirth.export.onnx_file import ort_session
 from deeprebirth.graph import example_input
-from deeprebirth.profiling.machine import cpu_label
-from deeprebirth.profiling.ort_runtime import ort_runner, ort_session
+from deeprebirth.machine import cpu_label
+from deeprebirth.profiling.ort_runtime import ort_runner
 from deeprebirth.profiling.timing import measure_interleaved
 from deeprebirth.slimming import slim
 from deeprebirth.transforms.runner import relative_error

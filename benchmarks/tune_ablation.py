@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import ROOT, started, top1  # noqa: E402
 
 from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
-from deeprebirth.profiling.machine import machine_info  # noqa: E402
+from deeprebirth.machine import machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/tune_ablation.json"
 TABLE = ROOT / "benchmarks/results/tune_ablation.md"

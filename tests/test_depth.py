@@ -12,7 +12,8 @@ from torch import fx, nn
 from deeprebirth import slimming
 from deeprebirth.cli import main
 from deeprebirth.graph import capture, example_input
-from deeprebirth.plan import PlanError, make_plan
+from deeprebirth.plan import PlanError
+from deeprebirth.planning import make_plan
 from deeprebirth.transforms import MERGES, apply_plan
 from deeprebirth.transforms.depth import choose_alternatives, compose_convs
 from deeprebirth.zoo import get_model
@@ -265,7 +266,7 @@ def test_cli_slims_and_exports_with_depth_merges(capsys, tmp_path, end):
 def test_depth_chains_are_budget_options(mobilenet_plan):
     """Chains that share a layer are one group of non-overlapping sets; Tucker on a conv a
     chain takes joins the chain's group; with_entries turns on only the chosen chains."""
-    from deeprebirth.plan.select import build_options, depth_options, with_entries
+    from deeprebirth.planning.select import build_options, depth_options, with_entries
 
     model, plan = mobilenet_plan
     depth = [e for e in plan.entries if e.kind in ("drop_activation", "merge_convs")]

@@ -10,7 +10,8 @@ from torch import nn
 from deeprebirth import slimming
 from deeprebirth.config import ConfigError
 from deeprebirth.graph import capture, example_input
-from deeprebirth.plan import PlanError, make_plan
+from deeprebirth.plan import PlanError
+from deeprebirth.planning import make_plan
 from deeprebirth.transforms.depth import end_in_activation
 from deeprebirth.tuning import TuneConfig
 from deeprebirth.tuning.linearize import Fade, insert_fades, remove_fades, set_fade

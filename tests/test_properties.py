@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deeprebirth.graph import example_input
-from deeprebirth.plan import make_plan
+from deeprebirth.planning import make_plan
 from deeprebirth.transforms import PARITY_TOLERANCE, apply_plan, relative_error
 from deeprebirth.zoo import LocalResponseNorm
 

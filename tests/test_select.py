@@ -6,8 +6,8 @@ from test_cli import one_line_error
 
 from deeprebirth.cli import main
 from deeprebirth.graph import example_input
-from deeprebirth.plan import make_plan
-from deeprebirth.plan.select import BudgetError, Option, build_options, choose, with_entries
+from deeprebirth.planning import make_plan
+from deeprebirth.planning.select import BudgetError, Option, build_options, choose, with_entries
 from deeprebirth.zoo import get_model
 
 
@@ -68,7 +68,7 @@ def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_pat
     import types
 
     import deeprebirth.profiling.bench as bench
-    from deeprebirth.plan.select import SESSIONS, measure_options
+    from deeprebirth.planning.select import SESSIONS, measure_options
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     plan = make_plan(model, x)
@@ -97,7 +97,7 @@ def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_pat
 
 
 def test_a_chain_that_needs_learned_merges_is_offered_with_them():
-    from deeprebirth.plan.select import _applies
+    from deeprebirth.planning.select import _applies
 
     # tiny_cnn's chain conv1 -> b1/b2 crosses pool1 and b2_pool: it applies only once the
     # streamline and branch merges have removed them.
@@ -171,7 +171,7 @@ def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_
 
 
 def test_only_everything_reaches_the_budget(monkeypatch):
-    import deeprebirth.plan.select as sel
+    import deeprebirth.planning.select as sel
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", 1.0, 1.0), opt("b", "b", 2.0, 2.0), opt("b2", "b", 1.5, 0.5)]
@@ -184,7 +184,7 @@ def test_only_everything_reaches_the_budget(monkeypatch):
 
 
 def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
-    import deeprebirth.plan.select as sel
+    import deeprebirth.planning.select as sel
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", 2.0, 1.0), opt("b", "b", 2.0, 2.0), opt("c", "c", 2.0, 3.0)]
@@ -206,7 +206,7 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
 
 
 def test_a_raised_need_the_grid_falls_short_of_tries_everything(monkeypatch):
-    import deeprebirth.plan.select as sel
+    import deeprebirth.planning.select as sel
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", 1.0, 1.0), opt("b", "b", 1.0, 2.0), opt("c", "c", 1.0, 3.0)]
@@ -225,7 +225,7 @@ def test_a_raised_need_the_grid_falls_short_of_tries_everything(monkeypatch):
 
 
 def test_a_margin_aims_under_the_budget(monkeypatch):
-    import deeprebirth.plan.select as sel
+    import deeprebirth.planning.select as sel
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", 2.0, 1.0), opt("b", "b", 2.0, 2.0), opt("c", "c", 2.0, 3.0)]
@@ -246,7 +246,7 @@ def test_a_margin_aims_under_the_budget(monkeypatch):
 def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
     import deeprebirth.pipeline as pipeline
     from deeprebirth.errors import DeepRebirthError
-    from deeprebirth.plan.select import Selection
+    from deeprebirth.planning.select import Selection
     from deeprebirth.recipe import Recipe
 
     model = get_model("user_models:tiny_cnn")
@@ -280,7 +280,7 @@ def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):
 
 
 def test_options_slower_than_the_base_do_not_put_a_met_budget_out_of_reach(monkeypatch):
-    import deeprebirth.plan.select as sel
+    import deeprebirth.planning.select as sel
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     options = [opt("a", "a", -0.5, 1.0), opt("b", "b", -0.2, 2.0)]  # timing noise: "slower"

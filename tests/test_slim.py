@@ -7,7 +7,8 @@ from torch import nn
 from deeprebirth import slimming
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.graph import example_input
-from deeprebirth.plan import PLAN_VERSION, Plan, PlanError, make_plan
+from deeprebirth.plan import PLAN_VERSION, Plan, PlanError
+from deeprebirth.planning import make_plan
 from deeprebirth.transforms import MERGES, PARITY_TOLERANCE, apply_plan, relative_error
 from deeprebirth.zoo import get_model
 

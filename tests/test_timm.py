@@ -7,8 +7,8 @@ import torch
 from deeprebirth import get_model
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.export.onnx import to_onnx
+from deeprebirth.export.onnx_file import ort_session
 from deeprebirth.graph import example_input
-from deeprebirth.profiling.ort_runtime import ort_session
 from deeprebirth.slimming import load, save, slim
 from deeprebirth.transforms.runner import relative_error
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from deeprebirth.graph import capture, example_input
-from deeprebirth.plan import make_plan
+from deeprebirth.planning import make_plan
 from deeprebirth.slimming import slim
 from deeprebirth.transforms import MERGES, propagate_shapes
 from deeprebirth.zoo import LocalResponseNorm, get_model

@@ -5,7 +5,7 @@ from torch import nn
 
 from deeprebirth.errors import DeepRebirthError
 from deeprebirth.graph import capture, example_input
-from deeprebirth.plan import make_plan
+from deeprebirth.planning import make_plan
 from deeprebirth.slimming import slim
 from deeprebirth.transforms.tucker import evbmf_rank, tucker2_layers, tucker_ranks
 from deeprebirth.tuning import find_stages

@@ -9,13 +9,18 @@ Bad input is one line on stderr and a non-zero exit; ``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
-from . import __version__
+from . import __version__, pipeline
+from .config import ConfigError
+from .data import SPLITS, get_dataset, num_classes_of
 from .errors import DeepRebirthError
+from .files import write_json
 from .flags import (
     COMPRESSION_FLAGS,
     EXPORT_FLAGS,
@@ -29,7 +34,13 @@ from .flags import (
     positive_int,
     recipe_from_args,
 )
+from .pipeline import DEMO_RECIPE, bench_pair, demo_recipe, evaluate_split, export_one
+from .profiling import plot_profile
+from .profiling.bench import bench
+from .recipe import Recipe
 from .report.console import ConsoleHooks
+from .report.tables import bench_table, plan_table
+from .zoo import list_models, model_meta
 
 console = Console(stderr=True)
 # Tables go to stdout; when piped, give them room instead of rich's 80 columns.
@@ -46,10 +57,6 @@ def _command() -> str:
 
 
 def run_recipe(recipe) -> int:
-    import os
-
-    from . import pipeline
-
     console.quiet = out.quiet = int(os.environ.get("RANK", "0")) != 0  # torchrun: rank 0 prints
     r = pipeline.run(recipe, printer.hooks(), command=_command())
     if r.report is not None and not console.quiet:
@@ -67,10 +74,6 @@ def run_recipe(recipe) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from .zoo import list_models, model_meta
-
     table = Table(
         title="models (`deeprebirth profile NAME`; also timm:NAME, own models: "
         "package.module:factory)"
@@ -85,9 +88,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .files import write_json
-    from .profiling import plot_profile
 
     recipe = command_recipe(args, **{"profile.enabled": True})
     recipe.check()
@@ -102,8 +102,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import SPLITS, get_dataset, num_classes_of
-
     for split in SPLITS:
         ds = get_dataset(args.spec, split, input_size=args.input_size, in_chans=args.in_chans)
         x, _ = ds[0]
@@ -114,8 +112,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .report.tables import plan_table
 
     recipe = command_recipe(args)
     model, spec = pipeline.load_model(recipe.model, "deeprebirth plan")
@@ -132,14 +128,12 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
 
     return run_recipe(Recipe.load(args.recipe, args.set or []))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end, as recipes/demo.toml says."""
-    from .pipeline import demo_recipe
 
     out = [f"out={str(args.out)!r}"] if args.out else []
     recipe, why = demo_recipe(args.recipe, [*(args.set or []), *out])
@@ -151,8 +145,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .files import write_json
-    from .pipeline import evaluate_split
 
     spec = command_recipe(args).model
     with printer.counting(f"evaluating {spec.name}") as progress:
@@ -164,17 +156,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .pipeline import export_one
 
     export_one(command_recipe(args, **{"export.formats": ["onnx"]}), args.output, printer.hooks())
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .files import write_json
-    from .pipeline import bench_pair
-    from .profiling.bench import bench
-    from .report.tables import bench_table
 
     t = command_recipe(args, **{"model.name": "-"}).profile
     asked = t.runtimes if hasattr(args, "profile.runtimes") else None  # --runtime given
@@ -207,7 +194,6 @@ MODEL_KINDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import DEMO_RECIPE
 
     parser = argparse.ArgumentParser(
         prog="deeprebirth",
@@ -286,12 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SET_HELP = "override a recipe key, e.g. tune.max_batches=50 (repeatable)"
-SPLITS = ("train", "val", "test")
 SPLIT_HELP = "val: held out of the training set, for choosing; test (default): for reporting"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)

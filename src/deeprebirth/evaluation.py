@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError, DeepRebirthError
 from .files import publish
+from .zoo import get_model
 
 
 @torch.no_grad()
@@ -91,7 +92,6 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, int, int]:
 
     Returns ``(model, input_size, in_chans)``.
     """
-    from .zoo import get_model
 
     meta = weights_meta(path)
     if "model" not in meta:

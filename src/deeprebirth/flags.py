@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .config import default_of, field_of, nest
+from .profiling import RUNTIMES
+from .recipe import Recipe
+
 # --- argument types ----------------------------------------------------------------------
 
 
 def parse_runtimes(text: str) -> list[str]:
-    from .profiling import RUNTIMES
 
     runtimes = [r.strip() for r in text.split(",") if r.strip()]
     if not runtimes or any(r not in RUNTIMES for r in runtimes):
@@ -57,16 +60,12 @@ def budget_share(text: str) -> float:
 
 
 def field_help(key: str) -> str:
-    from .config import field_of
-    from .recipe import Recipe
 
     return field_of(Recipe, key).metadata.get("help", "")
 
 
 def key_arg(group, *flags: str, key: str, help: str | None = None, **kwargs) -> None:
     """``flags`` set the recipe key ``key``; help and default come from the recipe."""
-    from .config import default_of, field_of
-    from .recipe import Recipe
 
     default = default_of(field_of(Recipe, key))
     if not {"action", "metavar", "choices"} & set(kwargs):
@@ -82,8 +81,6 @@ def key_arg(group, *flags: str, key: str, help: str | None = None, **kwargs) -> 
 def recipe_from_args(args: argparse.Namespace, **fixed):
     """The recipe the flags describe (every flag given is a key, ``fixed`` are keys the
     command sets; the rest are defaults)."""
-    from .config import nest
-    from .recipe import Recipe
 
     given = {**fixed, **vars(args)}
     given = {k: v for k, v in given.items() if "." in k or k in ("out", "fp16_weights")}

@@ -18,49 +18,47 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from . import __version__
-from .artifacts import TORCH_KINDS, open_model, zoo_config
+from .artifacts import TORCH_KINDS, kind_of, open_model, zoo_config
 from .config import ConfigError
-from .errors import DeepRebirthError
+from .data import FASHION_MNIST, fashion_mnist_root, get_dataset, get_loader, num_classes_of
+from .errors import DataNotFoundError, DeepRebirthError
+from .evaluation import evaluate
+from .export import export, export_executorch, export_int8
+from .export.executorch import require_executorch
+from .files import write_json
+from .graph import example_input
+from .plan import Plan, PlanError
+from .planning import make_plan as find_merges
+from .planning.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
+from .profiling import plot_profile, profile
+from .profiling.bench import latencies
 from .profiling.profile import DEFAULT_RUNTIMES
 from .recipe import RECIPE_FILE, ModelConfig, Recipe
+from .report import REFERENCES, build_report, reference_model, write_report
+from .report.hooks import Hooks, nothing
+from .slimming import plan_of, save, slim, start_from, tune
+from .transforms import apply_plan
+from .transforms.depth import end_in_activation
+from .tuning import distributed
+from .tuning.trainer import config_dict, cut_short, tuning_cost
 
 #: What each export format writes into the output directory.
 EXPORT_FILES = {"onnx": "model.onnx", "executorch": "model.pte", "torchscript": "model.pt"}
 SELECTION_FILE = "selection.json"
 INT8_FILES = {"onnx": "model_int8.onnx", "executorch": "model_int8.pte"}
-
-
-def _nothing(*args) -> None:
-    return None
-
-
-@dataclass
-class Hooks:
-    """How the pipeline talks to whoever runs it (the CLI prints; Python callers need not)."""
-
-    #: A line of progress ("tracing ...", "wrote ...").
-    log: Callable[[str], None] = _nothing
-    #: Something the user should know (an untuned model, a reference left out).
-    note: Callable[[str], None] = _nothing
-    #: A result to show: ("profile", (dict, slowest layers to list)), ("plan", Plan), ("reverted", (id, why)),
-    #: ("selection", Selection), ("accuracy", dict), ("reference", (name, dict)),
-    #: ("export", dict).
-    show: Callable[[str, Any], None] = _nothing
-    #: A context manager giving the tuning progress callback (stage, step, total, loss).
-    tuning_progress: Callable[[bool], AbstractContextManager] = lambda is_main: nullcontext()
 
 
 @dataclass
@@ -86,8 +84,6 @@ def load_model(spec: ModelConfig, purpose: str) -> tuple[nn.Module, ModelConfig]
 
 def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
     """The plan the recipe asks for (every merge found, or the plan file)."""
-    from .graph import example_input
-    from .plan import make_plan as find_merges
 
     p = recipe.plan
     return find_merges(
@@ -106,8 +102,6 @@ def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
 def _load_plan_file(recipe: Recipe):
     """The plan in ``plan.file`` (its depth chains ending in an activation or not, as
     ``plan.end_activation`` says), and the model spec completed from it."""
-    from .plan import Plan, PlanError
-    from .transforms.depth import end_in_activation
 
     plan = Plan.load(recipe.plan.file)
     end_in_activation(plan.entries, recipe.plan.end_activation)
@@ -125,13 +119,10 @@ def _load_plan_file(recipe: Recipe):
 
 def report_runtimes() -> list[str]:
     """The report's runtimes: PyTorch eager, ONNX Runtime, and ExecuTorch if installed."""
-    import importlib.util
-
     return ["torch", "ort"] + (["executorch"] if importlib.util.find_spec("executorch") else [])
 
 
 def references_of(recipe: Recipe) -> list[str]:
-    from .report import REFERENCES
 
     if not recipe.report.enabled:
         return []
@@ -142,7 +133,6 @@ def references_of(recipe: Recipe) -> list[str]:
 def check(recipe: Recipe) -> None:
     """What can be checked before any work, so a typo costs nothing: the references load,
     ExecuTorch is installed where asked for."""
-    from .report import reference_model
 
     for ref in references_of(recipe):
         reference_model(ref, num_classes=10)
@@ -151,8 +141,6 @@ def check(recipe: Recipe) -> None:
     )
     wants_et |= recipe.report.enabled and "executorch" in (recipe.report.runtimes or [])
     if wants_et:
-        from .export.executorch import require_executorch
-
         require_executorch()
     profile = recipe.profile
     if profile.enabled and "executorch" in profile.runtimes and profile.batch != 1:
@@ -165,7 +153,6 @@ def check(recipe: Recipe) -> None:
 def profile_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks, command: str) -> dict:
     """Where the model's time goes, per layer and layer kind, in each of ``profile.runtimes``
     (``deeprebirth profile``; :func:`run` writes it beside the slimmed model)."""
-    from .profiling import profile
 
     p = recipe.profile
     result = profile(
@@ -186,11 +173,8 @@ def profile_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks, com
 
 def validation_batches(recipe: Recipe, spec: ModelConfig, n: int = 4, size: int = 16) -> list:
     """Batches of the validation split (what choices are scored on), or random inputs."""
-    from .graph import example_input
 
     if recipe.data.spec:
-        from .data import get_dataset, get_loader
-
         ds = get_dataset(
             recipe.data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans
         )
@@ -202,11 +186,6 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     """The plan meeting the latency budget (``select.latency_budget_ms``, or
     ``select.latency_budget_share`` of the original's) at the least estimated error, checked
     by measuring it beside the original and the plan with every merge."""
-    from .graph import example_input
-    from .plan import make_plan as find_merges
-    from .plan.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
-    from .profiling.bench import latencies
-    from .transforms import apply_plan
 
     s = recipe.select
     example = example_input(1, spec.in_chans, spec.input_size)
@@ -290,8 +269,6 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
     """The latency-budget selection; kept in OUT.partial/ while tuning may be interrupted,
     so that a resumed run tunes the plan it started with (timing noise could choose
     another)."""
-    from .files import write_json
-    from .plan import Plan
 
     work = Path(f"{out_dir}.partial")
     asked = {"model": spec.name, "select": dataclasses.asdict(recipe.select)}
@@ -315,10 +292,6 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
 def labels_fit(model: nn.Module, dataset, input_shape) -> bool:
     """Whether the data's classes are the model's outputs (as many; a data set that does not
     say is taken to fit), so that its labels can train the model."""
-    import torch
-
-    from .data import num_classes_of
-
     classes = num_classes_of(dataset)
     if classes is None:
         return True
@@ -329,10 +302,6 @@ def labels_fit(model: nn.Module, dataset, input_shape) -> bool:
 def tune_step(
     recipe: Recipe, teacher: nn.Module, result, spec: ModelConfig, ctx, out_dir: Path, hooks
 ) -> dict:
-    from .data import get_dataset, get_loader, num_classes_of
-    from .slimming import start_from, tune
-    from .tuning import distributed
-    from .tuning.trainer import config_dict, cut_short, tuning_cost
 
     data = recipe.data
     train = get_dataset(
@@ -396,8 +365,6 @@ def evaluate_step(
 ) -> dict:
     """Top-1/top-5 of teacher and student: on val (what recipes are compared on) and on test
     (read once, to report the finished model)."""
-    from .data import get_dataset, get_loader
-    from .evaluation import evaluate
 
     def loader(split: str):
         ds = get_dataset(
@@ -417,9 +384,6 @@ def evaluate_step(
 def evaluate_references(recipe: Recipe, references: list[str], spec: ModelConfig, hooks) -> dict:
     """Top-1/top-5 of the trained references (weights files) on the test split; one that
     does not fit the data is noted and left out (the slimmed model is saved by now)."""
-    from .data import get_dataset, get_loader
-    from .evaluation import evaluate
-    from .report import reference_model
 
     acc = {}
     for ref in references:
@@ -465,7 +429,6 @@ def export_file(
 ) -> dict:
     """``model`` as one ``fmt`` file at ``path``, checked against PyTorch on ``inputs``;
     int8 when calibration ``batches`` are given (``export.int8_format`` for ONNX)."""
-    from .export import export, export_executorch, export_int8
 
     real = bool(recipe.data.spec)
     if batches is None:
@@ -530,7 +493,6 @@ def calibration_batches(data: str, spec: ModelConfig, images: int) -> list:
 
 def labelled_batches(data: str, split: str, size: int, chans: int, images: int) -> list:
     """The first ``images`` (images, labels) pairs of ``split``, in batches of 64."""
-    from .data import get_dataset, get_loader
 
     ds = get_dataset(data, split, input_size=size, in_chans=chans)
     return list(islice(((x, y) for x, y, *_ in get_loader(ds, 64)), -(-images // 64)))
@@ -538,11 +500,9 @@ def labelled_batches(data: str, split: str, size: int, chans: int, images: int) 
 
 def check_inputs(data: str | None, spec: ModelConfig, n: int) -> Any:
     """``n`` validation images for an export's parity check (random ones without data)."""
-    from .graph import example_input
 
     if not data:
         return example_input(2, spec.in_chans, spec.input_size)
-    from .data import get_dataset, get_loader
 
     ds = get_dataset(data, "val", input_size=spec.input_size, in_chans=spec.in_chans)
     return next(iter(get_loader(ds, n)))[0]
@@ -556,11 +516,6 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
 
     Under ``torchrun``, tuning runs data-parallel and only rank 0 evaluates and writes.
     """
-    import torch
-
-    from .slimming import save, slim
-    from .tuning import distributed
-
     hooks = hooks or Hooks()
     command = command or f"deeprebirth run (recipe for {recipe.model.name})"
     recipe.check()
@@ -623,11 +578,8 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     recipe.save(out_dir / RECIPE_FILE, header=_recipe_header(command))
     _finish_tuning_files(summary, out_dir)
     distributed.teardown(ctx)
-    from .files import write_json
 
     if "profile" in summary:  # save() replaced the directory: the profile goes in after
-        from .profiling import plot_profile
-
         hooks.log(f"wrote {write_json(out_dir / 'profile.json', summary['profile'])}")
         hooks.log(f"wrote {plot_profile(summary['profile'], out_dir / 'profile.png')}")
     if run_result.selection is not None:
@@ -636,8 +588,6 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     if recipe.export.formats:
         summary["export"] = export_step(recipe, result.model, spec, out_dir, hooks)
     if recipe.report.enabled:
-        from .report import build_report, write_report
-
         references = references_of(recipe)
         if recipe.data.spec and recipe.evaluate.enabled:
             summary["accuracy"].update(evaluate_references(recipe, references, spec, hooks))
@@ -662,7 +612,6 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
 def _finish_tuning_files(summary: dict, out_dir: Path) -> None:
     """tune_report.json (what tuning and evaluation measured) and the stage log beside the
     model; the checkpoints of OUT.partial/ are no longer needed."""
-    from .files import write_json
 
     partial = Path(f"{out_dir}.partial")
     record = {k: v for k, v in summary.items() if k in ("tuning", "accuracy")}
@@ -675,7 +624,7 @@ def _finish_tuning_files(summary: dict, out_dir: Path) -> None:
 
 def _recipe_header(command: str) -> str:
     return (
-        f"The resolved recipe of this directory (deeprebirth {__version__}).\n"
+        f"The resolved recipe of this directory (deeprebirth {version('deeprebirth')}).\n"
         f"Made by: {command}\n"
         "Run it again: deeprebirth run recipe.toml --set out=ANOTHER_DIR\n"
     )
@@ -693,8 +642,6 @@ def demo_recipe(
     """The demo's recipe, its relative paths taken from the repository root; without the
     data or the teacher weights, the speed-only variant (random weights at 224, nothing to
     tune or evaluate), and why."""
-    from .data import FASHION_MNIST, fashion_mnist_root
-    from .errors import DataNotFoundError
 
     recipe = Recipe.load(path, overrides)
     root = Path(path).resolve().parent.parent
@@ -728,15 +675,13 @@ def demo_recipe(
 
 
 def bench_pair(
-    a: str, b: str, input_size: int | None, runtimes: list[str] | None = None, log=_nothing
+    a: str, b: str, input_size: int | None, runtimes: list[str] | None = None, log=nothing
 ):
     """Two models to time side by side: ``(model_a, model_b, input_shape, runtimes)``, any
     kind of spec (:func:`deeprebirth.artifacts.open_model`). A zoo model is built like the
     slimmed directory beside it; an exported file runs only in its own runtime, so both are
     timed there (an error if ``runtimes``, what was asked for, leaves it out; none: the
     profile's default runtimes)."""
-    from .artifacts import kind_of
-    from .slimming import plan_of
 
     config = {"input_size": input_size}
     for spec in (a, b):
@@ -763,13 +708,11 @@ def bench_pair(
 
 
 def evaluate_split(
-    spec: ModelConfig, data: str, split: str, batch_size: int = 256, progress=_nothing
+    spec: ModelConfig, data: str, split: str, batch_size: int = 256, progress=nothing
 ) -> dict:
     """``deeprebirth evaluate``: top-1/top-5 of the model ``spec`` names (any kind that
     :func:`deeprebirth.artifacts.open_model` opens) on one split of ``data``; ``progress(done, total)``
     after each batch (images)."""
-    from .data import get_dataset, get_loader, num_classes_of
-    from .evaluation import evaluate
 
     artifact = open_model(spec, purpose="deeprebirth evaluate")
     model, size, in_chans = artifact.model, artifact.spec.input_size, artifact.spec.in_chans

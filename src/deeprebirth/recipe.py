@@ -25,9 +25,10 @@ import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .config import ConfigError, from_dict, option, read_toml, reference, set_key, to_toml
+from .config import ConfigError, from_dict, option, read_toml, reference, set_key, to_toml, tomllib
 from .export.check import FORMATS
 from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
+from .files import atomic_write_text
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -221,7 +222,6 @@ class Recipe:
 
     @classmethod
     def from_toml_text(cls, text: str) -> Recipe:
-        from .config import tomllib
 
         return cls.from_dict(tomllib.loads(text))
 
@@ -238,7 +238,6 @@ class Recipe:
         return to_toml(self, header)
 
     def save(self, path: str | Path, header: str = "") -> Path:
-        from .files import atomic_write_text
 
         atomic_write_text(path, self.to_toml(header))
         return Path(path)

@@ -23,8 +23,12 @@ from torch import fx, nn
 from .errors import DeepRebirthError
 from .files import umask
 from .graph.capture import capture, example_input
-from .plan import Plan, PlanError, make_plan
+from .plan import Plan, PlanError
+from .planning import make_plan
 from .transforms import SlimReport, apply_plan
+from .transforms.runner import apply_entries
+from .tuning import Stage, TuneConfig, Tuner, find_stages
+from .tuning.linearize import insert_fades, remove_fades
 from .zoo import apply_state_dict, get_model, list_models
 
 PLAN_FILE = "plan.json"
@@ -105,7 +109,6 @@ def tune(
     ``tuned=True``: the student is tuned already (:func:`start_from`), only the fine-tune runs.
     Returns one record per stage run (and one for the final fine-tune).
     """
-    from .tuning import Stage, TuneConfig, Tuner, find_stages
 
     config = config or TuneConfig()
     teacher_gm = capture(copy.deepcopy(teacher)).eval()
@@ -154,8 +157,6 @@ def _before_drops(result: SlimResult, teacher: nn.Module, example: torch.Tensor)
     after each activation the applied drop_activation entries remove; and the function that
     finishes a trained one: fades out, the rest of the plan applied, weights into
     ``result.model``."""
-    from .transforms.runner import apply_entries
-    from .tuning.linearize import insert_fades, remove_fades
 
     applied = result.report.applied
     entries = [e for e in result.plan.entries if e.id in applied]

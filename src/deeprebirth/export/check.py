@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
-from ..profiling.ort_runtime import ort_session
+from ..export.onnx_file import ort_session
+from .executorch import PteModel, to_executorch
 from .int8 import DEFAULT_INT8_FORMAT, needs_reduce_range, quantize_int8
 from .int8_choice import choose_int8
 from .onnx import to_onnx
@@ -183,7 +184,6 @@ def export_executorch(
     The gate is the ONNX one: ``PARITY_TOLERANCE`` of the output's scale in float,
     ``INT8_TOLERANCE`` in int8; on failure nothing is left at ``path``.
     """
-    from .executorch import PteModel, to_executorch
 
     path = Path(path)
     model = model.eval()

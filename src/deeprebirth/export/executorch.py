@@ -8,7 +8,8 @@ runtime's kernel library lacks as ``F.local_response_norm`` writes it, is rewrit
 banded 1x1 conv, then the power and the division). int8 uses the XNNPACK quantizer through
 PT2E (torchao), calibrated on images the caller gives (training images).
 
-ExecuTorch is an optional extra: ``pip install 'deeprebirth[mobile]'``.
+ExecuTorch is an optional extra: ``pip install 'deeprebirth[mobile]'``; its modules are
+imported inside the functions that use them, so that the rest runs without it.
 """
 
 from __future__ import annotations

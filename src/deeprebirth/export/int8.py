@@ -42,7 +42,7 @@ from onnxruntime.quantization import (
 
 from ..errors import DeepRebirthError
 from ..files import publish
-from ..profiling.machine import cpu_isa
+from ..machine import cpu_isa
 
 INT8_FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
 #: Ops given int8 kernels. Others stay float: with ORT's defaults, QOperator models of the

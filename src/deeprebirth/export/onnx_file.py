@@ -5,14 +5,33 @@ This is how the deployed artifact (float or int8) is measured, rather than its P
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
-from ..profiling.ort_runtime import ort_session
+
+
+def ort_session(
+    proto: onnx.ModelProto, threads: int, profile_dir: str | None = None
+) -> ort.InferenceSession:
+    """A CPU session with pinned threads, all graph optimisations, sequential execution."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if profile_dir is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(profile_dir, "ort")
+    return ort.InferenceSession(
+        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def is_onnx_file(spec: str | Path) -> bool:

@@ -1,6 +1,7 @@
-"""Plans: the merges found in a model, which a user can read, edit and re-apply."""
+"""The plan format: the merges found in a model, which a user can read, edit and re-apply.
+Finding them (``deeprebirth.planning``) and applying them (``deeprebirth.transforms``) build
+on it."""
 
-from .discover import make_plan
 from .plan import PLAN_VERSION, Plan, PlanEntry, PlanError
 
-__all__ = ["PLAN_VERSION", "Plan", "PlanEntry", "PlanError", "make_plan"]
+__all__ = ["PLAN_VERSION", "Plan", "PlanEntry", "PlanError"]

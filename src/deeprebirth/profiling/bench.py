@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
-from ..export.executorch import PteModel
+from ..export.executorch import PteModel, set_threads
 from ..export.onnx import to_onnx
 from ..export.onnx_file import OnnxModel
 from ..graph.capture import capture, example_input
-from .machine import machine_info
+from ..machine import machine_info
+from .executorch_runtime import et_runners
 from .ort_runtime import ort_runner, ort_session
 from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import Timing, measure_interleaved, pin_threads, restores_threads
@@ -56,9 +57,6 @@ def latencies(
             with torch.inference_mode():
                 out[runtime] = measure_interleaved(fns, runs, warmup)
         elif runtime == "executorch":
-            from ..export.executorch import set_threads
-            from .executorch_runtime import et_runners
-
             set_threads(threads)
             log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
             calls = {k: et_runners(m, x, sessions) for k, (m, x) in models.items()}

@@ -1,5 +1,6 @@
 """ExecuTorch (XNNPACK delegate), the runtime PyTorch ships for phones: whole-model latency
-and time per operator from the runtime's own profiler (ETDump, read by the Inspector)."""
+and time per operator from the runtime's own profiler (ETDump, read by the Inspector).
+ExecuTorch is optional: its modules are imported inside the functions that use them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..export.executorch import PteModel, to_executorch
 from ..graph.taxonomy import XNNPACK_SPANS, executorch_kind, xnnpack_op
 from .timing import Timing, measure
 
@@ -20,7 +22,6 @@ _FRAMEWORK_EVENTS = ("DELEGATE_CALL", "OPERATOR_CALL")
 
 def _program(model: nn.Module, x: torch.Tensor) -> bytes | Path:
     """What the runtime loads: a :class:`PteModel`'s file, or ``model`` lowered for XNNPACK."""
-    from ..export.executorch import PteModel, to_executorch
 
     if isinstance(model, PteModel):
         return model.path

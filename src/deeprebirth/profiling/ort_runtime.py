@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 from collections import defaultdict
@@ -12,26 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..export.onnx_file import ort_session
 from ..graph.taxonomy import onnx_kind
 from .timing import Timing, measure
-
-
-def ort_session(
-    proto: onnx.ModelProto, threads: int, profile_dir: str | None = None
-) -> ort.InferenceSession:
-    """A CPU session with pinned threads, all graph optimisations, sequential execution."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if profile_dir is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(profile_dir, "ort")
-    return ort.InferenceSession(
-        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
 
 
 def ort_runner(session: ort.InferenceSession, example: np.ndarray):

@@ -9,10 +9,13 @@ import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
+from ..export.executorch import set_threads
 from ..export.onnx import to_onnx
 from ..graph.capture import capture, example_input
 from ..graph.taxonomy import KINDS, is_tensor_kind
-from .machine import machine_info
+from ..machine import machine_info
+from ..zoo import get_model, model_meta
+from .executorch_runtime import et_latency, et_layer_times
 from .ort_runtime import ort_latency, ort_layer_times
 from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import pin_threads, restores_threads
@@ -99,9 +102,6 @@ def profile(
             latency = torch_latency(model, x, runs, warmup)
             rows = torch_layer_times(gm, x, layer_runs, warmup=2)
         elif runtime == "executorch":
-            from ..export.executorch import set_threads
-            from .executorch_runtime import et_latency, et_layer_times
-
             set_threads(threads)
             log(f"ExecuTorch: lowering to XNNPACK, {runs} timed runs, {layer_runs} profiled runs")
             latency = et_latency(model, x, runs, warmup)
@@ -123,7 +123,6 @@ def profile(
 
 def profile_by_name(name: str, **kwargs) -> dict:
     """Convenience: ``profile(get_model(name), name=name, ...)`` with the model's input size."""
-    from ..zoo import get_model, model_meta
 
     meta = model_meta(name)
     kwargs.setdefault("input_size", meta["input_size"])

@@ -1,4 +1,4 @@
-"""What the pipeline shows, printed on a terminal (rich): the :class:`~deeprebirth.pipeline.Hooks`
+"""What the pipeline shows, printed on a terminal (rich): the :class:`~deeprebirth.report.hooks.Hooks`
 that the command line fills in.
 
 ``log`` and ``note`` go to stderr; tables and results to stdout (``out``), so a piped
@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..profiling.console import print_profile
+from .hooks import Hooks
 from .tables import plan_table, selection_summary, selection_table
 
 
@@ -32,8 +34,6 @@ class ConsoleHooks:
     def show(self, what: str, value) -> None:
         out = self.out
         if what == "profile":
-            from ..profiling.console import print_profile
-
             print_profile(value[0], out, top=value[1])
         elif what == "plan":
             out.print(plan_table(value))
@@ -147,8 +147,6 @@ class ConsoleHooks:
             yield lambda done, total: bar.update(task, completed=done, total=total)
 
     def hooks(self):
-        from ..pipeline import Hooks
-
         return Hooks(
             log=self.log, note=self.note, show=self.show, tuning_progress=self.tuning_progress
         )

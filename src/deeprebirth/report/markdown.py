@@ -19,8 +19,8 @@ from ..artifacts import TORCH_KINDS, open_model
 from ..files import atomic_write_text, write_json
 from ..graph.capture import capture
 from ..graph.taxonomy import KINDS, is_tensor_kind
+from ..machine import cpu_label, machine_info
 from ..profiling.bench import latencies
-from ..profiling.machine import cpu_label, machine_info
 from ..profiling.plot import RUNTIME_LABELS
 from ..profiling.profile import profile
 from ..profiling.stats import count_macs, count_params, peak_activation_bytes

@@ -29,7 +29,7 @@ def _(x, size, alpha, beta, k):
 
 def lrn_onnx(x, size: int, alpha: float, beta: float, k: float):
     """ONNX translation of ``deeprebirth::lrn``: one native LRN node (same formula as Caffe)."""
-    from onnxscript import opset18 as op
+    from onnxscript import opset18 as op  # only ONNX export needs it: not at start-up
 
     return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
 

@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from ..graph.capture import capture
+from ..plan import Plan, PlanError
 from ..profiling.stats import count_macs
-from .plan import Plan, PlanError
+from ..transforms.base import propagate_shapes
+from ..transforms.depth import choose_alternatives, end_in_activation
+from ..transforms.runner import phases
+from ..transforms.tucker import Tucker
 
 
 def make_plan(
@@ -42,11 +46,6 @@ def make_plan(
         >>> sorted({e.kind for e in plan.entries})
         ['block_pool', 'branch_pool', 'drop_layer', 'fuse_parallel', 'streamline']
     """
-    from ..transforms.base import propagate_shapes
-    from ..transforms.depth import choose_alternatives, end_in_activation
-    from ..transforms.runner import phases
-    from ..transforms.tucker import Tucker
-
     compression = Tucker(rank_ratio, pointwise_ratio) if tucker else None
     gm = capture(copy.deepcopy(model)).eval()
     entries = []

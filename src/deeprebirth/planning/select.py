@@ -47,7 +47,12 @@ import torch
 from torch import nn
 
 from ..errors import DeepRebirthError
-from .plan import Plan, PlanEntry
+from ..files import write_json
+from ..machine import machine_info
+from ..plan import Plan, PlanEntry
+from ..profiling.bench import latencies
+from ..transforms import MERGES, apply_plan
+from .discover import make_plan
 
 #: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
 RANK_RATIOS = (0.25, 0.5)
@@ -159,7 +164,6 @@ def choose(
 
 
 def _applies(model, plan: Plan, example, entries: Sequence[PlanEntry]) -> bool:
-    from ..transforms import apply_plan
 
     _, report = apply_plan(model, with_entries(plan, entries), example)
     return all(e.id in report.applied for e in entries)
@@ -167,7 +171,6 @@ def _applies(model, plan: Plan, example, entries: Sequence[PlanEntry]) -> bool:
 
 def _is_alternative(entry: PlanEntry) -> bool:
     """A depth entry: one of overlapping options, exact or not (``Merge.alternatives``)."""
-    from ..transforms import MERGES
 
     merge = MERGES.get(entry.kind)
     return merge is not None and merge.alternatives
@@ -195,7 +198,6 @@ def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
 def tucker_plans(model: nn.Module, example: torch.Tensor, **plan_options) -> list[Plan]:
     """Plans with every kxk conv Tucker-2 decomposed, one per rank choice (EVBMF, then each
     of ``RANK_RATIOS``): the Tucker options of ``select_plan``."""
-    from .discover import make_plan
 
     return [
         make_plan(model, example, tucker=True, rank_ratio=r, **plan_options)
@@ -403,10 +405,6 @@ def measure_options(
     latencies are scaled by (the median base over the passes / its own base), and each
     model's median over the passes is kept. Passes, rather than every model in several
     sessions at once, hold one session per model in memory."""
-    from ..files import write_json
-    from ..profiling.bench import latencies
-    from ..profiling.machine import machine_info
-    from ..transforms import apply_plan
 
     machine = machine_info()
     key = {
@@ -580,8 +578,6 @@ def record_savings(plan: Plan, options: Sequence[Option]) -> Plan:
 
 def _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms) -> float:
     """Latency of the chosen plan, as a share of the base measured beside it, times base_ms."""
-    from ..profiling.bench import latencies
-    from ..transforms import apply_plan
 
     base, _ = apply_plan(model, with_entries(plan, []), example)
     chosen, _ = apply_plan(
