@@ -21,16 +21,15 @@ top (BVLC GoogLeNet). Writes depth_<size>_vs_merges.{json,md}.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from provenance import provenance
 
 from deeprebirth import get_model
 from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.graph import example_input
-from deeprebirth.machine import cpu_label, machine_info
+from deeprebirth.machine import cpu_label
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.select import BudgetError, select_plan, tucker_plans
 from deeprebirth.profiling.bench import bench
@@ -42,28 +41,11 @@ RESULTS = ROOT / "benchmarks/results"
 RUNTIMES = ["torch", "ort", "executorch"]
 
 
-def git_commit() -> str:
-    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
-    dirty = run("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks").stdout
-    return run("rev-parse", "HEAD").stdout.strip() + ("+dirty" if dirty.strip() else "")
-
-
-def provenance() -> dict:
-    """What a results file records of its run: command, commit, date and machine."""
-    info = machine_info()
-    return {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
-        "date": info.pop("date"),
-        "machine": info,
-    }
-
-
 def select(model, name: str, args):
     """The chains the latency-budget selection picks for ``args.budget_share`` (ORT, 1
     thread), applied; and the selection."""
     example = example_input(1, 3, args.size)
-    plan = make_plan(model, example, name=name, depth=True)
+    plan = make_plan(model, example, name=name, drop_activations=True)
     selection = select_plan(
         model,
         example,
@@ -101,7 +83,7 @@ def main() -> None:
         model = get_model(name).eval()
         print(f"--- {name}: planning with depth merges at {args.size}", flush=True)
         if args.budget_share is None:
-            result = slim(model, name=name, input_size=args.size, depth=True)
+            result = slim(model, name=name, input_size=args.size, drop_activations=True)
         else:
             try:
                 result, selection = select(model, name, args)

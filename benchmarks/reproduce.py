@@ -81,6 +81,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git, git_commit  # noqa: E402
 from train_classifier import TrainRecipe, train_classifier  # noqa: E402
 
 from deeprebirth import get_model  # noqa: E402
@@ -126,16 +127,6 @@ FINETUNE_EPOCHS = student_recipe("slimmed").tune.finetune_epochs
 REFERENCES = ("squeezenet1_1", "mobilenet_v2")
 CALIBRATION_IMAGES = 512
 CHOICE_IMAGES = 1024  # validation images the int8 calibration method is chosen on
-
-
-def git(*a: str) -> str:
-    return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
-def git_commit() -> str:
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks")
-    return f"{commit}+dirty" if dirty else commit
 
 
 def load_results() -> dict:
@@ -381,7 +372,7 @@ def step_slimmed_tucker(args) -> None:
 
     plan = student_recipe("slimmed_tucker").plan
     base = load(ROOT / student_recipe("slimmed").out)
-    tucker = stage_count(base, tucker=True, pointwise_ratio=plan.pointwise_rank_ratio)
+    tucker = stage_count(base, tucker=True, pointwise_rank_ratio=plan.pointwise_rank_ratio)
     batches = max(1, stage_count() * STAGE_BATCHES // tucker)
     student("slimmed_tucker", args, (f"tune.max_batches={batches}",))
 
@@ -474,7 +465,7 @@ def at_size(key: str, size: int, built: dict):
         from deeprebirth.planning import make_plan
 
         applied = set(json.loads((ROOT / entry["path"] / "plan.json").read_text())["applied"])
-        plan = make_plan(teacher, example_input(1, CHANS, size), depth=True)
+        plan = make_plan(teacher, example_input(1, CHANS, size), drop_activations=True)
         for e in plan.entries:
             e.enabled = e.id in applied
         missing = applied - {e.id for e in plan.entries}

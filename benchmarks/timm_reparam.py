@@ -34,7 +34,7 @@ from deeprebirth.slimming import slim
 from deeprebirth.transforms.runner import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from depth_speed import provenance  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"

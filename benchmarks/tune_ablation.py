@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 from reproduce import ROOT, started, top1  # noqa: E402
 
 from deeprebirth.files import atomic_write_text, write_json  # noqa: E402
-from deeprebirth.machine import machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/tune_ablation.json"
 TABLE = ROOT / "benchmarks/results/tune_ablation.md"
@@ -142,16 +142,13 @@ def evaluated(out: Path, extra: dict) -> dict:
 
     report = json.loads((ROOT / out / "tune_report.json").read_text())
     records = report["tuning"]["stages"]
-    info = machine_info()
     return {
         **extra,
         "path": str(out),
         "top1_val": top1(load(ROOT / out), "val"),
         "minutes": sum(r.get("seconds", 0) for r in records) / 60,
         "batches": sum(r.get("steps", 0) for r in records),
-        "command": " ".join(["python", *sys.argv]),
-        "date": info.pop("date"),
-        "machine": info,
+        **provenance(),
     }
 
 

@@ -100,7 +100,9 @@ def mobilenet_plan():
     ending linear: planned once."""
     model = mobilenet()
     x = example_input(1, 1, 32)
-    return model, make_plan(model, x, name="mobilenet_v2", depth=True, end_activation=False)
+    return model, make_plan(
+        model, x, name="mobilenet_v2", drop_activations=True, end_activation=False
+    )
 
 
 def without_activations(model: nn.Module) -> nn.Module:
@@ -140,7 +142,7 @@ def test_a_single_block_merges_exactly_inside():
     model = mobilenet()
     block = model.features[3]  # 24 -> 24 channels, stride 1: a residual block
     x = torch.randn(1, 24, 12, 12)
-    plan = make_plan(block, x, name="block", depth=True, end_activation=False)
+    plan = make_plan(block, x, name="block", drop_activations=True, end_activation=False)
     (entry,) = [e for e in plan.entries if e.kind == "drop_activation" and e.enabled]
     assert entry.geometry["residual"] and entry.geometry["kernel"] == [3, 3]
     gm, _ = apply_plan(block, plan, x)
@@ -156,7 +158,7 @@ def test_an_end_activation_ends_a_merged_block_in_the_activation_it_dropped():
     model = mobilenet()
     block = model.features[3]
     x = torch.randn(1, 24, 12, 12)
-    plan = make_plan(block, x, name="block", depth=True, end_activation=True)
+    plan = make_plan(block, x, name="block", drop_activations=True, end_activation=True)
     (entry,) = [e for e in plan.entries if e.kind == "drop_activation" and e.enabled]
     assert entry.geometry["end_activation"] is True
     assert all(
@@ -176,7 +178,7 @@ def test_an_end_activation_ends_a_merged_block_in_the_activation_it_dropped():
 def test_a_chain_an_activation_already_ends_gets_no_second_one():
     model = nn.Sequential(nn.Conv2d(4, 16, 1), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.ReLU()).eval()
     x = torch.randn(1, 4, 6, 6)
-    plan = make_plan(model, x, depth=True, end_activation=True)
+    plan = make_plan(model, x, drop_activations=True, end_activation=True)
     assert [e.enabled for e in plan.entries if e.kind == "drop_activation"] == [True]
     gm, _ = apply_plan(model, plan, x)
     assert [type(m) for m in gm.modules() if not isinstance(m, fx.GraphModule)] == [
@@ -203,7 +205,7 @@ def test_a_conv_called_from_two_places_is_never_merged():
 
     model = Shared().eval()
     x = torch.randn(1, 8, 8, 8)
-    plan = make_plan(model, x, depth=True)
+    plan = make_plan(model, x, drop_activations=True)
     assert not [e for e in plan.entries if e.kind in ("drop_activation", "merge_convs")]
     gm, _ = apply_plan(model, plan, x)
     torch.testing.assert_close(gm(x), model(x))
@@ -286,7 +288,7 @@ def test_depth_chains_are_budget_options(mobilenet_plan):
     assert not ({e.id for e in depth} - {e.id for e in one.entries}) & enabled
     x = example_input(1, 1, 32)
     tucker = make_plan(
-        model, x, name="mobilenet_v2", tucker=True, rank_ratio=0.5, pointwise_ratio=0.5
+        model, x, name="mobilenet_v2", tucker=True, rank_ratio=0.5, pointwise_rank_ratio=0.5
     )
     all_options = build_options(model, x, plan, [tucker])
     group_of = {n: o.group for o in options for e in o.entries for n in e.nodes}
@@ -316,7 +318,7 @@ def test_batch_norm_era_nets_plan_slim_and_export_with_depth_merges(name, tmp_pa
     model = get_model(name, num_classes=10).eval()
     x = example_input(2, 3, 32)
     result = slimming.slim(
-        model, name=name, input_size=32, model_config={"num_classes": 10}, depth=True
+        model, name=name, input_size=32, model_config={"num_classes": 10}, drop_activations=True
     )
     chains = [e for e in result.plan.entries if e.kind in ("drop_activation", "merge_convs")]
     assert any(e.id in result.report.applied for e in chains)  # depth merges found and applied

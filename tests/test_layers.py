@@ -9,7 +9,7 @@ PACKAGE = Path(deeprebirth.__file__).parent
 
 #: Bottom to top. A module may import from its own layer and the layers below it.
 LAYERS = (
-    ("errors", "files", "config", "machine"),
+    ("errors", "files", "config", "machine", "parity"),
     ("zoo", "data", "graph"),
     ("plan",),  # the plan format
     ("transforms", "export"),  # the rewrites; export and parity checks
@@ -20,6 +20,7 @@ LAYERS = (
     ("artifacts",),
     ("report",),
     ("pipeline",),
+    ("commands",),  # the one-step commands: bench, evaluate, export
     ("flags", "cli", "__main__", "__init__"),
 )
 LEVEL = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

@@ -25,7 +25,11 @@ def planned():
     torch.manual_seed(0)
     model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
     plan = make_plan(
-        model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True, end_activation=False
+        model,
+        example_input(1, 1, SIZE),
+        name="mobilenet_v2",
+        drop_activations=True,
+        end_activation=False,
     )
     plan.model_config = {"num_classes": 10, "in_chans": 1}
     return model, plan
@@ -122,7 +126,11 @@ def test_removing_the_fades_gives_back_the_graph():
     torch.manual_seed(0)
     model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
     plan = make_plan(
-        model, example_input(1, 1, SIZE), name="mobilenet_v2", depth=True, end_activation=False
+        model,
+        example_input(1, 1, SIZE),
+        name="mobilenet_v2",
+        drop_activations=True,
+        end_activation=False,
     )
     result = slimming.slim(model, plan)
     network, fades, _ = slimming._before_drops(result, model, example_input(1, 1, SIZE))

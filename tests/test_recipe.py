@@ -142,7 +142,7 @@ enabled = false
 
 
 def test_data_augment_reaches_the_tuning_images_only(capsys, tmp_path, monkeypatch):
-    from deeprebirth import data
+    from deeprebirth import data, pipeline
 
     asked = []
     real = data.get_dataset
@@ -151,7 +151,7 @@ def test_data_augment_reaches_the_tuning_images_only(capsys, tmp_path, monkeypat
         asked.append((split, kw.get("augment", False)))
         return real(spec, split, **kw)
 
-    monkeypatch.setattr(data, "get_dataset", recording)
+    monkeypatch.setattr(pipeline, "get_dataset", recording)  # where the run reads data
     path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\ninput_size = 16\n')
     sets = ("data.spec='synthetic'", "data.augment=true", "tune.max_batches=1",
             "tune.finetune_batches=1", "report.enabled=false", f"out='{tmp_path / 'a'}'")  # fmt: skip
@@ -192,10 +192,10 @@ def test_run_errors_are_one_line(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_latency_budget_is_in_ms_or_a_share_not_both(capsys, tmp_path):
+def test_a_latency_budget_is_in_ms_or_a_share_or_another_models_not_two(capsys, tmp_path):
     both = "[select]\nlatency_budget_ms = 5.0\nlatency_budget_share = 0.75\n"
     path = write(tmp_path, '[model]\nname = "user_models:tiny_cnn"\n' + both)
-    one_line_error(main(["run", str(path)]), capsys.readouterr().err, "give one, not both")
+    one_line_error(main(["run", str(path)]), capsys.readouterr().err, "give one budget, not 2")
     with pytest.raises(SystemExit) as e:
         main(["slim", "user_models:tiny_cnn", "--latency-budget-share", "1.5", "--out", "x"])
     assert e.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_options_cover_learned_merges_and_tucker_ranks():
 def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_path):
     import types
 
-    import deeprebirth.profiling.bench as bench
+    import deeprebirth.planning.select as sel
     from deeprebirth.planning.select import SESSIONS, measure_options
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
@@ -86,7 +86,7 @@ def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_pat
             ms[k] *= f
         return {"ort": {k: types.SimpleNamespace(median_ms=v) for k, v in ms.items()}}
 
-    monkeypatch.setattr(bench, "latencies", latencies)
+    monkeypatch.setattr(sel, "latencies", latencies)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert SESSIONS == 3
     table = measure_options(model, x, plan, options, [x], use_cache=False)
@@ -102,7 +102,7 @@ def test_a_chain_that_needs_learned_merges_is_offered_with_them():
     # tiny_cnn's chain conv1 -> b1/b2 crosses pool1 and b2_pool: it applies only once the
     # streamline and branch merges have removed them.
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
-    plan = make_plan(model, x, depth=True)
+    plan = make_plan(model, x, drop_activations=True)
     options = build_options(model, x, plan)
     chained = [o.key for o in options if any(e.kind == "drop_activation" for e in o.entries)]
     assert chained == ["streamline:conv1+branch_pool:b2_pool+drop_activation:conv1..b1_fused"]
@@ -155,11 +155,13 @@ def fake_latencies(ms: dict[str, float], default: float):
 
 
 def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_path, monkeypatch):
-    import deeprebirth.profiling.bench as bench
+    import deeprebirth.planning.select as sel
+    from deeprebirth import pipeline
 
     # The original takes 10 ms, the exact merges 8, each option 7, the selected model 6.
     times = {"original": 10.0, "base": 8.0, "chosen": 6.0, "selected": 6.0, "fixed": 5.0}
-    monkeypatch.setattr(bench, "latencies", fake_latencies(times, 7.0))
+    for where in (sel, pipeline):  # the table, and the check of the selected plan
+        monkeypatch.setattr(where, "latencies", fake_latencies(times, 7.0))
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
     args += ["--no-report", "--latency-budget-share", "0.7", "--out", str(tmp_path / "s")]
     assert main(args) == 0
@@ -168,6 +170,39 @@ def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_
     assert len(sel["chosen"]) == 1  # one option (saving 1 ms of the 1 needed) is enough
     assert sel["extra"]["share"] == pytest.approx(0.6)  # judged beside the original
     assert "0.60 of the original's 10.00 ms" in capsys.readouterr().out
+
+
+def test_a_budget_of_another_model_is_its_latency_timed_beside_the_original(
+    capsys, tmp_path, monkeypatch
+):
+    import deeprebirth.planning.select as sel
+    from deeprebirth import pipeline
+
+    # The reference takes 7 ms beside the original's 10: a budget of 0.7 of it.
+    times = {"original": 10.0, "reference": 7.0, "base": 8.0, "selected": 6.0, "fixed": 5.0}
+    for where in (sel, pipeline):
+        monkeypatch.setattr(where, "latencies", fake_latencies(times, 7.0))
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
+    args += ["--no-report", "--out", str(tmp_path / "s")]
+    assert main([*args, "--latency-budget-of", "squeezenet1_1"]) == 0
+    sel_file = json.loads((tmp_path / "s" / "selection.json").read_text())
+    extra = sel_file["extra"]
+    assert extra["budget_of"] == "squeezenet1_1" and extra["reference_ms"] == 7.0
+    assert extra["budget_share"] == pytest.approx(0.7)
+    assert sel_file["budget_ms"] == pytest.approx(7.0)  # 0.7 of the original's 10 ms
+    log = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "a budget of 0.700 of the original's latency" in log
+    # A reference that is not faster leaves nothing to select: one line, nothing written.
+    times["reference"] = 12.0
+    code = main([*args[:-1], str(tmp_path / "t"), "--latency-budget-of", "squeezenet1_1"])
+    one_line_error(code, capsys.readouterr().err, "is not faster than")
+    assert not (tmp_path / "t").exists()
+
+
+def test_one_budget_at_a_time(capsys, tmp_path):
+    args = ["slim", "user_models:tiny_cnn", "--latency-budget-share", "0.5"]
+    code = main([*args, "--latency-budget-of", "squeezenet1_1", "--out", str(tmp_path / "s")])
+    one_line_error(code, capsys.readouterr().err, "give one budget, not 2")
 
 
 def test_only_everything_reaches_the_budget(monkeypatch):

@@ -66,7 +66,7 @@ def test_rank_larger_than_the_layer_allows():
 def test_slim_with_tucker_plans_decomposes_and_tunes():
     model = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
     result = slim(
-        model, input_size=32, in_chans=1, tucker=True, rank_ratio=0.25, pointwise_ratio=0.25
+        model, input_size=32, in_chans=1, tucker=True, rank_ratio=0.25, pointwise_rank_ratio=0.25
     )
     tucker = [e for e in result.plan.entries if e.kind == "tucker"]
     assert tucker and all(e.id in result.report.applied for e in tucker)
@@ -83,7 +83,7 @@ def test_slim_with_tucker_plans_decomposes_and_tunes():
     assert any(pointwise[0].nodes[0] + ".1" in s.trainable for s in stages)
 
 
-def test_1x1_convs_are_left_alone_without_a_pointwise_ratio():
+def test_1x1_convs_are_left_alone_without_a_pointwise_rank_ratio():
     model = get_model("bvlc_googlenet", num_classes=10, in_chans=1)
     plan = make_plan(model, example_input(1, 1, 32), tucker=True, rank_ratio=0.25)
     tucker = [e for e in plan.entries if e.kind == "tucker"]

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, pipeline
+from .commands import bench_pair, evaluate_split, export_one
 from .config import ConfigError
 from .data import SPLITS, get_dataset, num_classes_of
 from .errors import DeepRebirthError
@@ -34,7 +35,7 @@ from .flags import (
     positive_int,
     recipe_from_args,
 )
-from .pipeline import DEMO_RECIPE, bench_pair, demo_recipe, evaluate_split, export_one
+from .pipeline import DEMO_RECIPE, demo_recipe
 from .profiling import plot_profile
 from .profiling.bench import bench
 from .recipe import Recipe
@@ -116,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = command_recipe(args)
     model, spec = pipeline.load_model(recipe.model, "deeprebirth plan")
     _log(f"tracing {spec.name} and finding merges at {spec.input_size}x{spec.input_size}")
-    plan = pipeline.make_plan(recipe, model, spec)
+    plan = pipeline.plan_for(recipe, model, spec)
     out.print(plan_table(plan))
     if args.output:
         _log(f"wrote {plan.save(args.output)} (edit `enabled` or geometry, pass back with --plan)")

@@ -157,6 +157,7 @@ SLIM_FLAGS = {
             "select.latency_budget_share",
             {"type": budget_share, "metavar": "SHARE"},
         ),
+        ("--latency-budget-of", "select.latency_budget_of", {"metavar": "MODEL"}),
         ("--budget-margin", "select.margin", {"type": float, "metavar": "SHARE"}),
         ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
         ("--threads", "select.threads", POSITIVE),

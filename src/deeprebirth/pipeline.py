@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import TORCH_KINDS, kind_of, open_model, zoo_config
+from .artifacts import TORCH_KINDS, open_model, zoo_config
 from .config import ConfigError
 from .data import FASHION_MNIST, fashion_mnist_root, get_dataset, get_loader, num_classes_of
 from .errors import DataNotFoundError, DeepRebirthError
@@ -41,15 +41,14 @@ from .export.executorch import require_executorch
 from .files import write_json
 from .graph import example_input
 from .plan import Plan, PlanError
-from .planning import make_plan as find_merges
+from .planning import make_plan
 from .planning.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
 from .profiling import plot_profile, profile
 from .profiling.bench import latencies
-from .profiling.profile import DEFAULT_RUNTIMES
 from .recipe import RECIPE_FILE, ModelConfig, Recipe
 from .report import REFERENCES, build_report, reference_model, write_report
-from .report.hooks import Hooks, nothing
-from .slimming import plan_of, save, slim, start_from, tune
+from .report.hooks import Hooks
+from .slimming import save, slim, start_from, tune
 from .transforms import apply_plan
 from .transforms.depth import end_in_activation
 from .tuning import distributed
@@ -82,21 +81,10 @@ def load_model(spec: ModelConfig, purpose: str) -> tuple[nn.Module, ModelConfig]
     return artifact.model, artifact.spec
 
 
-def make_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig):
-    """The plan the recipe asks for (every merge found, or the plan file)."""
-
-    p = recipe.plan
-    return find_merges(
-        model,
-        example_input(1, spec.in_chans, spec.input_size),
-        name=spec.name,
-        model_config=zoo_config(spec),
-        tucker=p.tucker,
-        rank_ratio=p.rank_ratio,
-        pointwise_ratio=p.pointwise_rank_ratio,
-        depth=p.drop_activations,
-        end_activation=p.end_activation,
-    )
+def plan_for(recipe: Recipe, model: nn.Module, spec: ModelConfig):
+    """Every merge the recipe's ``[plan]`` asks for, found in ``model``."""
+    example = example_input(1, spec.in_chans, spec.input_size)
+    return make_plan(model, example, recipe.plan, name=spec.name, model_config=zoo_config(spec))
 
 
 def _load_plan_file(recipe: Recipe):
@@ -183,22 +171,21 @@ def validation_batches(recipe: Recipe, spec: ModelConfig, n: int = 4, size: int 
 
 
 def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
-    """The plan meeting the latency budget (``select.latency_budget_ms``, or
-    ``select.latency_budget_share`` of the original's) at the least estimated error, checked
-    by measuring it beside the original and the plan with every merge."""
+    """The plan meeting the latency budget (``select.latency_budget_ms``; or
+    ``select.latency_budget_share`` of the original's; or the latency of
+    ``select.latency_budget_of``, as a share) at the least estimated error, checked by
+    measuring it beside the original and the plan with every merge."""
 
     s = recipe.select
     example = example_input(1, spec.in_chans, spec.input_size)
     config = zoo_config(spec)
+    share = s.latency_budget_share
+    if s.latency_budget_of is not None:
+        share, reference_ms, original_ms = budget_of(recipe, model, spec, hooks)
     hooks.log("finding every merge and Tucker rank to choose from")
-    plan = find_merges(
-        model,
-        example,
-        name=spec.name,
-        model_config=config,
-        depth=recipe.plan.drop_activations,
-        end_activation=recipe.plan.end_activation,
-    )
+    # every merge but Tucker-2, whose ranks are options of their own (tucker_plans)
+    merges = dataclasses.replace(recipe.plan, tucker=False)
+    plan = make_plan(model, example, merges, name=spec.name, model_config=config)
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
     batches = validation_batches(recipe, spec)
@@ -207,7 +194,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         example,
         plan,
         s.latency_budget_ms,
-        budget_share=s.latency_budget_share,
+        budget_share=share,
         tucker_plans=tucker_plans(model, example, name=spec.name, model_config=config),
         batches=batches,
         runtime=s.runtime,
@@ -237,14 +224,15 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         "fixed_plan_error": reconstruction_error(fixed, model, batches),
     }
     extra = selection.extra
-    if s.latency_budget_share is not None:
+    if s.latency_budget_of is not None:
+        extra |= {"budget_of": s.latency_budget_of, "reference_ms": reference_ms}
+        extra |= {"budget_share": share, "budget_original_ms": original_ms}
+    if share is not None:
         # Judged beside the original, in the same run: the share is what was asked.
         extra["share"] = extra["measured_ms"] / extra["original_ms"]
     hooks.show("selection", selection)
     over = (
-        extra["share"] > s.latency_budget_share
-        if s.latency_budget_share is not None
-        else extra["measured_ms"] > s.latency_budget_ms
+        extra["share"] > share if share is not None else extra["measured_ms"] > s.latency_budget_ms
     )
     if over:
         hooks.note(
@@ -252,6 +240,48 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
             "not add up as the table predicts (timing noise or interactions)"
         )
     return selection
+
+
+def budget_of(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
+    """``select.latency_budget_of``: the reference model's latency as a share of the
+    original's, both timed side by side in one run on ``select.runtime`` at the original's
+    input; ``(share, reference_ms, original_ms)``."""
+    s = recipe.select
+    ref = open_model(
+        ModelConfig(s.latency_budget_of, num_classes=spec.num_classes, in_chans=spec.in_chans),
+        purpose="select.latency_budget_of",
+    )
+    example = example_input(1, spec.in_chans, spec.input_size)
+    if ref.kind != "zoo" and ref.input_shape[1:] != list(example.shape[1:]):
+        raise DeepRebirthError(
+            f"select.latency_budget_of: {s.latency_budget_of} takes input "
+            f"{ref.input_shape[1:]}, the model {list(example.shape[1:])}: not like for like"
+        )
+    if ref.runtime not in (None, s.runtime):
+        raise DeepRebirthError(
+            f"select.latency_budget_of: {s.latency_budget_of} runs only in {ref.runtime}, "
+            f"the budget is for {s.runtime} (select.runtime)"
+        )
+    hooks.log(f"timing {ref.label} beside {spec.name} on {s.runtime}: its latency is the budget")
+    t = latencies(
+        {"original": (model, example), "reference": (ref.model, example)},
+        runtimes=[s.runtime],
+        threads=s.threads,
+        runs=s.runs,
+        sessions=SESSIONS,
+    )[s.runtime]
+    original_ms, reference_ms = t["original"].median_ms, t["reference"].median_ms
+    share = reference_ms / original_ms
+    if share >= 1.0:
+        raise DeepRebirthError(
+            f"select.latency_budget_of: {ref.label} ({reference_ms:.3f} ms) is not faster than "
+            f"{spec.name} ({original_ms:.3f} ms) on {s.runtime}: nothing to select"
+        )
+    hooks.log(
+        f"{ref.label}: {reference_ms:.3f} ms against {original_ms:.3f} ms, a budget of "
+        f"{share:.3f} of the original's latency"
+    )
+    return share, reference_ms, original_ms
 
 
 @dataclass
@@ -456,24 +486,6 @@ def export_file(
     return {**r, "format": f"{fmt}_int8", "what": what, "real_inputs": real}
 
 
-def export_one(recipe: Recipe, path: Path, hooks) -> dict:
-    """``deeprebirth export``: the recipe's model as one file, in the one format of
-    ``export.formats`` (int8 with ``export.int8``), checked against PyTorch."""
-    recipe.check()
-    check(recipe)  # ExecuTorch installed, before any work
-    (fmt,) = recipe.export.formats
-    model, spec = load_model(recipe.model, "deeprebirth export")
-    e = recipe.export
-    inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
-    batches = None
-    if e.int8:
-        batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
-        hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
-    record = export_file(recipe, model, fmt, path, inputs, batches)
-    hooks.show("export", record)
-    return record
-
-
 def describe_export(fmt: str, int8: str | None = None) -> str:
     if int8 is None:
         return {"onnx": "ONNX", "executorch": "ExecuTorch program", "torchscript": "TorchScript"}[
@@ -536,21 +548,16 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         plan = run_result.selection.plan
     p = recipe.plan
     if p.enable or p.disable:
-        plan = (plan or make_plan(recipe, model, spec)).switch(p.enable, p.disable)
+        plan = (plan or plan_for(recipe, model, spec)).switch(p.enable, p.disable)
     hooks.log("planning" if plan is None else "applying the plan")
     result = slim(
         model,
         plan,
+        config=p,
         name=spec.name,
         input_size=spec.input_size,
         in_chans=spec.in_chans,
         model_config=zoo_config(spec),
-        exact_only=p.exact_only,
-        tucker=p.tucker,
-        rank_ratio=p.rank_ratio,
-        pointwise_ratio=p.pointwise_rank_ratio,
-        depth=p.drop_activations,
-        end_activation=p.end_activation,
     )
     run_result.plan, rep = result.plan, result.report
     run_result.report = rep
@@ -672,59 +679,3 @@ def demo_recipe(
         report=dataclasses.replace(recipe.report, references=None),
     )
     return speed_only, f"{why}; running the speed-only demo (random weights)"
-
-
-def bench_pair(
-    a: str, b: str, input_size: int | None, runtimes: list[str] | None = None, log=nothing
-):
-    """Two models to time side by side: ``(model_a, model_b, input_shape, runtimes)``, any
-    kind of spec (:func:`deeprebirth.artifacts.open_model`). A zoo model is built like the
-    slimmed directory beside it; an exported file runs only in its own runtime, so both are
-    timed there (an error if ``runtimes``, what was asked for, leaves it out; none: the
-    profile's default runtimes)."""
-
-    config = {"input_size": input_size}
-    for spec in (a, b):
-        if kind_of(spec) == "slimmed":
-            plan = plan_of(spec)
-            config = {**plan.model_config, "input_size": input_size or plan.input_shape[2]}
-    art_a, art_b = (
-        open_model(ModelConfig(s, **config), purpose="deeprebirth bench") for s in (a, b)
-    )
-    files = {s: m.runtime for s, m in ((a, art_a), (b, art_b)) if m.runtime}
-    if len(set(files.values())) > 1:
-        raise DeepRebirthError(f"{a} and {b} run in different runtimes")
-    asked, runtimes = runtimes, runtimes or list(DEFAULT_RUNTIMES)
-    for spec, runtime in files.items():
-        if asked and runtime not in asked:
-            raise DeepRebirthError(f"{spec} runs only in {runtime}: use --runtime {runtime}")
-        if runtimes != [runtime]:
-            log(f"{spec}: an exported file, timed in {runtime} only")
-            runtimes = [runtime]
-    shape_a, shape_b = art_a.input_shape, art_b.input_shape
-    if shape_a[1:] != shape_b[1:]:
-        raise DeepRebirthError(f"{a} takes input {shape_a[1:]} but {b} takes {shape_b[1:]}")
-    return art_a.model, art_b.model, shape_a, runtimes
-
-
-def evaluate_split(
-    spec: ModelConfig, data: str, split: str, batch_size: int = 256, progress=nothing
-) -> dict:
-    """``deeprebirth evaluate``: top-1/top-5 of the model ``spec`` names (any kind that
-    :func:`deeprebirth.artifacts.open_model` opens) on one split of ``data``; ``progress(done, total)``
-    after each batch (images)."""
-
-    artifact = open_model(spec, purpose="deeprebirth evaluate")
-    model, size, in_chans = artifact.model, artifact.spec.input_size, artifact.spec.in_chans
-    ds = get_dataset(data, split, input_size=spec.input_size or size, in_chans=in_chans)
-    done = 0
-
-    def on_batch(n: int) -> None:
-        nonlocal done
-        done += n
-        progress(done, len(ds))
-
-    r = evaluate(model, get_loader(ds, batch_size), on_batch=on_batch)
-    if (classes := num_classes_of(ds)) is not None:
-        r["classes"] = classes
-    return {**r, "model": spec.name, "data": data, "split": split}

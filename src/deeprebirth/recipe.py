@@ -29,6 +29,7 @@ from .config import ConfigError, from_dict, option, read_toml, reference, set_ke
 from .export.check import FORMATS
 from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
 from .files import atomic_write_text
+from .plan.config import PlanConfig
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -76,36 +77,6 @@ class ProfileConfig:
 
 
 @dataclass
-class PlanConfig:
-    file: str | None = option(None, "a plan from `deeprebirth plan -o` (default: make one)")
-    exact_only: bool = option(False, "apply only the merges that keep the function")
-    drop_activations: bool = option(
-        False,
-        "depth compression: chains of convs, activations dropped, become one conv where that "
-        "saves MACs",
-    )
-    end_activation: bool = option(
-        True,
-        "depth compression: a merged chain that no activation follows ends in a copy of the "
-        "first one it dropped, so consecutive merged chains stay non-linear (MobileNetV2's "
-        "blocks end linear; false: 2.34 points lost where true lost 0.62, docs/results.md)",
-    )
-    enable: list[str] = option(
-        [],
-        "plan entries to apply, by id (`deeprebirth plan` lists them), though the plan leaves "
-        "them off (a depth chain that overlaps the one it chose: disable that one too)",
-    )
-    disable: list[str] = option([], "plan entries to leave out, by id")
-    tucker: bool = option(False, "also Tucker-2 decompose the remaining kxk convs")
-    rank_ratio: float | None = option(
-        None, "Tucker ranks as this share of the channels (none: EVBMF)"
-    )
-    pointwise_rank_ratio: float | None = option(
-        None, "also factor the 1x1 convs, at this share of their channels (none: leave them)"
-    )
-
-
-@dataclass
 class SelectConfig:
     latency_budget_ms: float | None = option(
         None,
@@ -116,6 +87,12 @@ class SelectConfig:
         None,
         "the budget as a share of the original's latency, measured first on select.runtime "
         "(0.75: a quarter faster); instead of latency_budget_ms, which is machine-bound",
+    )
+    latency_budget_of: str | None = option(
+        None,
+        "the budget is this model's latency: any model spec (a zoo name, a weights file, a "
+        "slimmed directory, an .onnx file), timed beside the original on select.runtime in "
+        "the same run, at the original's input; instead of latency_budget_ms",
     )
     margin: float = option(
         0.0,
@@ -128,7 +105,10 @@ class SelectConfig:
 
     def selects(self) -> bool:
         """Whether a latency budget (in ms or as a share) chooses the plan."""
-        return self.latency_budget_ms is not None or self.latency_budget_share is not None
+        return any(
+            v is not None
+            for v in (self.latency_budget_ms, self.latency_budget_share, self.latency_budget_of)
+        )
 
 
 @dataclass
@@ -290,10 +270,13 @@ class Recipe:
                 "plan.enable/plan.disable choose entries by hand, a latency budget chooses "
                 "them by cost: give one"
             )
-        if s.latency_budget_ms is not None and s.latency_budget_share is not None:
-            raise ConfigError(
-                "select.latency_budget_ms and select.latency_budget_share: give one, not both"
-            )
+        budgets = [
+            f"select.{k}"
+            for k in ("latency_budget_ms", "latency_budget_share", "latency_budget_of")
+            if getattr(s, k) is not None
+        ]
+        if len(budgets) > 1:
+            raise ConfigError(f"{' and '.join(budgets)}: give one budget, not {len(budgets)}")
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
             raise ConfigError("select.latency_budget_ms must be positive")
         share = s.latency_budget_share
@@ -302,8 +285,7 @@ class Recipe:
         if not 0.0 <= s.margin < 1.0:
             raise ConfigError(f"select.margin must be in [0, 1), not {s.margin}")
         if s.selects() and (self.plan.file or self.plan.exact_only):
-            key = "latency_budget_ms" if share is None else "latency_budget_share"
-            raise ConfigError(f"select.{key} makes the plan: drop plan.file and plan.exact_only")
+            raise ConfigError(f"{budgets[0]} makes the plan: drop plan.file and plan.exact_only")
         if self.export.int8 and not self.data.spec:
             raise ConfigError("export.int8 needs data.spec (calibration images)")
         if self.export.int8 and not set(self.export.formats) & {"onnx", "executorch"}:

@@ -23,8 +23,9 @@ from torch import fx, nn
 from .errors import DeepRebirthError
 from .files import umask
 from .graph.capture import capture, example_input
-from .plan import Plan, PlanError
+from .plan import Plan, PlanConfig, PlanError
 from .planning import make_plan
+from .planning.discover import plan_config
 from .transforms import SlimReport, apply_plan
 from .transforms.runner import apply_entries
 from .tuning import Stage, TuneConfig, Tuner, find_stages
@@ -46,18 +47,16 @@ def slim(
     model: nn.Module,
     plan: Plan | None = None,
     *,
+    config: PlanConfig | None = None,
     name: str = "model",
     input_size: int = 224,
     in_chans: int = 3,
     model_config: dict[str, Any] | None = None,
-    exact_only: bool = False,
-    tucker: bool = False,
-    rank_ratio: float | None = None,
-    pointwise_ratio: float | None = None,
-    depth: bool = False,
-    end_activation: bool = True,
+    **options: Any,
 ) -> SlimResult:
-    """Slim ``model``: make a plan (or use the one given) and apply it.
+    """Slim ``model``: make a plan (or use the one given) and apply it. ``config`` (a
+    :class:`PlanConfig`, the recipe's ``[plan]``) and ``options`` (its fields by name:
+    ``exact_only=True``, ``drop_activations=True``, ``tucker=True``, ...) say which merges.
 
     Example:
         >>> from deeprebirth import get_model
@@ -66,22 +65,13 @@ def slim(
         23
     """
     model = model.eval()
+    config = plan_config(config, options)
     if plan is None:
         example = example_input(1, in_chans, input_size)
-        plan = make_plan(
-            model,
-            example,
-            name=name,
-            model_config=model_config,
-            tucker=tucker,
-            rank_ratio=rank_ratio,
-            pointwise_ratio=pointwise_ratio,
-            depth=depth,
-            end_activation=end_activation,
-        )
+        plan = make_plan(model, example, config, name=name, model_config=model_config)
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])
-    gm, report = apply_plan(model, plan, example, exact_only=exact_only)
+    gm, report = apply_plan(model, plan, example, exact_only=config.exact_only)
     return SlimResult(gm, plan, report)
 
 

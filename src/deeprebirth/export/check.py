@@ -13,15 +13,15 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..export.onnx_file import ort_session
+from ..parity import PARITY_TOLERANCE, relative_error
 from .executorch import PteModel, to_executorch
 from .int8 import DEFAULT_INT8_FORMAT, needs_reduce_range, quantize_int8
 from .int8_choice import choose_int8
 from .onnx import to_onnx
 from .smooth import smooth_linear_pairs
 
-#: Largest accepted output difference, relative to the output's scale.
-PARITY_TOLERANCE = 1e-4
-#: The same for an int8 model, whose rounding is expected: a bound on gross errors.
+#: The parity gate for an int8 model (PARITY_TOLERANCE for float), whose rounding is
+#: expected: a bound on gross errors.
 INT8_TOLERANCE = 0.15
 FORMATS = ("onnx", "torchscript", "executorch")
 #: Non-tensor layers a plan removes, as ONNX op types, with the module types they come from.
@@ -36,10 +36,6 @@ class ParityError(DeepRebirthError):
     pass
 
 
-def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-
-
 def _ort_output(proto: onnx.ModelProto, inputs: torch.Tensor, threads: int) -> torch.Tensor:
     session = ort_session(proto, threads)
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
@@ -47,7 +43,7 @@ def _ort_output(proto: onnx.ModelProto, inputs: torch.Tensor, threads: int) -> t
 
 def _gate(path: Path, out: torch.Tensor, ref: torch.Tensor, tolerance: float, what: str) -> float:
     """The relative error of ``out``; above ``tolerance``, ``path`` is removed and it raises."""
-    err = _relative_error(out, ref)
+    err = relative_error(out, ref)
     if err > tolerance or out.shape != ref.shape:
         path.unlink(missing_ok=True)
         raise ParityError(

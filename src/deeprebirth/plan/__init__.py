@@ -2,6 +2,7 @@
 Finding them (``deeprebirth.planning``) and applying them (``deeprebirth.transforms``) build
 on it."""
 
+from .config import PlanConfig
 from .plan import PLAN_VERSION, Plan, PlanEntry, PlanError
 
-__all__ = ["PLAN_VERSION", "Plan", "PlanEntry", "PlanError"]
+__all__ = ["PLAN_VERSION", "Plan", "PlanConfig", "PlanEntry", "PlanError"]

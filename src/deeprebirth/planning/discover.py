@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..graph.capture import capture
-from ..plan import Plan, PlanError
+from ..plan import Plan, PlanConfig, PlanError
 from ..profiling.stats import count_macs
 from ..transforms.base import propagate_shapes
 from ..transforms.depth import choose_alternatives, end_in_activation
@@ -20,23 +21,22 @@ from ..transforms.tucker import Tucker
 def make_plan(
     model: nn.Module,
     example: torch.Tensor,
+    config: PlanConfig | None = None,
     *,
     name: str = "model",
     model_config: dict[str, Any] | None = None,
-    tucker: bool = False,
-    rank_ratio: float | None = None,
-    pointwise_ratio: float | None = None,
-    depth: bool = False,
-    end_activation: bool = True,
+    **options: Any,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
 
-    Merges are found phase by phase (see ``transforms.PHASES``) on the graph the previous
-    phases produced; each entry records the MACs it removes when applied in order. With
-    ``tucker``, the kxk convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``),
-    and the 1x1 convs too when ``pointwise_ratio`` is given (at that share of channels).
-    With ``depth``, chains of convs become one conv (``transforms.depth``): each chain is
-    costed alone, and the set that shares no layer and saves the most MACs is enabled;
+    ``config`` (a :class:`PlanConfig`, the recipe's ``[plan]``) says which merges to look
+    for; ``options`` set its fields by name (``drop_activations=True``). Merges are found
+    phase by phase (see ``transforms.PHASES``) on the graph the previous phases produced;
+    each entry records the MACs it removes when applied in order. With ``tucker``, the kxk
+    convs left are Tucker-2 decomposed (EVBMF ranks, or ``rank_ratio``), and the 1x1 convs
+    too when ``pointwise_rank_ratio`` is given (at that share of channels). With
+    ``drop_activations``, chains of convs become one conv (``transforms.depth``): each chain
+    is costed alone, and the set that shares no layer and saves the most MACs is enabled;
     ``end_activation`` ends each chain that drops activations in one (``end_in_activation``).
 
     Example:
@@ -46,7 +46,8 @@ def make_plan(
         >>> sorted({e.kind for e in plan.entries})
         ['block_pool', 'branch_pool', 'drop_layer', 'fuse_parallel', 'streamline']
     """
-    compression = Tucker(rank_ratio, pointwise_ratio) if tucker else None
+    c = plan_config(config, options)
+    compression = Tucker(c.rank_ratio, c.pointwise_rank_ratio) if c.tucker else None
     gm = capture(copy.deepcopy(model)).eval()
     entries = []
     try:
@@ -55,7 +56,7 @@ def make_plan(
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shape = "x".join(map(str, example.shape))
         raise PlanError(f"{name} does not run on a {shape} input: {cause}") from e
-    for phase in phases(depth=depth, tucker=compression):
+    for phase in phases(depth=c.drop_activations, tucker=compression):
         propagate_shapes(gm, example)
         stale = False  # whether an applied entry changed shapes since
         found = [entry for merge in phase for entry in merge.find(gm)]
@@ -66,7 +67,7 @@ def make_plan(
             for i, n in enumerate(gm.graph.nodes):
                 position[n.name] = position[str(n.target)] = i
             choose_alternatives(found, position)
-        if end_activation:
+        if c.end_activation:
             end_in_activation(found)
         for entry in found:
             if not entry.enabled:
@@ -91,3 +92,13 @@ def make_plan(
         entries=entries,
         model_config=dict(model_config or {}),
     )
+
+
+def plan_config(config: PlanConfig | None, options: dict[str, Any]) -> PlanConfig:
+    """``config`` (default: the defaults) with ``options`` set by field name; an unknown
+    name is a TypeError naming it."""
+    try:
+        return dataclasses.replace(config or PlanConfig(), **options)
+    except TypeError as e:
+        known = ", ".join(f.name for f in dataclasses.fields(PlanConfig))
+        raise TypeError(f"{e}; the plan options are {known}") from None

@@ -49,7 +49,7 @@ from torch import nn
 from ..errors import DeepRebirthError
 from ..files import write_json
 from ..machine import machine_info
-from ..plan import Plan, PlanEntry
+from ..plan import Plan, PlanConfig, PlanEntry
 from ..profiling.bench import latencies
 from ..transforms import MERGES, apply_plan
 from .discover import make_plan
@@ -195,12 +195,14 @@ def with_entries(plan: Plan, chosen: Sequence[PlanEntry]) -> Plan:
     return Plan(plan.model, plan.input_shape, entries, plan.model_config)
 
 
-def tucker_plans(model: nn.Module, example: torch.Tensor, **plan_options) -> list[Plan]:
+def tucker_plans(
+    model: nn.Module, example: torch.Tensor, config: PlanConfig | None = None, **kwargs
+) -> list[Plan]:
     """Plans with every kxk conv Tucker-2 decomposed, one per rank choice (EVBMF, then each
-    of ``RANK_RATIOS``): the Tucker options of ``select_plan``."""
-
+    of ``RANK_RATIOS``): the Tucker options of ``select_plan``. ``config`` and ``kwargs``
+    as :func:`make_plan` takes them."""
     return [
-        make_plan(model, example, tucker=True, rank_ratio=r, **plan_options)
+        make_plan(model, example, config, **{**kwargs, "tucker": True, "rank_ratio": r})
         for r in (None, *RANK_RATIOS)
     ]
 

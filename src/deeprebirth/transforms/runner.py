@@ -9,6 +9,7 @@ import torch
 from torch import fx, nn
 
 from ..graph.capture import capture
+from ..parity import PARITY_TOLERANCE, relative_error
 from ..plan.plan import Plan, PlanEntry, PlanError
 from .base import Merge, propagate_shapes
 from .branch import BlockPool, BranchPool
@@ -29,7 +30,7 @@ PHASES: tuple[tuple[Merge, ...], ...] = (
     (FuseParallel(),),
 )
 #: Optional, after the merges (batch-norm folded, heads fused): depth compression, chains
-#: of convs as one conv (``make_plan(depth=True)``). Last, so that every other entry is
+#: of convs as one conv (``make_plan(drop_activations=True)``). Last, so that every other entry is
 #: found on a graph without chains and applies whichever chains are chosen.
 DEPTH_PHASE: tuple[Merge, ...] = (DropActivation(), MergeConvs())
 #: Optional, after the merges: Tucker-2 decomposition of the remaining kxk convs.
@@ -49,13 +50,6 @@ def phases(depth: bool = False, tucker: Merge | None = None) -> list[tuple[Merge
 
 
 #: An exact merge may change the output by at most this, relative to the output's scale.
-PARITY_TOLERANCE = 1e-4
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-
-
 @dataclass
 class SlimReport:
     applied: list[str] = field(default_factory=list)

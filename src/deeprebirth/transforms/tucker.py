@@ -155,10 +155,10 @@ def decomposed_macs(conv: nn.Conv2d, ranks: tuple[int, int], hw_in: int, hw_out:
 class Tucker(Merge):
     kind, exact = "tucker", False
 
-    def __init__(self, rank_ratio: float | None = None, pointwise_ratio: float | None = None):
+    def __init__(self, rank_ratio: float | None = None, pointwise_rank_ratio: float | None = None):
         self.rank_ratio = rank_ratio
         #: 1x1 convs are decomposed only when this is set, at this share of their channels.
-        self.pointwise_ratio = pointwise_ratio
+        self.pointwise_rank_ratio = pointwise_rank_ratio
 
     def find(self, gm):
         modules = modules_of(gm)
@@ -168,9 +168,9 @@ class Tucker(Merge):
             if type(conv) is not nn.Conv2d or conv.groups != 1:
                 continue
             pointwise = pair(conv.kernel_size) == (1, 1)
-            if pointwise and self.pointwise_ratio is None:
+            if pointwise and self.pointwise_rank_ratio is None:
                 continue
-            ratio = self.pointwise_ratio if pointwise else self.rank_ratio
+            ratio = self.pointwise_rank_ratio if pointwise else self.rank_ratio
             out = shape_of(n)
             if out is None:
                 continue

@@ -1,0 +1,33 @@
+"""What every committed number records of its run: the command, the commit (``+dirty`` when
+src/ or benchmarks/ had uncommitted changes), the date and the machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from deeprebirth.machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def git_commit() -> str:
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks")
+    return f"{commit}+dirty" if dirty else commit
+
+
+def provenance() -> dict:
+    """``command``, ``commit``, ``date`` and ``machine`` of this run."""
+    info = machine_info()
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "date": info.pop("date"),
+        "machine": info,
+    }
