@@ -429,8 +429,28 @@ def int8(key: str, args) -> None:
             k: report[k]
             for k in ("calibration_method", "reduce_range", "int8_choice", "smoothed_pairs")
         },
+        "executorch": executorch_int8(key, calibration, choose_on, check),
     }
     record(f"{key}_int8", entry)
+
+
+def executorch_int8(key: str, calibration: list, choose_on: list, check) -> dict:
+    """The ExecuTorch (XNNPACK) int8 program of the same float model, chosen the same way (its
+    observer and the layers kept float, on the same validation images); its top-1. The
+    program is not kept: the speed step lowers its own, with every layer int8."""
+    import tempfile
+
+    from deeprebirth.export import PteModel, export_executorch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "int8.pte"
+        r = export_executorch(float_model(key), path, check, calibration, choose_on=choose_on)
+        return {
+            **accuracy(PteModel(path)),
+            "smoothed_pairs": r["smoothed_pairs"],
+            "int8_choice": r["int8_choice"],
+            "relative_error": r["relative_error"],
+        }
 
 
 def at_size(key: str, size: int, built: dict):

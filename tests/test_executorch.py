@@ -219,3 +219,28 @@ def test_cli_export_evaluate_bench(capsys, tmp_path):
     code = main([*args, "--batch", "2"])
     _, err = capsys.readouterr()
     assert code == 2 and "batch 1" in err
+
+
+def test_int8_program_is_chosen_on_validation_images_like_onnx_runtimes(tmp_path, monkeypatch):
+    """Each observer is tried and judged on labelled images; when the best loses too much,
+    the layers ONNX Runtime's analysis ranks worst (mapped to modules) stay float."""
+    from deeprebirth.export import int8_choice
+
+    model, x = tiny(), torch.randn(4, 3, 16, 16)
+    calibration = [torch.randn(8, 3, 16, 16)]
+    val = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))]
+    ranked = int8_choice.sensitive_modules(model, x, calibration, val[0][0].numpy())
+    convs = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert ranked and set(ranked) <= convs  # module names, not ONNX node names
+    # histogram 50%, minmax 60%: minmax kept; the float model 90%: one layer stays float
+    scores = iter([0.5, 0.6, 0.9, 0.85])
+    monkeypatch.setattr(int8_choice, "_top1", lambda m, batches: next(scores))
+    monkeypatch.setattr(int8_choice, "sensitive_modules", lambda *a: ranked)
+    r = export_executorch(model, tmp_path / "q.pte", x, calibration, choose_on=val)
+    choice = r["int8_choice"]
+    assert choice["top1"] == {"histogram": 0.5, "minmax": 0.6} and choice["observer"] == "minmax"
+    assert choice["float_top1"] == 0.9 and choice["top1_kept_float"] == {0: 0.6, 1: 0.85}
+    assert choice["kept_float"] == ranked[:1]
+    ops = r["delegation"]["delegated_ops"]
+    assert any("quantize" in op for op in ops)  # the rest is int8
+    assert PteModel(tmp_path / "q.pte")(x).shape == (4, 10)

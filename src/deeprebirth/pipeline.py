@@ -465,14 +465,14 @@ def export_file(
         r = export(model, path, fmt, inputs)
         return {**r, "what": describe_export(fmt), "real_inputs": real}
     e = recipe.export
+    choose_on = None
+    if e.int8_calibration == "auto":  # judged on validation images, never the test split
+        choose_on = labelled_batches(
+            recipe.data.spec, "val", inputs.shape[-1], inputs.shape[1], e.int8_choice_images
+        )
     if fmt == "executorch":
-        r = export_executorch(model, path, inputs, batches)
+        r = export_executorch(model, path, inputs, batches, choose_on)
     else:
-        choose_on = None
-        if e.int8_calibration == "auto":  # judged on validation images, never the test split
-            choose_on = labelled_batches(
-                recipe.data.spec, "val", inputs.shape[-1], inputs.shape[1], e.int8_choice_images
-            )
         r = export_int8(
             model,
             path,

@@ -16,7 +16,7 @@ from ..export.onnx_file import ort_session
 from ..parity import PARITY_TOLERANCE, relative_error
 from .executorch import PteModel, to_executorch
 from .int8 import DEFAULT_INT8_FORMAT, needs_reduce_range, quantize_int8
-from .int8_choice import choose_int8
+from .int8_choice import choose_executorch_int8, choose_int8
 from .onnx import to_onnx
 from .smooth import smooth_linear_pairs
 
@@ -173,9 +173,12 @@ def export_executorch(
     path: str | Path,
     inputs: torch.Tensor,
     calibration: Iterable[torch.Tensor] | None = None,
+    choose_on: Iterable[tuple] | None = None,
 ) -> dict:
     """Write ``model`` as an ExecuTorch program (XNNPACK), load it back in the ExecuTorch
-    runtime and check it against PyTorch on ``inputs``; int8 with ``calibration`` images.
+    runtime and check it against PyTorch on ``inputs``; int8 with ``calibration`` images,
+    its observer and the layers kept float chosen on ``choose_on`` (``(images, labels)``
+    validation batches) when given (:func:`~.int8_choice.choose_executorch_int8`).
 
     The gate is the ONNX one: ``PARITY_TOLERANCE`` of the output's scale in float,
     ``INT8_TOLERANCE`` in int8; on failure nothing is left at ``path``.
@@ -190,7 +193,11 @@ def export_executorch(
         calibration = list(calibration)
         images = torch.cat([torch.as_tensor(b) for b in calibration])[:SMOOTHING_IMAGES]
         model, pairs = smooth_linear_pairs(model, images)
-    program, summary = to_executorch(model, inputs, calibration)
+    choice = None
+    if calibration is not None and choose_on is not None:
+        program, summary, choice = choose_executorch_int8(model, inputs, calibration, choose_on)
+    else:
+        program, summary = to_executorch(model, inputs, calibration)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(program)
@@ -207,6 +214,7 @@ def export_executorch(
         "format": "executorch",
         "int8": "xnnpack" if calibration is not None else None,
         "smoothed_pairs": pairs,
+        "int8_choice": choice,
         "path": str(path),
         "inputs": list(inputs.shape),
         "delegation": summary,

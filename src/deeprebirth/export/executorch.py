@@ -15,6 +15,7 @@ imported inside the functions that use them, so that the rest runs without it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 from collections.abc import Iterable
 from pathlib import Path
@@ -136,17 +137,46 @@ def for_mobile(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return model
 
 
-def _quantize(program, example: torch.Tensor, calibration: Iterable[torch.Tensor]):
-    """PT2E int8 with the XNNPACK quantizer (per-channel symmetric weights)."""
+#: How int8 activation ranges are fixed (PT2E observers): a histogram whose range minimises
+#: the quantization error (the XNNPACK quantizer's default), or the plain min and max.
+OBSERVERS = ("histogram", "minmax")
+
+
+def _quantize(
+    program,
+    example: torch.Tensor,
+    calibration: Iterable[torch.Tensor],
+    observer: str = "histogram",
+    float_modules: Iterable[str] = (),
+):
+    """PT2E int8 with the XNNPACK quantizer (per-channel symmetric weights), activation
+    ranges by ``observer`` (``OBSERVERS``); the modules named in ``float_modules`` stay
+    float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e.observer import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)
-    )
+    if observer not in OBSERVERS:
+        raise DeepRebirthError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    if observer == "minmax":
+        act = dataclasses.replace(
+            config.input_activation,
+            observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12),
+        )
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    kept = tuple(float_modules)
+    if kept:  # the quantizer's own per-module switch cannot turn a module off (yet)
+
+        def quantized(node: torch.fx.Node) -> bool:
+            paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+            return not any(p == m or p.startswith(f"{m}.") for p in paths for m in kept)
+
+        quantizer.set_filter_function(quantized)
     prepared = prepare_pt2e(program.module(), quantizer)
     with torch.no_grad():
         for batch in calibration:
@@ -160,11 +190,14 @@ def to_executorch(
     model: nn.Module,
     example: torch.Tensor,
     calibration: Iterable[torch.Tensor] | None = None,
+    observer: str = "histogram",
+    float_modules: Iterable[str] = (),
 ) -> tuple[bytes, dict]:
     """Lower ``model`` (eval mode, batch 1) to an ExecuTorch program for XNNPACK.
 
     Returns the ``.pte`` bytes and :func:`delegation`'s summary. With ``calibration``
-    (batches of images), the program is int8.
+    (batches of images), the program is int8 (``observer`` and ``float_modules``: see
+    :func:`_quantize`).
     """
     require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -175,7 +208,7 @@ def to_executorch(
     try:
         program = torch.export.export(model, (example,))
         if calibration is not None:
-            program = _quantize(program, example, calibration)
+            program = _quantize(program, example, calibration, observer, float_modules)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         summary = delegation(edge.exported_program().graph_module)
         return edge.to_executorch().buffer, summary

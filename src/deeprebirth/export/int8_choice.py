@@ -16,6 +16,7 @@ until the loss is within ``max_drop``, or the most accurate of those tries is ke
 
 from __future__ import annotations
 
+import ast
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from ..errors import DeepRebirthError
 from ..files import publish
+from .executorch import OBSERVERS, PteModel, to_executorch
 from .int8 import (
     CALIBRATION_METHODS,
     DEFAULT_INT8_FORMAT,
@@ -34,13 +37,15 @@ from .int8 import (
     prepare_for_int8,
     quantize_int8,
 )
+from .onnx import to_onnx
 from .onnx_file import OnnxModel
 
 
-def _top1(model: OnnxModel, batches: Sequence[tuple]) -> float:
+def _top1(model: nn.Module, batches: Sequence[tuple]) -> float:
     hits = n = 0
     for images, labels in batches:
-        predicted = model(torch.as_tensor(np.asarray(images, np.float32))).argmax(1)
+        with torch.no_grad():
+            predicted = model(torch.as_tensor(np.asarray(images, np.float32))).argmax(1)
         labels = torch.as_tensor(np.asarray(labels)).long()
         hits += (predicted == labels).sum().item()
         n += len(labels)
@@ -228,3 +233,93 @@ def choose_int8(
         "path": str(out),
         **kept,
     }
+
+
+def module_of(node: onnx.NodeProto) -> str | None:
+    """The PyTorch module an exported ONNX node came from, by the name scopes torch.onnx
+    records (``['', 'inception3a', 'branch1', 'conv', 'conv2d']`` -> ``inception3a.branch1.conv``)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(prop.value)
+            return ".".join(scopes[1:-1]) or None
+    return None
+
+
+def sensitive_modules(
+    model: nn.Module, example: torch.Tensor, calibration: Sequence, images: np.ndarray
+) -> list[str]:
+    """``model``'s layers by PyTorch module name, the most hurt by int8 first: the ranking of
+    :func:`sensitive_nodes` (ONNX Runtime, per-channel weights as XNNPACK's) mapped back to
+    modules through the exporter's name scopes."""
+    proto = to_onnx(model, example)  # a batch of 2 or more: the batch stays dynamic
+    modules = {node.name: module_of(node) for node in proto.graph.node}
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        onnx.save(proto, str(float_path))
+        int8_path = quantize_int8(
+            float_path,
+            Path(tmp) / "int8.onnx",
+            [np.asarray(b, np.float32) for b in calibration],
+            DEFAULT_INT8_FORMAT,
+            True,
+            needs_reduce_range(),
+            calibration_method="minmax",
+        )
+        ranked = sensitive_nodes(float_path, int8_path, images)
+    return list(dict.fromkeys(m for name, _ in ranked if (m := modules.get(name))))
+
+
+def choose_executorch_int8(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: Sequence,
+    val_batches: Iterable[tuple],
+    observers: Sequence[str] = OBSERVERS,
+    max_drop: float | None = MAX_DROP,
+) -> tuple[bytes, dict, dict]:
+    """ExecuTorch's int8 chosen as ONNX Runtime's is (the module's doc): one XNNPACK program
+    per activation observer (``OBSERVERS``), each run in the ExecuTorch runtime on
+    ``val_batches`` and the most accurate kept; then, if it loses more than ``max_drop`` of
+    the float model's top-1 there, the layers :func:`sensitive_modules` ranks worst stay
+    float, 1, 2, 4, ... (at most ``MAX_FLOAT_SHARE`` of them), until it does not.
+
+    Returns the program's bytes, :func:`~.executorch.delegation`'s summary and the choice
+    (``{"top1": {observer: accuracy}, "observer", "n", "float_top1", "kept_float",
+    "top1_kept_float"}``).
+    """
+    val = list(val_batches)
+    n = sum(len(labels) for _, labels in val)
+    if n == 0:
+        raise DeepRebirthError("choosing int8 settings needs validation images; none given")
+
+    def lower(observer: str, float_modules: Sequence[str] = ()) -> tuple[bytes, dict, float]:
+        program, summary = to_executorch(model, example, calibration, observer, float_modules)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidate.pte"
+            path.write_bytes(program)
+            return program, summary, _top1(PteModel(path), val)
+
+    candidates = {observer: lower(observer) for observer in dict.fromkeys(observers)}
+    top1 = {observer: c[2] for observer, c in candidates.items()}
+    best = max(top1, key=top1.__getitem__)  # the first of equals
+    program, summary, accuracy = candidates[best]
+    choice = {"top1": top1, "observer": best, "n": n, "float_top1": None}
+    choice |= {"kept_float": [], "top1_kept_float": {}}
+    if max_drop is None:
+        return program, summary, choice
+    choice["float_top1"] = _top1(model.eval(), val)
+    if accuracy >= choice["float_top1"] - max_drop:
+        return program, summary, choice
+    images = np.concatenate([np.asarray(x, np.float32) for x, _ in val])[:SENSITIVITY_IMAGES]
+    ranked = sensitive_modules(model, example, calibration, images)
+    tried, best_k, k = {0: accuracy}, 0, 1
+    while k <= max(1, int(MAX_FLOAT_SHARE * len(ranked))) and k <= len(ranked):
+        candidate = lower(best, ranked[:k])
+        tried[k] = candidate[2]
+        if tried[k] > tried[best_k]:
+            best_k, (program, summary, _) = k, candidate
+        if tried[k] >= choice["float_top1"] - max_drop:
+            break
+        k *= 2
+    choice |= {"kept_float": ranked[:best_k], "top1_kept_float": tried}
+    return program, summary, choice

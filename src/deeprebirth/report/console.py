@@ -85,11 +85,14 @@ class ConsoleHooks:
         choice = r.get("int8_choice")
         if choice:
             tried = ", ".join(f"{m} {100 * a:.2f}%" for m, a in choice["top1"].items())
-            self.out.print(
-                f"int8 calibration: {choice['method']}, the best top-1 on {choice['n']} "
-                f"validation images ({tried}); "
-                + ("7-bit weights (this CPU has no VNNI)" if r["reduce_range"] else "8-bit weights")
+            line = (
+                f"int8 calibration: {choice.get('method') or choice.get('observer')}, the best "
+                f"top-1 on {choice['n']} validation images ({tried})"
             )
+            if "reduce_range" in r:  # ONNX Runtime's weights
+                bits = "7-bit weights (this CPU has no VNNI)" if r["reduce_range"] else "8-bit"
+                line += f"; {bits}" + ("" if r["reduce_range"] else " weights")
+            self.out.print(line)
             if choice.get("kept_float"):
                 tries = ", ".join(
                     f"{k} {100 * a:.2f}%" for k, a in choice["top1_kept_float"].items()
