@@ -244,3 +244,19 @@ def test_int8_program_is_chosen_on_validation_images_like_onnx_runtimes(tmp_path
     ops = r["delegation"]["delegated_ops"]
     assert any("quantize" in op for op in ops)  # the rest is int8
     assert PteModel(tmp_path / "q.pte")(x).shape == (4, 10)
+
+
+def test_the_int8_programs_logits_come_from_a_float_layer():
+    """Like ONNX Runtime's: the layer that computes the output is not quantized, so the
+    logits do not tie."""
+    from deeprebirth.export.executorch import _quantize
+
+    model, x = tiny(), torch.randn(1, 3, 16, 16)
+    program = _quantize(torch.export.export(model, (x,)), x, [torch.randn(4, 3, 16, 16)])
+    graph = program.graph_module.graph
+    (out,) = [n for n in graph.nodes if n.op == "output"]
+    last = out.args[0][0]
+    assert last.target == torch.ops.aten.linear.default
+    weight = last.args[1]
+    assert "dequantize" not in str(getattr(weight, "target", ""))  # float weights
+    assert any("quantize_per_tensor" in str(n.target) for n in graph.nodes)  # the rest int8

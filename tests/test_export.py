@@ -216,6 +216,22 @@ def _tiny_int8_case(batches: int = 2):
     return to_onnx(model, x), calibration, val
 
 
+def test_int8_logits_stay_float(tmp_path):
+    """The quantize-dequantize pair on the output is removed: 8-bit logits tie (two classes
+    equal on about 3% of images of a real model), and a tie's top-1 is arbitrary."""
+    from deeprebirth.export import OnnxModel, quantize_int8
+
+    proto, calibration, val = _tiny_int8_case(1)
+    path = quantize_int8(proto, tmp_path / "q.onnx", calibration)
+    graph = OnnxModel(path).proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    assert producer[graph.output[0].name].op_type == "Gemm"  # not a DequantizeLinear
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the rest is int8
+    images = val[0][0]
+    logits = OnnxModel(path)(images)
+    assert logits.unique().numel() == logits.numel()  # no two logits alike
+
+
 def test_unknown_calibration_method_names_the_choices(tmp_path):
     from deeprebirth.errors import DeepRebirthError
     from deeprebirth.export import choose_int8, quantize_int8

@@ -168,15 +168,17 @@ def _quantize(
             observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12),
         )
         config = dataclasses.replace(config, input_activation=act, output_activation=act)
-    quantizer = XNNPACKQuantizer().set_global(config)
     kept = tuple(float_modules)
-    if kept:  # the quantizer's own per-module switch cannot turn a module off (yet)
 
-        def quantized(node: torch.fx.Node) -> bool:
-            paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
-            return not any(p == m or p.startswith(f"{m}.") for p in paths for m in kept)
+    def quantized(node: torch.fx.Node) -> bool:
+        """Not the layer whose output is the model's (int8 logits tie), nor a kept module
+        (the quantizer's own per-module switch cannot turn one off yet)."""
+        if any(user.op == "output" for user in node.users):
+            return False
+        paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        return not any(p == m or p.startswith(f"{m}.") for p in paths for m in kept)
 
-        quantizer.set_filter_function(quantized)
+    quantizer = XNNPACKQuantizer().set_global(config).set_filter_function(quantized)
     prepared = prepare_pt2e(program.module(), quantizer)
     with torch.no_grad():
         for batch in calibration:
