@@ -201,8 +201,11 @@ def keep(key: str, new_key: str) -> None:
         sys.exit(f"reproduce.py: {new_key} has an entry already")
     entry = results["models"].pop(key)
     files = files_of(key)
-    committed = bool(files) and not git("status", "--porcelain", "--", *files)
-    commit = git("rev-parse", "HEAD") if committed else None
+    if "files_at_commit" in entry:  # its files left the tree before: that commit holds them
+        commit = entry["files_at_commit"]
+    else:
+        committed = bool(files) and not git("status", "--porcelain", "--", *files)
+        commit = git("rev-parse", "HEAD") if committed else None
     results["models"][new_key] = {**entry, "files_at_commit": commit}
     if (RECIPES / f"{new_key}.toml").is_file():  # its recipe, kept under the new key too
         results["models"][new_key]["recipe"] = str((RECIPES / f"{new_key}.toml").relative_to(ROOT))
