@@ -224,4 +224,7 @@ def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
         for node in graph.node:  # the float tensor takes the output's name
             node.output[:] = [output.name if o == source else o for o in node.output]
             node.input[:] = [output.name if i == source else i for i in node.input]
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:  # the pairs' scales
+        graph.initializer.remove(init)
     return model
