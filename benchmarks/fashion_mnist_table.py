@@ -6,10 +6,14 @@ results section is what :func:`readme_section` makes of the committed results fi
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 from deeprebirth.machine import cpu_label
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LABELS = {
     "teacher": "BVLC GoogLeNet (teacher)",
@@ -90,7 +94,43 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def _speed(results: dict, size: int) -> dict:
-    return results.get("speed", {}).get("sizes", {}).get(str(size), {})
+    """The speed run's rows at ``size``, without the models whose architecture changed
+    after it (:func:`rebuilt`): their rows timed another network."""
+    rows = results.get("speed", {}).get("sizes", {}).get(str(size), {})
+    gone = rebuilt(results)
+    return {k: row for k, row in rows.items() if k not in gone}
+
+
+def _applied(plan: dict) -> list:
+    """A slimmed directory's architecture: the entries applied, with their geometry."""
+    applied = set(plan.get("applied", []))
+    return [(e["id"], e["geometry"]) for e in plan["entries"] if e["id"] in applied]
+
+
+def rebuilt(results: dict) -> set[str]:
+    """Keys recorded after the speed run whose network is not the one it timed: a slimmed
+    directory whose applied plan differs from its plan at the speed run's commit, and the
+    int8 models made from one. Weights files (the teacher, the references) keep theirs."""
+    speed = results.get("speed")
+    if not speed:
+        return set()
+    commit = speed["commit"].removesuffix("+dirty")
+    changed = set()
+    for key, entry in results["models"].items():
+        plan = ROOT / entry.get("path", "") / "plan.json"
+        if entry.get("date", "") <= speed["date"] or not plan.is_file():
+            continue
+        then = subprocess.run(
+            ["git", "show", f"{commit}:{entry['path']}/plan.json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        now = _applied(json.loads(plan.read_text()))
+        if then.returncode != 0 or _applied(json.loads(then.stdout)) != now:
+            changed.add(key)
+    later = {k for k, e in results["models"].items() if e.get("date", "") > speed["date"]}
+    return changed | {k for k in later if results["models"][k].get("from") in changed}
 
 
 def readme_section(results: dict) -> str:
@@ -186,8 +226,9 @@ def paper_table(results: dict) -> str:
         "are their float twin's.",
         "",
     ]
-    for size, rows in speed["sizes"].items():
-        trained = size == "64"
+    gone = rebuilt(results)
+    for size in speed["sizes"]:
+        rows, trained = _speed(results, int(size)), size == "64"
         title = (
             "the committed models; top-1 on the validation and test splits"
             if trained
@@ -233,6 +274,14 @@ def paper_table(results: dict) -> str:
             lines += [
                 "Tuned again since this speed run, same architecture (timed then; the weights "
                 "do not change the latency): " + "; ".join(label(k) for k in retrained) + ".",
+                "",
+            ]
+        if trained and gone:
+            lines += [
+                "Rebuilt since this speed run, another architecture, not timed yet "
+                "(`reproduce.py speed --force`): "
+                + "; ".join(label(k) for k in sorted(gone))
+                + ".",
                 "",
             ]
 
