@@ -112,7 +112,7 @@ def rebuilt(results: dict) -> set[str]:
     directory whose applied plan differs from its plan at the speed run's commit, and the
     int8 models made from one. Weights files (the teacher, the references) keep theirs."""
     speed = results.get("speed")
-    if not speed:
+    if not speed or "commit" not in speed:
         return set()
     commit = speed["commit"].removesuffix("+dirty")
     changed = set()

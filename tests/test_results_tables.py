@@ -11,6 +11,7 @@ from fashion_mnist_table import (  # noqa: E402
     pareto_front,
     readme_results,
     readme_section,
+    rebuilt,
     update_readme,
 )
 
@@ -130,3 +131,29 @@ def test_replaced_and_retuned_models_are_said_so_in_the_paper_table():
     assert "(top-1 val 90.60%, test 90.00%; files at abababab" in table
     # a kept entry is not "trained since the speed run"
     assert "not timed yet" in table and "90.60%, test 90.00%)" not in table.split("not timed")[1]
+
+
+def test_models_rebuilt_since_the_speed_run_lose_its_rows(tmp_path):
+    """A slimmed directory whose applied plan differs from its plan at the speed run's commit
+    timed another network; one that matches keeps its row, and so does a weights file."""
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    committed = "benchmarks/weights/fashion_mnist_64/slimmed"
+    (tmp_path / "plan.json").write_text((ROOT / committed / "plan.json").read_text())
+    later = {"date": "2026-12-07", "top1_val": 1.0, "top1_test": 1.0}
+    results = {
+        "speed": {"date": "2026-12-06", "commit": f"{head}+dirty", "sizes": {}},
+        "models": {
+            "same": {**later, "path": committed},
+            "moved": {**later, "path": str(tmp_path)},  # not in that commit: another network
+            "moved_int8": {**later, "from": "moved"},
+            "teacher": {**later, "path": "benchmarks/weights/fashion_mnist_64/teacher.safetensors"},
+        },
+    }
+    if (ROOT / committed / "plan.json").is_file():
+        assert rebuilt(results) == {"moved", "moved_int8"}
+    del results["speed"]["commit"]  # a run that did not record its commit: nothing to compare
+    assert rebuilt(results) == set()
