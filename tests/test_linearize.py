@@ -20,17 +20,19 @@ from deeprebirth.zoo import get_model
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def planned():
+def mobilenet_plan():
+    """MobileNetV2 (1 channel) and its depth plan at 32x32, the merged chains ending linear."""
     torch.manual_seed(0)
     model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
-    plan = make_plan(
-        model,
-        example_input(1, 1, SIZE),
-        name="mobilenet_v2",
-        drop_activations=True,
-        end_activation=False,
+    x = example_input(1, 1, SIZE)
+    return model, make_plan(
+        model, x, name="mobilenet_v2", drop_activations=True, end_activation=False
     )
+
+
+@pytest.fixture(scope="module")
+def planned():
+    model, plan = mobilenet_plan()
     plan.model_config = {"num_classes": 10, "in_chans": 1}
     return model, plan
 
@@ -123,15 +125,7 @@ def test_an_end_activation_fades_in_while_the_dropped_ones_fade_out(planned):
 
 
 def test_removing_the_fades_gives_back_the_graph():
-    torch.manual_seed(0)
-    model = get_model("mobilenet_v2", num_classes=10, in_chans=1).eval()
-    plan = make_plan(
-        model,
-        example_input(1, 1, SIZE),
-        name="mobilenet_v2",
-        drop_activations=True,
-        end_activation=False,
-    )
+    model, plan = mobilenet_plan()
     result = slimming.slim(model, plan)
     network, fades, _ = slimming._before_drops(result, model, example_input(1, 1, SIZE))
     code = network.code

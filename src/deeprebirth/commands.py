@@ -10,7 +10,7 @@ from .artifacts import kind_of, open_model
 from .data import get_dataset, get_loader, num_classes_of
 from .errors import DeepRebirthError
 from .evaluation import evaluate
-from .pipeline import calibration_batches, check, check_inputs, export_file, load_model
+from .pipeline import check, export_file, export_inputs, load_model
 from .profiling.profile import DEFAULT_RUNTIMES
 from .recipe import ModelConfig, Recipe
 from .report.hooks import nothing
@@ -80,12 +80,7 @@ def export_one(recipe: Recipe, path: Path, hooks) -> dict:
     check(recipe)  # ExecuTorch installed, before any work
     (fmt,) = recipe.export.formats
     model, spec = load_model(recipe.model, "deeprebirth export")
-    e = recipe.export
-    inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
-    batches = None
-    if e.int8:
-        batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
-        hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
+    inputs, batches = export_inputs(recipe, spec, hooks)
     record = export_file(recipe, model, fmt, path, inputs, batches)
     hooks.show("export", record)
     return record

@@ -432,17 +432,25 @@ def evaluate_references(recipe: Recipe, references: list[str], spec: ModelConfig
     return acc
 
 
-def export_step(
-    recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: Path, hooks
-) -> list[dict]:
-    """Each format of ``export.formats`` into ``out_dir``, checked against PyTorch on real
-    validation images (random ones without data); int8 calibrated on training images."""
+def export_inputs(recipe: Recipe, spec: ModelConfig, hooks) -> tuple[Any, list | None]:
+    """What an export is checked on (validation images, random ones without data) and, with
+    ``export.int8``, the training images that calibrate it."""
     e = recipe.export
     inputs = check_inputs(recipe.data.spec, spec, 64 if e.int8 else 8)
     batches = None
     if e.int8:
         batches = calibration_batches(recipe.data.spec, spec, e.calibration_images)
         hooks.log(f"calibrating int8 ranges on {sum(len(b) for b in batches)} training images")
+    return inputs, batches
+
+
+def export_step(
+    recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: Path, hooks
+) -> list[dict]:
+    """Each format of ``export.formats`` into ``out_dir``, checked against PyTorch on real
+    validation images (random ones without data); int8 calibrated on training images."""
+    e = recipe.export
+    inputs, batches = export_inputs(recipe, spec, hooks)
     records = []
     for fmt in e.formats:
         records.append(export_file(recipe, model, fmt, out_dir / EXPORT_FILES[fmt], inputs))
