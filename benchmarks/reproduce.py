@@ -384,6 +384,7 @@ def step_slimmed_tucker(args) -> None:
 RECIPE_STUDENTS = (
     "mobilenet_v2_depth",
     "mobilenet_v2_depth_stagewise",
+    "mobilenet_v2_depth_lr_1e-3",
     "mobilenet_v2_depth_linearized",
     "mobilenet_v2_depth_long",
     "mobilenet_v2_depth_augmented",

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from deeprebirth import get_dataset, get_loader, get_model
+from deeprebirth.config import ConfigError
 from deeprebirth.evaluation import evaluate
 from deeprebirth.graph import capture
 from deeprebirth.slimming import slim, tune
@@ -137,7 +138,7 @@ def test_start_from_continues_a_tuned_student_with_the_fine_tune_only(tmp_path):
 
     torch.manual_seed(0)
     teacher, result, loader = tiny_setup()
-    config = TuneConfig(max_batches=2, finetune_batches=2)
+    config = TuneConfig(max_batches=2, finetune_batches=2, finetune_lr=1e-3)
     tune(result, teacher, loader, config, tmp_path / "first")
     save(result, tmp_path / "tuned")
     fresh = slim(teacher, name="user_models:tiny_cnn", input_size=16)
@@ -443,3 +444,62 @@ def test_a_budget_that_ends_runs_early_is_reported(tmp_path):
     rushed = TuneConfig(max_batches=10_000, epochs_per_stage=50, budget_minutes=1e-4)
     short = cut_short(tune(result, teacher, loader, rushed, tmp_path / "b"))
     assert short and all(0 < done < 1 for done in short.values())
+
+
+def test_the_fine_tune_chooses_its_learning_rate_on_held_out_data(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    starts, original = {}, trainer_module.Tuner._train
+
+    def recording(self, name, *args, **kwargs):
+        starts[name] = {k: v.clone() for k, v in self.student.state_dict().items()}
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Tuner, "_train", recording)
+    config = TuneConfig(
+        max_batches=0, finetune_batches=3, finetune_lr_choices=[1e-2, 1e-4], lr_choice_batches=2
+    )
+    held_out = [next(iter(loader))]
+    records = tune(result, teacher, loader, config, tmp_path, probe=held_out, choice=held_out)
+    runs = [r for r in records if r["stage"].startswith("finetune_lr_")]
+    assert [r["stage"] for r in runs] == ["finetune_lr_0.01", "finetune_lr_0.0001"]
+    assert all(r["steps"] == 2 for r in runs)
+    # every short run starts from the same weights, and so does the fine-tune after them
+    first = starts["finetune_lr_0.01"]
+    for name in ("finetune_lr_0.0001", "finetune"):
+        assert all(torch.equal(first[k], v) for k, v in starts[name].items())
+    best = min(runs, key=lambda r: r["val_loss"])
+    assert records[-1]["stage"] == "finetune" and records[-1]["lr"] == best["lr"]
+    assert records[-1]["lr_choice"] == {"0.01": runs[0]["val_loss"], "0.0001": runs[1]["val_loss"]}
+    state = json.loads((tmp_path / trainer_module.STATE_FILE).read_text())
+    assert state["finetune_lr"] == best["lr"]
+
+
+def test_a_set_learning_rate_or_a_resumed_choice_is_not_chosen_again(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    config = TuneConfig(max_batches=0, finetune_batches=2, lr_choice_batches=1)
+    original = trainer_module.Tuner._train
+
+    def interrupted(self, name, *args, **kwargs):
+        if name == "finetune":
+            raise KeyboardInterrupt
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Tuner, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(result, teacher, loader, config, tmp_path)
+    chosen = json.loads((tmp_path / trainer_module.STATE_FILE).read_text())["finetune_lr"]
+    monkeypatch.setattr(trainer_module.Tuner, "_train", original)
+    records = tune(result, teacher, loader, config, tmp_path, resume=True)
+    assert [r["stage"] for r in records] == ["finetune"] and records[0]["lr"] == chosen
+    fixed = TuneConfig(max_batches=0, finetune_batches=2, finetune_lr=5e-4)
+    records = tune(result, teacher, loader, fixed, tmp_path / "fixed")
+    assert [(r["stage"], r["lr"]) for r in records] == [("finetune", 5e-4)]
+
+
+def test_learning_rate_choices_must_be_positive():
+    with pytest.raises(ConfigError, match="finetune_lr_choices"):
+        TuneConfig(finetune_lr_choices=[]).check()
+    with pytest.raises(ConfigError, match="finetune_lr_choices"):
+        TuneConfig(finetune_lr_choices=[1e-3, 0.0]).check()

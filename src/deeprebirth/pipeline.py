@@ -351,7 +351,12 @@ def tune_step(
         config = dataclasses.replace(config, use_labels=False)
     # A stage is kept only if it leaves the student no worse on these held-out images.
     val = get_dataset(data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans)
-    probe = list(islice(get_loader(val, data.batch_size), config.probe_batches))
+    held_out = list(
+        islice(
+            get_loader(val, data.batch_size), max(config.probe_batches, config.lr_choice_val_batches)
+        )
+    )
+    probe = held_out[: config.probe_batches]
     if recipe.tune.start_from:
         start_from(result, recipe.tune.start_from)
         hooks.log(f"starting from the tuned weights of {recipe.tune.start_from}: fine-tune only")
@@ -368,6 +373,7 @@ def tune_step(
             wrap=distributed.wrapper(ctx),
             device=ctx.device,
             probe=probe,
+            choice=held_out[: config.lr_choice_val_batches],
             tuned=bool(recipe.tune.start_from),
         )
     cost = tuning_cost(records, data.batch_size * ctx.world_size, len(train))

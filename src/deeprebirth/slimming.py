@@ -88,13 +88,15 @@ def tune(
     wrap=None,
     device: str | torch.device = "cpu",
     probe=None,
+    choice=None,
     tuned: bool = False,
 ) -> list[dict]:
     """Layer-wise tuning of ``result.model`` against ``teacher`` (see ``deeprebirth.tuning``).
 
     Runs on ``device``. ``probe``: ``(images, labels)`` batches held out of the training data
     (the validation split) on which a stage must not make the student worse; without it,
-    the first training batch is the probe.
+    the first training batch is the probe. ``choice``: held-out batches the fine-tune's
+    learning rate is chosen on, when ``config.finetune_lr`` is unset (default: the probe).
     Checkpoints go to ``work_dir`` after every stage; ``resume=True`` continues from there.
     ``tuned=True``: the student is tuned already (:func:`start_from`), only the fine-tune runs.
     Returns one record per stage run (and one for the final fine-tune).
@@ -122,6 +124,7 @@ def tune(
         wrap=wrap,
         device=device,
         probe=probe,
+        choice=choice,
     )
     if tuned:  # as if the stages and the linearization were done
         tuner.state.update(completed=[s.id for s in stages], linearized=True)

@@ -73,10 +73,22 @@ class TuneConfig:
     finetune_epochs: int = option(
         2, "the fine-tune's budget: passes over the training data (at most finetune_batches)"
     )
-    finetune_lr: float = option(
-        1e-3,
-        "fine-tune learning rate (1e-3 recovered 1.2 points more than 3e-4 in one pass: "
-        "benchmarks/results/tune_ablation.md)",
+    finetune_lr: float | None = option(
+        None,
+        "fine-tune learning rate (none: chosen among finetune_lr_choices on the validation "
+        "data, by a short run of each from the same weights; networks differ: 1e-3 won on "
+        "GoogLeNet, benchmarks/results/tune_ablation.md, and lost on MobileNetV2)",
+    )
+    finetune_lr_choices: list[float] = option(
+        [1e-3, 3e-4, 1e-4], "the learning rates the fine-tune chooses among (finetune_lr unset)"
+    )
+    lr_choice_batches: int = option(
+        300,
+        "training batches of each choice's short run (its own cosine decay), judged by the "
+        "distillation loss on lr_choice_val_batches validation batches; counted in the cost",
+    )
+    lr_choice_val_batches: int = option(
+        16, "validation batches the learning rate choice is judged on"
     )
     temperature: float = option(4.0, "distillation temperature of the fine-tune")
     feature_weight: float = option(
@@ -125,7 +137,14 @@ class TuneConfig:
 
     def check(self) -> None:
         """Values in range, or a ConfigError naming the key."""
-        for key in ("epochs_per_stage", "finetune_epochs", "linearize_epochs", "probe_batches"):
+        for key in (
+            "epochs_per_stage",
+            "finetune_epochs",
+            "linearize_epochs",
+            "probe_batches",
+            "lr_choice_batches",
+            "lr_choice_val_batches",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tune.{key} must be at least 1, not {getattr(self, key)}")
         for key in ("max_batches", "finetune_batches", "linearize_batches", "max_retries"):
@@ -143,8 +162,13 @@ class TuneConfig:
         if self.feature_weight < 0:
             raise ConfigError(f"tune.feature_weight must be at least 0, not {self.feature_weight}")
         for key in ("lr", "finetune_lr", "linearize_lr", "temperature", "merged_lr_scale"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"tune.{key} must be positive, not {getattr(self, key)}")
+        if not self.finetune_lr_choices or min(self.finetune_lr_choices) <= 0:
+            raise ConfigError(
+                "tune.finetune_lr_choices must be positive learning rates, not "
+                f"{self.finetune_lr_choices}"
+            )
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ConfigError(f"tune.budget_minutes must be positive, not {self.budget_minutes}")
 
@@ -204,11 +228,14 @@ class Tuner:
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         device: torch.device | str = "cpu",
         probe: Iterable | None = None,
+        choice: Iterable | None = None,
     ):
         self.device = torch.device(device)
         #: Held-out batches (the validation split) a run must not make worse; without
         #: them, the first training batch.
         self.probe = [[t.to(self.device) for t in b[:2]] for b in probe] if probe else None
+        #: Held-out batches the fine-tune's learning rate is chosen on (default: the probe).
+        self.choice = [[t.to(self.device) for t in b[:2]] for b in choice] if choice else None
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -235,7 +262,13 @@ class Tuner:
             return []
         self.state = {"linearized": False} | json.loads(state_file.read_text())
         weights = load_file(self.work_dir / WEIGHTS_FILE, device=str(self.device))
-        self.student.load_state_dict(weights)
+        try:
+            self.student.load_state_dict(weights)
+        except RuntimeError:  # missing, unexpected or mis-shaped weights
+            raise DeepRebirthError(
+                f"{self.work_dir} holds another network's tuning; set tune.resume=false to "
+                "start again"
+            ) from None
         return list(self.state["completed"])
 
     def _checkpoint(self) -> None:
@@ -323,7 +356,7 @@ class Tuner:
             self.state["completed"].append(stage.id)
             self._checkpoint()
         if self.config.finetunes() and not self.state["finetuned"]:
-            records.append(self._finetune(self._budget_share(0)))
+            records += self._finetune()
             self.state["finetuned"] = True
             self._checkpoint()
         return records
@@ -548,7 +581,9 @@ class Tuner:
         """The stages' block boundaries inside the network (the output aside)."""
         return sorted({b for st in self.stages for b in st.boundary if b != "<output>"})
 
-    def _finetune(self, seconds: float | None) -> dict:
+    def _finetune(self) -> list[dict]:
+        """The whole-network fine-tune, after choosing its learning rate (unless set): the
+        choice's short runs' records, then the fine-tune's."""
         params = list(self.student.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -564,20 +599,68 @@ class Tuner:
             student = truncate(self.student, [*features, "<output>"])
             teacher = truncate(self.teacher, [*features, "<output>"])
         model = self.wrap(student.train())
+        loss_fn = self._distillation(model, teacher, len(features))
+        records, lr = [], self.config.finetune_lr or self.state.get("finetune_lr")
+        if lr is None:
+            lr, records = self._choose_lr(params, loss_fn, student, merged)
+            self.state["finetune_lr"] = lr
+            self._checkpoint()
         record = self._train(
             "finetune",
             params,
-            self._distillation(model, teacher, len(features)),
+            loss_fn,
             self.config.finetune_batches,
             self.config.finetune_epochs,
-            self.config.finetune_lr,
-            seconds,
+            lr,
+            self._budget_share(0),
             module=student,
             fast=merged,
         )
         record["features"] = len(features)
+        if records:
+            record["lr_choice"] = {f"{r['lr']:g}": r["val_loss"] for r in records}
         self.student.eval()
-        return record
+        return [*records, record]
+
+    def _choose_lr(
+        self, params: list, loss_fn: Callable, student: nn.Module, merged: set
+    ) -> tuple[float, list[dict]]:
+        """The fine-tune's learning rate: each of ``finetune_lr_choices`` trains the
+        student for ``lr_choice_batches`` (a time budget gives the choice 15% of what is
+        left) from the same weights, which are put back after each; the lowest
+        distillation loss on the choice's validation batches wins. Returns it and the
+        short runs' records."""
+        c = self.config
+        if len(c.finetune_lr_choices) == 1:
+            return c.finetune_lr_choices[0], []
+        start = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        judge, held_out = self._distillation(self.student), self.choice or self._probe_batches()
+        left = self._budget_share(0)
+        seconds = None if left is None else 0.15 * left / len(c.finetune_lr_choices)
+        records = []
+        for lr in c.finetune_lr_choices:
+            record = self._train(
+                f"finetune_lr_{lr:g}",
+                params,
+                loss_fn,
+                c.lr_choice_batches,
+                1,
+                lr,
+                seconds,
+                module=student,
+                fast=merged,
+            )
+            record["val_loss"] = self._probe_loss(judge, held_out)
+            records.append(record)
+            self.student.load_state_dict(start)
+        chosen = min(records, key=lambda r: r["val_loss"])["lr"]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [chosen]  # every rank trains with rank 0's choice
+            torch.distributed.broadcast_object_list(box, src=0)
+            chosen = box[0]
+        losses = {f"{r['lr']:g}": r["val_loss"] for r in records}
+        self._log({"stage": "finetune_lr", "event": "chosen", "lr": chosen, "val_loss": losses})
+        return chosen, records
 
     def linearize(
         self,
