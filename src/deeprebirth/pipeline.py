@@ -353,7 +353,8 @@ def tune_step(
     val = get_dataset(data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans)
     held_out = list(
         islice(
-            get_loader(val, data.batch_size), max(config.probe_batches, config.lr_choice_val_batches)
+            get_loader(val, data.batch_size),
+            max(config.probe_batches, config.lr_choice_val_batches),
         )
     )
     probe = held_out[: config.probe_batches]
