@@ -164,6 +164,7 @@ def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_
         monkeypatch.setattr(where, "latencies", fake_latencies(times, 7.0))
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
     args += ["--no-report", "--latency-budget-share", "0.7", "--out", str(tmp_path / "s")]
+    args += ["--latency-model", "networks"]
     assert main(args) == 0
     sel = json.loads((tmp_path / "s" / "selection.json").read_text())
     assert sel["budget_ms"] == pytest.approx(7.0) and sel["original_ms"] == 10.0
@@ -183,7 +184,7 @@ def test_a_budget_of_another_model_is_its_latency_timed_beside_the_original(
     for where in (sel, pipeline):
         monkeypatch.setattr(where, "latencies", fake_latencies(times, 7.0))
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
-    args += ["--no-report", "--out", str(tmp_path / "s")]
+    args += ["--no-report", "--latency-model", "networks", "--out", str(tmp_path / "s")]
     assert main([*args, "--latency-budget-of", "squeezenet1_1"]) == 0
     sel_file = json.loads((tmp_path / "s" / "selection.json").read_text())
     extra = sel_file["extra"]
@@ -214,7 +215,7 @@ def test_only_everything_reaches_the_budget(monkeypatch):
     monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 12.0})
     monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 6.9)
     # 3 ms needed: only the fastest option of each group, together, saves that.
-    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=7.0)
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=7.0, latency_model="networks")
     assert sorted(s.chosen) == ["a", "b"] and s.original_ms == 12.0
 
 
@@ -232,11 +233,11 @@ def test_selection_asks_for_more_when_savings_do_not_add_up(monkeypatch):
         "_measure_choice",
         lambda m, x, p, picked, *a: 10.0 - sum(o.saving_ms for o in picked) / 2,
     )
-    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0)
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0, latency_model="networks")
     assert [r["measured_ms"] for r in s.rounds] == [9.0, 8.0]
     assert sorted(s.chosen) == ["a", "b"] and s.cost == 3.0
     # When even everything misses the budget, the fastest choice is kept and reported.
-    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=5.0)
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=5.0, latency_model="networks")
     assert s.rounds[-1]["measured_ms"] == 7.0 and sorted(s.chosen) == ["a", "b", "c"]
 
 
@@ -254,7 +255,7 @@ def test_a_raised_need_the_grid_falls_short_of_tries_everything(monkeypatch):
     )
     # Round 1 (a, b) saves 1.34 of the 2 ms needed, so 2.995 ms is asked next: less than
     # the 3 ms all three save, but more than their savings rounded down to the DP's grid.
-    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0)
+    s = sel.select_plan(model, x, make_plan(model, x), budget_ms=8.0, latency_model="networks")
     assert len(s.rounds) == 2 and sorted(s.chosen) == ["a", "b", "c"]
     assert s.rounds[-1]["measured_ms"] <= 8.0
 
@@ -272,8 +273,10 @@ def test_a_margin_aims_under_the_budget(monkeypatch):
         lambda m, x, p, picked, *a: 10.0 - sum(o.saving_ms for o in picked) / 2,
     )
     plan = make_plan(model, x)
-    assert sel.select_plan(model, x, plan, budget_ms=9.0).chosen == ["a"]  # 9.0: just met
-    s = sel.select_plan(model, x, plan, budget_ms=9.0, margin=0.1)
+    assert sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="networks").chosen == [
+        "a"
+    ]  # 9.0: just met
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, margin=0.1, latency_model="networks")
     assert sorted(s.chosen) == ["a", "b"] and s.rounds[-1]["measured_ms"] == 8.0
     assert (s.budget_ms, s.target_ms) == (9.0, pytest.approx(8.1))
 
@@ -322,5 +325,39 @@ def test_options_slower_than_the_base_do_not_put_a_met_budget_out_of_reach(monke
     monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
     monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 12.0})
     monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 10.0)
-    s = sel.select_plan(model, x, make_plan(model, x), budget_share=0.9)  # 10.8 ms: met
+    plan = make_plan(model, x)
+    s = sel.select_plan(model, x, plan, budget_share=0.9, latency_model="networks")  # 10.8 ms
     assert s.chosen == [] and s.budget_ms == pytest.approx(10.8)
+
+
+def test_a_selection_by_blocks_predicts_the_plan_and_reports_its_blocks(
+    capsys, tmp_path, monkeypatch
+):
+    import deeprebirth.planning.blocks as blocks
+    from deeprebirth import pipeline
+    from deeprebirth.profiling.timing import Timing
+
+    def by_weights(models, *, runtimes, **kwargs):  # 1 ms per 100 weights, 0.01 per call
+        ms = {
+            k: sum(p.numel() for p in m.parameters()) / 100 + 0.01 for k, (m, _) in models.items()
+        }
+        return {runtimes[0]: {k: Timing(v, v, v, 1) for k, v in ms.items()}}
+
+    for where in (blocks, pipeline):
+        monkeypatch.setattr(where, "latencies", by_weights)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--tucker"]
+    args += ["--latency-budget-share", "0.8", "--out", str(tmp_path / "s")]
+    assert main(args) == 0
+    sel = json.loads((tmp_path / "s" / "selection.json").read_text())
+    x = sel["extra"]
+    assert x["latency_model"] == "blocks" and sel["chosen"]
+    assert [r["blocks_ms"] for r in sel["rounds"]][-1] == pytest.approx(x["blocks_ms"])
+    # weights add up: what the blocks predict is what the whole selected network "measures"
+    assert x["blocks_ms"] == pytest.approx(x["measured_ms"], abs=0.05)
+    assert x["measured_ms"] <= 0.8 * x["original_ms"]
+    assert sum(b["ms"] for b in x["blocks"]) + x["between_blocks_ms"] == pytest.approx(
+        x["blocks_ms"]
+    )
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "| block of the selected plan |" in report and "its blocks predicted" in report

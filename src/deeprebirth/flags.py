@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from .config import default_of, field_of, nest
+from .planning.select import LATENCY_MODELS
 from .profiling import RUNTIMES
 from .recipe import Recipe
 
@@ -162,6 +163,7 @@ SLIM_FLAGS = {
         ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
         ("--threads", "select.threads", POSITIVE),
         ("--selection-runs", "select.runs", POSITIVE),
+        ("--latency-model", "select.latency_model", {"choices": LATENCY_MODELS}),
     ),
     "report (DIR/report.md)": (
         (

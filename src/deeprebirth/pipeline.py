@@ -201,6 +201,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         threads=s.threads,
         runs=s.runs,
         margin=s.margin,
+        latency_model=s.latency_model,
         log=hooks.log,
     )
     selected, _ = apply_plan(model, selection.plan, example)
@@ -216,7 +217,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         runs=s.runs,
         sessions=SESSIONS,
     )[s.runtime]
-    selection.extra = {
+    selection.extra |= {
         "original_ms": t["original"].median_ms,
         "measured_ms": t["selected"].median_ms,
         "fixed_plan_ms": t["fixed"].median_ms,
@@ -230,6 +231,11 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     if share is not None:
         # Judged beside the original, in the same run: the share is what was asked.
         extra["share"] = extra["measured_ms"] / extra["original_ms"]
+    if "blocks_ms" in extra:
+        hooks.log(
+            f"the selected plan's blocks predicted {extra['blocks_ms']:.3f} ms; measured "
+            f"{extra['measured_ms']:.3f} ms ({extra['measured_ms'] / extra['blocks_ms'] - 1:+.1%})"
+        )
     hooks.show("selection", selection)
     over = (
         extra["share"] > share if share is not None else extra["measured_ms"] > s.latency_budget_ms

@@ -30,6 +30,7 @@ from .export.check import FORMATS
 from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
 from .files import atomic_write_text
 from .plan.config import PlanConfig
+from .planning.select import LATENCY_MODELS
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -102,6 +103,12 @@ class SelectConfig:
     runtime: str = option("ort", "where latency is measured: ort or torch")
     threads: int = option(1, "threads")
     runs: int = option(15, "interleaved timed runs per option, in each of three passes")
+    latency_model: str = option(
+        "blocks",
+        "blocks: each block (between cuts every option keeps) timed alone once per form the "
+        "options give it, a plan's latency predicted as their sum; networks: each option "
+        "timed on the whole network, the choice measured",
+    )
 
     def selects(self) -> bool:
         """Whether a latency budget (in ms or as a share) chooses the plan."""
@@ -259,6 +266,7 @@ class Recipe:
             (*CALIBRATION_METHODS, "auto"),
         )
         _check_choices("select.runtime", [self.select.runtime], ("ort", "torch"))
+        _check_choices("select.latency_model", [self.select.latency_model], LATENCY_MODELS)
         for key in ("rank_ratio", "pointwise_rank_ratio"):
             value = getattr(self.plan, key)
             if value is not None and not self.plan.tucker:

@@ -52,6 +52,7 @@ from ..machine import machine_info
 from ..plan import Plan, PlanConfig, PlanEntry
 from ..profiling.bench import latencies
 from ..transforms import MERGES, apply_plan
+from .blocks import BlockLatency
 from .discover import make_plan
 
 #: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
@@ -63,6 +64,10 @@ MAX_DEPTH_OPTIONS = 32
 #: Sessions a judged latency is the median of: the base in the lookup table, the chosen
 #: plan beside the base, the selected plan beside the original.
 SESSIONS = 3
+#: How the options' latencies are measured: ``blocks`` (each block the options change timed
+#: alone, a plan's latency their sum: ``deeprebirth.planning.blocks``) or ``networks``
+#: (each option applied alone to the whole network, timed whole).
+LATENCY_MODELS = ("blocks", "networks")
 
 
 class BudgetError(DeepRebirthError):
@@ -454,6 +459,35 @@ def measure_options(
     return {"base": table["base"], "original": table["original"]}
 
 
+def measure_blocks(
+    model: nn.Module,
+    example: torch.Tensor,
+    plan: Plan,
+    options: Sequence[Option],
+    batches: Sequence[torch.Tensor],
+    *,
+    runtime: str = "ort",
+    threads: int = 1,
+    runs: int = 15,
+    use_cache: bool = True,
+    log: Callable[[str], None] = lambda msg: None,
+) -> tuple[dict[str, float], BlockLatency]:
+    """Fill in each option's saving and cost from the blocks it changes, timed alone
+    (:class:`~deeprebirth.planning.blocks.BlockLatency`); returns the latencies in ms of the
+    base and of the original, timed whole beside the blocks, and the block model."""
+    base, _ = apply_plan(model, with_entries(plan, []), example)
+    built = {}
+    for i, o in enumerate(options):
+        log(f"option {i + 1}/{len(options)}: {o.key}")
+        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
+        o.cost = reconstruction_error(built[o.key], model, batches)
+    blocks = BlockLatency(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
+    wholes = blocks.fit(base, list(built.values()), example, {"original": model})
+    for o in options:
+        o.saving_ms = blocks.base_ms - blocks.predict(built[o.key], example)[0]
+    return {"base": blocks.base_ms, "original": wholes["original"]}, blocks
+
+
 def select_plan(
     model: nn.Module,
     example: torch.Tensor,
@@ -469,24 +503,31 @@ def select_plan(
     use_cache: bool = True,
     correction_rounds: int = 3,
     margin: float = 0.0,
+    latency_model: str = "blocks",
     log: Callable[[str], None] = lambda msg: None,
 ) -> Selection:
     """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error; or
     ``budget_share`` of the original's latency, timed in the same run as the options.
 
-    The choice is measured; when it misses the budget (savings are not quite additive),
-    the target is raised in proportion and the choice made again, up to
-    ``correction_rounds`` times in all. ``margin``: aim that share under the budget (0.03:
-    3% under), so that timing drift between runs does not put the result over it.
+    With ``latency_model="blocks"`` the choice's latency is predicted from its blocks
+    (options in one block timed together); with ``"networks"`` the choice is measured.
+    When that misses the budget (savings are not quite additive), the target is raised in
+    proportion and the choice made again, up to ``correction_rounds`` times in all. The
+    selected plan is measured beside the base either way (``extra["measured_ms"]``).
+    ``margin``: aim that share under the budget (0.03: 3% under), so that timing drift
+    between runs does not put the result over it.
 
     Raises:
         BudgetError: the budget is below what any plan reaches (says the best reachable).
     """
     if (budget_ms is None) == (budget_share is None):
         raise ValueError("give budget_ms or budget_share")
+    if latency_model not in LATENCY_MODELS:
+        raise ValueError(f"latency_model is one of {', '.join(LATENCY_MODELS)}")
     batches = list(batches) or [example]
     options = build_options(model, example, plan, tucker_plans)
-    table = measure_options(
+    measure = measure_blocks if latency_model == "blocks" else measure_options
+    table = measure(
         model,
         example,
         plan,
@@ -498,6 +539,20 @@ def select_plan(
         use_cache=use_cache,
         log=log,
     )
+    blocks = None
+    if latency_model == "blocks":
+        table, blocks = table
+
+    def judge(picked: Sequence[Option]) -> float:
+        """The choice's latency: predicted from its blocks, or measured whole."""
+        if blocks is None:
+            return _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms)
+        chosen, _ = apply_plan(
+            model, with_entries(plan, [e for o in picked for e in o.entries]), example
+        )
+        return blocks.predict(chosen, example)[0]
+
+    judged = "measured_ms" if blocks is None else "blocks_ms"
     base_ms, original_ms = table["base"], table["original"]
     if budget_ms is None:
         budget_ms = budget_share * original_ms
@@ -530,13 +585,13 @@ def select_plan(
             picked = [o for o in picked if o.saving_ms > 0]
             cost = sum(o.cost for o in picked)
         predicted = sum(o.saving_ms for o in picked)
-        measured = _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms)
-        rounds.append(
-            {"need_ms": need, "predicted_ms": base_ms - predicted, "measured_ms": measured}
-        )
+        measured = judge(picked)
+        rounds.append({"need_ms": need, "predicted_ms": base_ms - predicted, judged: measured})
         tried.append((picked, cost, predicted, measured))
         log(
-            f"round {len(rounds)}: predicted {base_ms - predicted:.3f} ms, measured {measured:.3f} ms"
+            f"round {len(rounds)}: the options' savings give {base_ms - predicted:.3f} ms, "
+            + ("measured" if blocks is None else "its blocks")
+            + f" {measured:.3f} ms"
         )
         achieved = base_ms - measured
         if measured <= target_ms or need >= best or achieved <= 0:
@@ -549,6 +604,11 @@ def select_plan(
     within = [t for t in tried if t[3] <= target_ms]
     picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
     chosen_entries = [e for o in picked for e in o.entries]
+    extra: dict = {"latency_model": latency_model}
+    if blocks is not None:  # what the blocks predict, block by block (the caller measures)
+        chosen, _ = apply_plan(model, with_entries(plan, chosen_entries), example)
+        extra["blocks_ms"], extra["blocks"] = blocks.predict(chosen, example)
+        extra["between_blocks_ms"] = blocks.constant_ms
     return Selection(
         plan=record_savings(with_entries(plan, chosen_entries), options),
         chosen=[o.key for o in picked],
@@ -561,6 +621,7 @@ def select_plan(
         cost=cost,
         rounds=rounds,
         target_ms=target_ms,
+        extra=extra,
     )
 
 

@@ -151,17 +151,27 @@ def _ratio(a: float, b: float) -> str:
 
 def _selection_lines(sel: dict) -> list[str]:
     x = sel.get("extra", {})
+    blocks = x.get("latency_model") == "blocks"
+    how = (
+        "Each option's latency is the sum of the network's blocks (between cuts every option "
+        "keeps) as the option leaves them, each block timed alone on the runtime, plus what "
+        "lies between blocks (the base network timed whole less its blocks)"
+        if blocks
+        else "Each option was applied alone to the exact-only model and measured on the runtime"
+    )
+    judged = "its blocks predicted" if blocks else "measured"
+    predicted = x["blocks_ms"] if blocks else sel["predicted_ms"]
     lines = [
         "",
         f"## Selection under a latency budget of {sel['budget_ms']:.2f} ms ({RUNTIME_LABELS.get(sel['runtime'], sel['runtime'])})",
         "",
-        "Each option was applied alone to the exact-only model and measured on the runtime "
-        "(the lookup table); its cost is the output's relative squared error before tuning. "
-        "The cheapest set whose savings reach the budget was found by dynamic programming; "
-        "when the measured choice missed the budget, more savings were asked of the table.",
+        f"{how} (the lookup table); its cost is the output's relative squared error before "
+        "tuning. The cheapest set whose savings reach the budget was found by dynamic "
+        f"programming; when the choice ({judged}) missed the budget, more savings were asked "
+        "of the table.",
         "",
         f"Exact merges only: {sel['base_ms']:.2f} ms. Predicted with the chosen options: "
-        f"{sel['predicted_ms']:.2f} ms; measured: {x.get('measured_ms', float('nan')):.2f} ms "
+        f"{predicted:.2f} ms; measured: {x.get('measured_ms', float('nan')):.2f} ms "
         f"(original {x.get('original_ms', float('nan')):.2f} ms, so "
         f"{x.get('measured_ms', float('nan')) / x.get('original_ms', float('nan')):.2f} of it; "
         "every merge, the fixed plan: "
@@ -171,9 +181,14 @@ def _selection_lines(sel: dict) -> list[str]:
     ]
     for i, r in enumerate(sel.get("rounds", []), 1):
         lines.append(
-            f"- round {i}: asked the table for {r['need_ms']:.3f} ms of savings; predicted "
-            f"{r['predicted_ms']:.3f} ms, measured {r['measured_ms']:.3f} ms"
+            f"- round {i}: asked the table for {r['need_ms']:.3f} ms of savings; the savings "
+            f"add up to {r['predicted_ms']:.3f} ms, {judged} "
+            f"{r['blocks_ms' if blocks else 'measured_ms']:.3f} ms"
         )
+    if blocks:
+        lines += ["", "| block of the selected plan | ms (timed alone) |", "|---|---:|"]
+        lines += [f"| {b['block']} | {b['ms']:.3f} |" for b in x["blocks"]]
+        lines.append(f"| between blocks | {x['between_blocks_ms']:+.3f} |")
     lines += [
         "",
         "| option | saves (ms) | error | chosen |",

@@ -56,8 +56,9 @@ def selection_table(selection, budget_ms: float, runtime: str) -> Table:
 
 def selection_summary(selection) -> str:
     x = selection.extra
+    predicted = x.get("blocks_ms", selection.predicted_ms)
     return (
-        f"predicted {selection.predicted_ms:.2f} ms, measured {x['measured_ms']:.2f} ms "
+        f"predicted {predicted:.2f} ms, measured {x['measured_ms']:.2f} ms "
         f"= {x['measured_ms'] / x['original_ms']:.2f} of the original's {x['original_ms']:.2f} ms "
         f"(every merge {x['fixed_plan_ms']:.2f} ms); "
         f"output error {x['error']:.2e} vs {x['fixed_plan_error']:.2e} with every merge"

@@ -1,0 +1,262 @@
+"""Latency that adds up: a network timed in blocks, a plan's latency predicted as their sum.
+
+A *cut* is a node after which nothing but its own output is live: every later node reads
+only it (and weights). Between two cuts lies a *block* (an inception module, a residual
+block, a run of layers) that runs alone from a tensor of the cut's shape. The cuts used are
+those of the base network (its exact merges applied) that every option keeps, coarsened so
+that a block is split only where options touch its parts differently (a block no option
+touches is one block, however many layers it has).
+
+Each block is timed alone in the target runtime, once per form the options give it, all
+interleaved with the whole base network in one run; its latency is cached by its structure
+(layers, their shapes, its input shape), the runtime, threads, CPU and library versions. A
+plan's predicted latency is the sum of its blocks plus a constant: the whole base network
+less the sum of its blocks, measured side by side (what lies between blocks: a runtime's
+per-call overhead, fusions across a cut). Savings of options that touch different blocks
+add up exactly in this model; options in the same block are timed together when a plan
+combines them (:meth:`BlockLatency.predict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..files import write_json
+from ..machine import machine_info
+from ..profiling.bench import latencies
+
+#: Node kinds that compute (placeholders, weights and the output do not).
+COMPUTE = ("call_module", "call_function", "call_method")
+#: Sessions each block and the base network run in (see ``select.SESSIONS``).
+SESSIONS = 3
+
+
+def cut_nodes(gm: fx.GraphModule) -> list[str]:
+    """Names of the nodes after which only their own output is live, in graph order."""
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    cuts, reach = [], -1  # reach: the furthest node any earlier node's output feeds
+    for i, n in enumerate(nodes):
+        if n.op in COMPUTE and reach <= i and n.users:
+            cuts.append(n.name)
+        if n.op != "get_attr":
+            reach = max([reach, *(pos[u] for u in n.users)])
+    return cuts
+
+
+@dataclass
+class Block:
+    """The nodes after cut ``start`` (None: from the input) up to cut ``end``, as a module."""
+
+    start: str | None
+    end: str
+    module: fx.GraphModule
+    input: torch.Tensor
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.start or 'input'}..{self.end}"
+
+
+def _segment(gm: fx.GraphModule, start: str | None, end: str) -> fx.GraphModule:
+    graph, env = fx.Graph(), {}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    if start is not None:
+        env[nodes[start]] = graph.placeholder(start)
+    inside = start is None
+
+    def arg(a: fx.Node) -> fx.Node:
+        if a not in env:  # a weight read here but defined before the block
+            if a.op != "get_attr":
+                raise ValueError(f"{a.name} is read across the cut {start}")
+            env[a] = graph.node_copy(a)
+        return env[a]
+
+    for n in gm.graph.nodes:
+        if inside and n.op != "output":
+            env[n] = graph.node_copy(n, arg)
+        if n.name == (start or ""):
+            inside = True
+        if n.name == end:
+            break
+    graph.output(env[nodes[end]])
+    return fx.GraphModule(gm, graph)
+
+
+def _structure(block: fx.GraphModule, shape: Sequence[int]) -> str:
+    """A digest of what a block's latency depends on: its layers and their wiring, not the
+    names or the weights' values."""
+    index, rows = {}, [list(shape)]
+    modules = dict(block.named_modules())
+    for i, n in enumerate(block.graph.nodes):
+        index[n] = i
+
+        def plain(a):
+            return f"%{index[a]}" if isinstance(a, fx.Node) else repr(a)
+
+        if n.op == "call_module":
+            target = repr(modules[n.target])
+        elif n.op in ("placeholder", "output"):
+            target = ""
+        elif n.op == "get_attr":
+            target = str(tuple(getattr(block, n.target).shape))
+        else:
+            target = getattr(n.target, "__name__", str(n.target))
+        args = fx.node.map_aggregate(n.args, plain)
+        kwargs = fx.node.map_aggregate(n.kwargs, plain)
+        rows.append([n.op, target, repr(args), repr(kwargs)])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
+
+
+def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> list[Block]:
+    """``gm`` as blocks between the ``cuts`` it has (in graph order), the last ending at
+    its output."""
+    ShapeProp(gm).propagate(example)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    last = output.args[0]
+    if not isinstance(last, fx.Node):
+        raise ValueError("blocks need a network with a single output")
+    own = set(cut_nodes(gm))
+    ends = [c for c in cuts if c in own and c != last.name] + [last.name]
+    blocks, start = [], None
+    for end in ends:
+        module = _segment(gm, start, end)
+        x = example if start is None else torch.zeros(nodes[start].meta["tensor_meta"].shape)
+        blocks.append(Block(start, end, module, x, _structure(module, x.shape)))
+        start = end
+    return blocks
+
+
+def _cache_file(key: dict) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deeprebirth"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "blocks" / f"{digest}.json"
+
+
+class BlockLatency:
+    """Block latencies of one network on one runtime; predicts a plan's latency.
+
+    ``fit`` chooses the cuts and times the base network with its blocks and every option's
+    blocks; ``predict`` sums a network's blocks, timing the ones not seen yet (scaled by
+    the base blocks timed beside them, so that a later run's drift does not enter).
+    """
+
+    def __init__(
+        self,
+        *,
+        runtime: str = "ort",
+        threads: int = 1,
+        runs: int = 15,
+        use_cache: bool = True,
+        log: Callable[[str], None] = lambda msg: None,
+    ):
+        self.runtime, self.threads, self.runs, self.log = runtime, threads, runs, log
+        machine = machine_info()
+        self.cache_key = {
+            "runtime": runtime,
+            "threads": threads,
+            "runs": runs,
+            "sessions": SESSIONS,
+            **{k: machine[k] for k in ("cpu", "isa", "torch", "onnxruntime", "executorch")},
+        }
+        self.cache = _cache_file(self.cache_key) if use_cache else None
+        self.table: dict[str, float] = {}
+        if self.cache is not None and self.cache.is_file():
+            self.table = json.loads(self.cache.read_text())["blocks"]
+        self.cuts: list[str] = []
+        self.base: list[Block] = []
+        self.constant_ms = 0.0
+        self.base_ms = 0.0
+
+    def fit(
+        self,
+        base: fx.GraphModule,
+        others: Sequence[fx.GraphModule],
+        example: torch.Tensor,
+        wholes: dict[str, nn.Module] | None = None,
+    ) -> dict[str, float]:
+        """Cuts that ``base`` and every one of ``others`` (the options applied alone) have,
+        coarsened; every block form timed; the constant from ``base`` timed whole. Returns
+        the latencies (ms) of ``wholes``, networks timed whole in the same run."""
+        cuts = set(cut_nodes(base))
+        for gm in others:
+            cuts &= set(cut_nodes(gm))
+        finest = split(base, example, [c for c in cut_nodes(base) if c in cuts])
+        fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
+        touched: list[set[int]] = [set() for _ in base_keys]
+        forms = []
+        for i, gm in enumerate(others):
+            blocks = split(gm, example, fine)
+            forms.append(blocks)
+            for j, b in enumerate(blocks):
+                if j < len(base_keys) and b.key != base_keys[j]:
+                    touched[j].add(i)
+        # a cut is kept where the options touching the blocks on its two sides differ
+        self.cuts = [c for j, c in enumerate(fine) if touched[j] != touched[j + 1]]
+        self.base = split(base, example, self.cuts)
+        todo = {b.key: b for b in self.base}
+        for gm in others:
+            todo |= {b.key: b for b in split(gm, example, self.cuts) if b.key not in todo}
+        # The base's blocks are always timed (beside the base whole, for the constant);
+        # forms the cache holds are scaled by how the base's blocks moved since.
+        fresh = {b.key: b for b in self.base} | {
+            k: b for k, b in todo.items() if k not in self.table
+        }
+        wholes = {"<base>": base, **(wholes or {})}
+        models = {k: (m, example) for k, m in wholes.items()}
+        models |= {k: (b.module, b.input) for k, b in fresh.items()}
+        self.log(
+            f"timing {len(wholes)} networks and {len(fresh)} block forms on {self.runtime} "
+            f"({len(self.base)} blocks in the base network, {len(todo) - len(fresh)} forms "
+            "from the cache)"
+        )
+        t = latencies(
+            models, runtimes=[self.runtime], threads=self.threads, runs=self.runs, sessions=SESSIONS
+        )[self.runtime]
+        seen = [t[k].median_ms / self.table[k] for k in fresh if k in self.table]
+        drift = statistics.median(seen) if seen else 1.0
+        self.table |= {k: self.table[k] * drift for k in todo if k not in fresh}
+        self.table |= {k: t[k].median_ms for k in fresh}
+        self._save()
+        self.base_ms = t["<base>"].median_ms
+        self.constant_ms = self.base_ms - sum(self.table[b.key] for b in self.base)
+        self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_ms - self.constant_ms:.3f} ms")
+        return {k: t[k].median_ms for k in wholes if k != "<base>"}
+
+    def _save(self) -> None:
+        if self.cache is not None:
+            write_json(self.cache, {"key": self.cache_key, "blocks": self.table})
+
+    def predict(self, gm: fx.GraphModule, example: torch.Tensor) -> tuple[float, list[dict]]:
+        """Predicted latency of ``gm`` (ms) and its blocks; blocks not timed yet are timed
+        beside the base's blocks and scaled to the table by them."""
+        blocks = split(gm, example, self.cuts)
+        new = {b.key: b for b in blocks if b.key not in self.table}
+        if new:
+            ref = {b.key: b for b in self.base}
+            models = {k: (b.module, b.input) for k, b in (ref | new).items()}
+            self.log(f"timing {len(new)} new blocks on {self.runtime}")
+            t = latencies(
+                models,
+                runtimes=[self.runtime],
+                threads=self.threads,
+                runs=self.runs,
+                sessions=SESSIONS,
+            )[self.runtime]
+            scale = statistics.median(self.table[k] / t[k].median_ms for k in ref)
+            self.table |= {k: t[k].median_ms * scale for k in new}
+            self._save()
+        rows = [{"block": b.name, "ms": self.table[b.key]} for b in blocks]
+        return sum(r["ms"] for r in rows) + self.constant_ms, rows

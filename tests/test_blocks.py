@@ -1,0 +1,101 @@
+import pytest
+import torch
+from torch import nn
+
+from deeprebirth import get_model
+from deeprebirth.graph import capture
+from deeprebirth.planning import blocks as blocks_module
+from deeprebirth.planning.blocks import BlockLatency, cut_nodes, split
+from deeprebirth.profiling.timing import Timing
+
+
+class Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+def tiny_resnet():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        Residual(8),
+        Residual(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+
+
+def test_cuts_are_where_only_one_tensor_is_live():
+    gm = capture(tiny_resnet())
+    cuts = cut_nodes(gm)
+    names = [n.name for n in gm.graph.nodes]
+    # inside a residual block the input stays live until the sum: no cut there
+    inside = [n for n in names if n.startswith("_2_conv") or n.startswith("_3_conv")]
+    assert inside and not set(inside) & set(cuts)
+    assert "_0" in cuts and "_1" in cuts and cuts[-1] == names[-2]
+
+
+@pytest.mark.parametrize("name", ["tiny", "bvlc_googlenet"])
+def test_blocks_run_one_after_another_are_the_network(name):
+    torch.manual_seed(0)
+    model = tiny_resnet() if name == "tiny" else get_model(name, num_classes=10, in_chans=1)
+    gm = capture(model.eval())
+    x = torch.randn(1, 3 if name == "tiny" else 1, 32, 32)
+    parts = split(gm, x, cut_nodes(gm))
+    assert len(parts) > 3
+    y = x
+    with torch.no_grad():
+        for b in parts:
+            assert b.input.shape == y.shape
+            y = b.module(y)
+        torch.testing.assert_close(y, gm(x))
+
+
+def test_a_blocks_key_is_its_structure_not_its_names_or_weights():
+    torch.manual_seed(0)
+    a, b = capture(tiny_resnet()), capture(tiny_resnet())
+    x = torch.randn(1, 3, 16, 16)
+    ka = [p.key for p in split(a, x, cut_nodes(a))]
+    kb = [p.key for p in split(b, x, cut_nodes(b))]
+    assert ka == kb  # other weights, same structure
+    assert ka[2] == ka[4]  # the two residual blocks (each sum its own block): same layers
+    wider = capture(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()))
+    assert split(wider, x, [])[0].key != split(capture(tiny_resnet()[:2]), x, [])[0].key
+    assert [p.key for p in split(a, torch.randn(1, 3, 8, 8), cut_nodes(a))] != ka
+
+
+def fake_latencies(models, *, runtimes, **kwargs):
+    """Latency proportional to the parameters (ms = 1 per 1000), plus 0.05 ms per call."""
+    ms = {k: sum(p.numel() for p in m.parameters()) / 1000 + 0.05 for k, (m, _) in models.items()}
+    return {runtimes[0]: {k: Timing(v, v, v, 1) for k, v in ms.items()}}
+
+
+def test_predicted_latency_is_the_blocks_sum_plus_what_lies_between(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(blocks_module, "latencies", fake_latencies)
+    torch.manual_seed(0)
+    base = capture(tiny_resnet())
+    x = torch.randn(1, 3, 16, 16)
+    slim = tiny_resnet()
+    slim[3] = nn.Identity()  # an option that takes the second residual block away
+    other = capture(slim)
+    model = BlockLatency(runtime="ort")
+    model.fit(base, [other], x)
+    # the residual block the option removes is its own block; the rest is one block each side
+    assert len(model.base) == 3
+    whole = fake_latencies({"m": (base, x)}, runtimes=["ort"])["ort"]["m"].median_ms
+    assert model.base_ms == pytest.approx(whole)
+    predicted, rows = model.predict(base, x)
+    assert predicted == pytest.approx(whole) and len(rows) == 3
+    predicted, _ = model.predict(other, x)
+    removed = sum(p.numel() for p in tiny_resnet()[3].parameters()) / 1000
+    assert predicted == pytest.approx(whole - removed, abs=0.051)
+    # the table is cached: a new model times nothing it has seen
+    monkeypatch.setattr(blocks_module, "latencies", None)
+    again = BlockLatency(runtime="ort")
+    assert set(model.table) <= set(again.table)
