@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from .config import default_of, field_of, nest
-from .planning.select import LATENCY_MODELS
+from .planning.select import LATENCY_MODELS, SELECT_RUNTIMES
 from .profiling import RUNTIMES
 from .recipe import Recipe
 
@@ -160,7 +160,7 @@ SLIM_FLAGS = {
         ),
         ("--latency-budget-of", "select.latency_budget_of", {"metavar": "MODEL"}),
         ("--budget-margin", "select.margin", {"type": float, "metavar": "SHARE"}),
-        ("--runtime", "select.runtime", {"choices": ("ort", "torch")}),
+        ("--runtime", "select.runtime", {"choices": SELECT_RUNTIMES}),
         ("--threads", "select.threads", POSITIVE),
         ("--selection-runs", "select.runs", POSITIVE),
         ("--latency-model", "select.latency_model", {"choices": LATENCY_MODELS}),

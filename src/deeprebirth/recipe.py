@@ -30,7 +30,7 @@ from .export.check import FORMATS
 from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
 from .files import atomic_write_text
 from .plan.config import PlanConfig
-from .planning.select import LATENCY_MODELS
+from .planning.select import LATENCY_MODELS, SELECT_RUNTIMES
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -100,7 +100,7 @@ class SelectConfig:
         "aim this share under the budget (0.03: 3% under), so that timing drift between runs "
         "does not put the selected plan over it; it is still judged against the budget",
     )
-    runtime: str = option("ort", "where latency is measured: ort or torch")
+    runtime: str = option("ort", "where latency is measured: ort, executorch or torch")
     threads: int = option(1, "threads")
     runs: int = option(15, "interleaved timed runs per option, in each of three passes")
     latency_model: str = option(
@@ -265,7 +265,7 @@ class Recipe:
             [self.export.int8_calibration],
             (*CALIBRATION_METHODS, "auto"),
         )
-        _check_choices("select.runtime", [self.select.runtime], ("ort", "torch"))
+        _check_choices("select.runtime", [self.select.runtime], SELECT_RUNTIMES)
         _check_choices("select.latency_model", [self.select.latency_model], LATENCY_MODELS)
         for key in ("rank_ratio", "pointwise_rank_ratio"):
             value = getattr(self.plan, key)

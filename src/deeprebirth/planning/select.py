@@ -68,6 +68,8 @@ SESSIONS = 3
 #: alone, a plan's latency their sum: ``deeprebirth.planning.blocks``) or ``networks``
 #: (each option applied alone to the whole network, timed whole).
 LATENCY_MODELS = ("blocks", "networks")
+#: Where a selection can time its options (batch 1).
+SELECT_RUNTIMES = ("ort", "executorch", "torch")
 
 
 class BudgetError(DeepRebirthError):
