@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import tomllib
+
 from deeprebirth.machine import cpu_label
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ LABELS = {
     "mobilenet_v2": "MobileNetV2",
     "mobilenet_v2_int8": "MobileNetV2 + int8",
     "mobilenet_v2_depth": "MobileNetV2, depth-compressed (0.75x budget), default recipe",
+    "mobilenet_v2_depth_lr_1e-3": "MobileNetV2, depth-compressed, default recipe but the fine-tune at lr 1e-3",
     "mobilenet_v2_depth_int8": "MobileNetV2, depth-compressed, default recipe + int8",
     "mobilenet_v2_depth_stagewise": "MobileNetV2, depth-compressed, a stage per chain (first run)",
     "mobilenet_v2_depth_stagewise_int8": "MobileNetV2, depth-compressed, a stage per chain + int8",
@@ -322,7 +325,79 @@ def paper_table(results: dict) -> str:
                 + ".",
                 "",
             ]
+    lines += cost_lines(results)
     return "\n".join(lines)
+
+
+def trained_from(results: dict, entry: dict) -> str | None:
+    """The results key of the model a student was slimmed from: the entry whose weights
+    its recipe's ``model.checkpoint`` names, or whose slimmed directory its ``model.name``
+    is (None without a recipe)."""
+    recipe = ROOT / entry.get("recipe", "")
+    if not entry.get("recipe") or not recipe.is_file():
+        return None
+    model = tomllib.loads(recipe.read_text()).get("model", {})
+    path = model.get("checkpoint") or model.get("name")
+    # the model now at that path, not an earlier run kept under another key
+    found = [k for k, m in results["models"].items() if m.get("path") == path]
+    return next((k for k in found if "files_at_commit" not in results["models"][k]), None)
+
+
+def training_passes(entry: dict) -> int:
+    """Passes over the training split a reference's training took (distillation included)."""
+    return entry["epochs"] + entry.get("distill_epochs", 0)
+
+
+def share_of_training(results: dict, entry: dict, passes: float) -> tuple[str, float] | None:
+    """``passes`` of tuning, plus those of the students it was built on (slimmed + Tucker-2
+    starts from the slimmed model), as a share of the training of the reference at the root:
+    (its key, the share); None when that model is not known."""
+    source, seen = trained_from(results, entry), set()
+    while source is not None and "epochs" not in results["models"][source]:
+        built_on = results["models"][source]
+        if source in seen or "cost" not in built_on:
+            return None
+        seen.add(source)
+        passes += built_on["cost"]["passes"]
+        source = trained_from(results, built_on)
+    if source is None:
+        return None
+    return source, passes / training_passes(results["models"][source])
+
+
+def cost_lines(results: dict) -> list[str]:
+    """What each student's tuning cost: minutes, passes over the training data, and a share
+    of what training the model it was slimmed from took, in passes (machine-free; minutes
+    were measured on different machines)."""
+    rows = []
+    for key, entry in results["models"].items():
+        cost = entry.get("cost")
+        if not cost:
+            continue
+        share = share_of_training(results, entry, cost["passes"])
+        source = (
+            f"{label(share[0])}, {training_passes(results['models'][share[0]])}" if share else "—"
+        )
+        rows.append(
+            f"| {label(key)} | {cost['minutes']:.0f} | {cost['passes']:.2f} | {source} "
+            f"| {_f(share[1] if share else None, '.2f')} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## What tuning cost",
+        "",
+        "Each student's tuning (stages, linearization, the learning rate's choice, the "
+        "fine-tune) in minutes on the machine of its run, in passes over the 55,000 "
+        "training images, and as a share of the passes that trained the model it was "
+        "slimmed from (with those of the student it was built on, if any; the target: at "
+        "most half).",
+        "",
+        "| student | minutes | passes | trained from, passes | share |",
+        "|---|---:|---:|---|---:|",
+        *rows,
+        "",
+    ]
 
 
 def plot_pareto(results: dict, path: Path) -> Path | None:

@@ -318,7 +318,7 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
         "overrides": sets,
         "stages": len(stages) - 1,
     }
-    entry["cost"] = tuning_cost(report["tuning"])
+    entry["cost"] = tuning_cost(report["tuning"], str(recipe))
     if "start_from" in report["tuning"]:  # continued from another student's tuned weights
         entry["start_from"] = report["tuning"]["start_from"]
     if (ROOT / out / "selection.json").is_file():  # chosen under a latency budget
@@ -331,16 +331,20 @@ def student(key: str, args, overrides: tuple[str, ...] = ()) -> None:
     record(key, entry, provenance)
 
 
-def tuning_cost(tuning: dict) -> dict:
+def tuning_cost(tuning: dict, recipe: str) -> dict:
     """A student's tuning in passes over the training split (machine-free) and minutes, and
-    as a share of the teacher's training (its passes; its minutes were measured on another
-    machine, so the passes are the comparison that holds)."""
+    as a share of the training of the model its ``recipe`` slims (its passes; its minutes
+    were measured on another machine, so the passes are the comparison that holds)."""
+    from fashion_mnist_table import share_of_training
+
     from deeprebirth.tuning.trainer import tuning_cost as cost_of
 
     train_images = len(get_dataset(DATA, "train", input_size=SIZE, in_chans=CHANS))
     cost = tuning.get("cost") or cost_of(tuning["stages"], BATCH, train_images)
-    teacher = load_results()["models"]["teacher"]
-    return {**cost, "share_of_teacher_passes": round(cost["passes"] / teacher["epochs"], 3)}
+    share = share_of_training(load_results(), {"recipe": recipe}, cost["passes"])
+    if share is None:
+        return cost
+    return {**cost, "trained_from": share[0], "share_of_training_passes": round(share[1], 3)}
 
 
 def step_slimmed(args) -> None:

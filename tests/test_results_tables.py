@@ -157,3 +157,34 @@ def test_models_rebuilt_since_the_speed_run_lose_its_rows(tmp_path):
         assert rebuilt(results) == {"moved", "moved_int8"}
     del results["speed"]["commit"]  # a run that did not record its commit: nothing to compare
     assert rebuilt(results) == set()
+
+
+def test_tuning_cost_is_a_share_of_what_trained_the_model_slimmed():
+    from fashion_mnist_table import cost_lines, share_of_training
+
+    weights = "benchmarks/weights/fashion_mnist_64"
+    results = {
+        "models": {
+            "teacher": {
+                "path": f"{weights}/teacher.safetensors",
+                "epochs": 18,
+                "distill_epochs": 2,
+            },
+            "slimmed": {
+                "path": f"{weights}/slimmed",
+                "recipe": "recipes/fashion_mnist_64/slimmed.toml",
+                "cost": {"minutes": 10.0, "passes": 5.0},
+            },
+            "slimmed_tucker": {
+                "recipe": "recipes/fashion_mnist_64/slimmed_tucker.toml",
+                "cost": {"minutes": 5.0, "passes": 2.0},
+            },
+        }
+    }
+    models = results["models"]
+    assert share_of_training(results, models["slimmed"], 5.0) == ("teacher", 0.25)
+    # built on the slimmed model: its passes count too
+    assert share_of_training(results, models["slimmed_tucker"], 2.0) == ("teacher", 0.35)
+    lines = cost_lines(results)
+    assert any("| 5.00 | BVLC GoogLeNet (teacher), 20 | 0.25 |" in line for line in lines)
+    assert share_of_training(results, {"recipe": "no/such.toml"}, 1.0) is None
