@@ -10,7 +10,11 @@ from safetensors.torch import save_file
 
 from deeprebirth import data
 from deeprebirth.cli import main
+from deeprebirth.tuning import TuneConfig
 from deeprebirth.zoo import get_model
+
+#: The short runs that choose the fine-tune's learning rate (tune.finetune_lr unset).
+LR_CHOICE = [f"finetune_lr_{lr:g}" for lr in TuneConfig().finetune_lr_choices]
 
 
 def run_cli(capsys, *args):
@@ -266,7 +270,7 @@ def test_slim_with_tuning_and_evaluate(capsys, tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "s2" / "tune_report.json").read_text())
     assert report["tuning"]["start_from"] == str(tmp_path / "s")
-    assert [r["stage"] for r in report["tuning"]["stages"]] == ["finetune"]
+    assert [r["stage"] for r in report["tuning"]["stages"]] == [*LR_CHOICE, "finetune"]
     code, _, err = run_cli(capsys, *more, str(weights), "--out", str(tmp_path / "s3"))
     one_line_error(code, err, "not a slimmed model directory")
     for target in (str(weights), str(tmp_path / "s")):
@@ -371,7 +375,7 @@ def test_slim_tucker_all_at_once_budget_fp16(capsys, tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert any(e["kind"] == "tucker" and e["id"] in plan["applied"] for e in plan["entries"])
     stages = json.loads((out / "tune_report.json").read_text())["tuning"]["stages"]
-    assert [s["stage"] for s in stages] == ["all_at_once", "finetune"]
+    assert [s["stage"] for s in stages] == ["all_at_once", *LR_CHOICE, "finetune"]
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())  # noqa: SIM118 (not a dict)
     assert not (out / "report.md").exists()
