@@ -37,6 +37,7 @@ LABELS = {
     "slimmed_tucker_int8_quantized_logits": "slimmed + Tucker-2 + int8, chosen on 5,000 images, 8-bit logits",
     "mobilenet_v2_int8_unsmoothed": "MobileNetV2 + int8, earlier (min/max calibration, no choice)",
     "squeezenet1_1": "SqueezeNet 1.1",
+    "googlenet_at_squeezenet_speed": "BVLC GoogLeNet selected for SqueezeNet 1.1's latency",
     "squeezenet1_1_int8": "SqueezeNet 1.1 + int8",
     "mobilenet_v2": "MobileNetV2",
     "mobilenet_v2_int8": "MobileNetV2 + int8",

@@ -31,6 +31,9 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_stagewise
                         the same chains (this step chose them), tuned layer-wise against it
                         with the students' first budget
+  mobilenet_v2_depth_lr_1e-3
+                        the default recipe before the fine-tune chose its learning rate on
+                        val (1e-3, GoogLeNet's)
   mobilenet_v2_depth_int8
   mobilenet_v2_depth_linearized
                         the same chains, tuned by gradual linearization instead: the
@@ -49,6 +52,10 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_ended_more
                         the ended one, five more passes of fine-tune from its tuned weights
                         (tune.start_from; 11,460 batches in all)
+  googlenet_at_squeezenet_speed
+                        the paper's comparison at equal speed: the teacher with every merge,
+                        depth chain and Tucker-2 rank as options, selected for the trained
+                        SqueezeNet 1.1's ORT latency, tuned by the default recipe
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -394,6 +401,7 @@ RECIPE_STUDENTS = (
     "mobilenet_v2_depth_augmented",
     "mobilenet_v2_depth_ended",
     "mobilenet_v2_depth_ended_more",
+    "googlenet_at_squeezenet_speed",
 )
 
 
