@@ -8,12 +8,16 @@
    or one of its closed subsets / non-overlapping sets of chains / ranks. Tucker on a
    conv a chain takes is one more option of the chain's group. Other exact merges are
    always applied: they cost no accuracy.
-2. **Lookup table.** Each option is applied alone to the exact-only model; its latency is
-   measured on the target runtime, interleaved with all the others and the base, in
-   :data:`SESSIONS` passes with new sessions each (a session, and a whole run, can be a few
-   percent off: as much as a small option saves); the saving is base minus option, each
-   pass scaled to the same base, medians over the passes. The table is cached on disk per
-   model, input, runtime, threads, CPU and library versions.
+2. **Lookup table.** Each option is applied alone to the exact-only model (the base). By
+   default (``latency_model="blocks"``) the network is cut into blocks and each block is
+   timed alone, once per form the options give it; an option's latency is the sum of its
+   blocks plus what lies between them (``deeprebirth.planning.blocks``), so the savings of
+   options in different blocks add up. With ``"networks"`` each option's whole network is
+   timed, interleaved with all the others and the base, in :data:`SESSIONS` passes with new
+   sessions each (a session, and a whole run, can be a few percent off: as much as a small
+   option saves); the saving is base minus option, each pass scaled to the same base,
+   medians over the passes. Both are cached on disk (per block structure, or per model and
+   input; and runtime, threads, CPU and library versions).
 3. **Cost.** The option's reconstruction error at the network output, before tuning:
    ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches.
 4. **Choice.** Savings and costs are taken as additive, and the cheapest set reaching
@@ -23,10 +27,11 @@
    the optimum when one expensive option replaces several cheap ones; the DP cannot, on
    its grid, and costs microseconds at these sizes.
 
-5. **Correction.** Savings are not exactly additive (small layers are dominated by per-op
-   overheads, and merged neighbours interact), so the choice is measured (relative to the
-   base beside it); when it misses the budget, the saving asked of the table is scaled up
-   by predicted/achieved and the choice made again (at most ``correction_rounds``).
+5. **Correction.** Savings are not exactly additive (options in one block interact, and
+   whole-network timings are noisy), so the choice is judged again: its blocks, options
+   in one block timed together (``"networks"``: measured whole, relative to the base beside
+   it); when it misses the budget, the saving asked of the table is scaled up by
+   predicted/achieved and the choice made again (at most ``correction_rounds``).
 
 The prediction, every round's measurement and the table are all reported.
 """
@@ -514,9 +519,9 @@ def select_plan(
     With ``latency_model="blocks"`` the choice's latency is predicted from its blocks
     (options in one block timed together); with ``"networks"`` the choice is measured.
     When that misses the budget (savings are not quite additive), the target is raised in
-    proportion and the choice made again, up to ``correction_rounds`` times in all. The
-    selected plan is measured beside the base either way (``extra["measured_ms"]``).
-    ``margin``: aim that share under the budget (0.03: 3% under), so that timing drift
+    proportion and the choice made again, up to ``correction_rounds`` times in all. With
+    blocks, ``extra`` holds the selected plan's prediction block by block; measuring it whole
+    is the caller's (the pipeline times it beside the original). ``margin``: aim that share under the budget (0.03: 3% under), so that timing drift
     between runs does not put the result over it.
 
     Raises:
