@@ -43,6 +43,7 @@ LABELS = {
     "mobilenet_v2_int8": "MobileNetV2 + int8",
     "mobilenet_v2_depth": "MobileNetV2, depth-compressed (0.75x budget), default recipe",
     "mobilenet_v2_depth_lr_1e-3": "MobileNetV2, depth-compressed, default recipe but the fine-tune at lr 1e-3",
+    "mobilenet_v2_depth_lr_1e-3_int8": "MobileNetV2, depth-compressed, fine-tune at lr 1e-3 + int8",
     "mobilenet_v2_depth_int8": "MobileNetV2, depth-compressed, default recipe + int8",
     "mobilenet_v2_depth_stagewise": "MobileNetV2, depth-compressed, a stage per chain (first run)",
     "mobilenet_v2_depth_stagewise_int8": "MobileNetV2, depth-compressed, a stage per chain + int8",
