@@ -396,6 +396,18 @@ def _cache_file(key: dict) -> Path:
     return root / "latency" / f"{digest}.json"
 
 
+def _build_options(model, example, plan, options, batches, log) -> tuple[nn.Module, dict]:
+    """The base (exact merges only) and each option applied alone to it, by option key;
+    fills in each option's cost."""
+    base, _ = apply_plan(model, with_entries(plan, []), example)
+    built = {}
+    for i, o in enumerate(options):
+        log(f"option {i + 1}/{len(options)}: {o.key}")
+        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
+        o.cost = reconstruction_error(built[o.key], model, batches)
+    return base, built
+
+
 def measure_options(
     model: nn.Module,
     example: torch.Tensor,
@@ -436,12 +448,7 @@ def measure_options(
     }
     cache = _cache_file(key)
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
-    base, _ = apply_plan(model, with_entries(plan, []), example)
-    built = {}
-    for i, o in enumerate(options):
-        log(f"option {i + 1}/{len(options)}: {o.key}")
-        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
-        o.cost = reconstruction_error(built[o.key], model, batches)
+    base, built = _build_options(model, example, plan, options, batches, log)
     if table is None:
         copies = {f"base#{i}": (base, example) for i in range(SESSIONS)}
         models = {"original": (model, example), **copies}
@@ -482,12 +489,7 @@ def measure_blocks(
     """Fill in each option's saving and cost from the blocks it changes, timed alone
     (:class:`~deeprebirth.planning.blocks.BlockLatency`); returns the latencies in ms of the
     base and of the original, timed whole beside the blocks, and the block model."""
-    base, _ = apply_plan(model, with_entries(plan, []), example)
-    built = {}
-    for i, o in enumerate(options):
-        log(f"option {i + 1}/{len(options)}: {o.key}")
-        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
-        o.cost = reconstruction_error(built[o.key], model, batches)
+    base, built = _build_options(model, example, plan, options, batches, log)
     blocks = BlockLatency(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
     wholes = blocks.fit(base, list(built.values()), example, {"original": model})
     for o in options:
