@@ -196,11 +196,8 @@ class BlockLatency:
         finest = split(base, example, [c for c in cut_nodes(base) if c in cuts])
         fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
         touched: list[set[int]] = [set() for _ in base_keys]
-        forms = []
         for i, gm in enumerate(others):
-            blocks = split(gm, example, fine)
-            forms.append(blocks)
-            for j, b in enumerate(blocks):
+            for j, b in enumerate(split(gm, example, fine)):
                 if j < len(base_keys) and b.key != base_keys[j]:
                     touched[j].add(i)
         # a cut is kept where the options touching the blocks on its two sides differ
