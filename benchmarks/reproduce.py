@@ -52,10 +52,6 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_ended_more
                         the ended one, five more passes of fine-tune from its tuned weights
                         (tune.start_from; 11,460 batches in all)
-  googlenet_at_squeezenet_speed
-                        the paper's comparison at equal speed: the teacher with every merge,
-                        depth chain and Tucker-2 rank as options, selected for the trained
-                        SqueezeNet 1.1's ORT latency, tuned by the default recipe
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -401,7 +397,6 @@ RECIPE_STUDENTS = (
     "mobilenet_v2_depth_augmented",
     "mobilenet_v2_depth_ended",
     "mobilenet_v2_depth_ended_more",
-    "googlenet_at_squeezenet_speed",
 )
 
 
