@@ -361,3 +361,20 @@ def test_a_selection_by_blocks_predicts_the_plan_and_reports_its_blocks(
     )
     report = (tmp_path / "s" / "report.md").read_text()
     assert "| block of the selected plan |" in report and "its blocks predicted" in report
+
+
+def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
+    import deeprebirth.planning.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 2.0, 1.0)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 11.0})
+    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 8.0)
+    plan = make_plan(model, x)
+    # ExecuTorch: whole networks (block sums did not add up there)
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="executorch")
+    assert s.extra["latency_model"] == "networks" and s.rounds[0]["measured_ms"] == 8.0
+    with pytest.raises(ValueError, match="latency_model"):
+        sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="guess")
+    assert sel.DEFAULT_LATENCY_MODEL["ort"] == "blocks"

@@ -9,7 +9,7 @@
    conv a chain takes is one more option of the chain's group. Other exact merges are
    always applied: they cost no accuracy.
 2. **Lookup table.** Each option is applied alone to the exact-only model (the base). By
-   default (``latency_model="blocks"``) the network is cut into blocks and each block is
+   default in ONNX Runtime (``latency_model="blocks"``) the network is cut into blocks and each block is
    timed alone, once per form the options give it; an option's latency is the sum of its
    blocks plus what lies between them (``deeprebirth.planning.blocks``), so the savings of
    options in different blocks add up. With ``"networks"`` each option's whole network is
@@ -75,6 +75,10 @@ SESSIONS = 3
 LATENCY_MODELS = ("blocks", "networks")
 #: Where a selection can time its options (batch 1).
 SELECT_RUNTIMES = ("ort", "executorch", "torch")
+#: The latency model a runtime gets unless one is asked for: blocks where their sums were
+#: checked against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
+#: ExecuTorch, blocks alone ran 15-48% faster than in MobileNetV2 at 64x64, so whole networks.
+DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "networks"}
 
 
 class BudgetError(DeepRebirthError):
@@ -512,13 +516,14 @@ def select_plan(
     use_cache: bool = True,
     correction_rounds: int = 3,
     margin: float = 0.0,
-    latency_model: str = "blocks",
+    latency_model: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Selection:
     """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error; or
     ``budget_share`` of the original's latency, timed in the same run as the options.
 
-    With ``latency_model="blocks"`` the choice's latency is predicted from its blocks
+    ``latency_model`` (default: :data:`DEFAULT_LATENCY_MODEL` of the runtime): with
+    ``"blocks"`` the choice's latency is predicted from its blocks
     (options in one block timed together); with ``"networks"`` the choice is measured.
     When that misses the budget (savings are not quite additive), the target is raised in
     proportion and the choice made again, up to ``correction_rounds`` times in all. With
@@ -531,6 +536,7 @@ def select_plan(
     """
     if (budget_ms is None) == (budget_share is None):
         raise ValueError("give budget_ms or budget_share")
+    latency_model = latency_model or DEFAULT_LATENCY_MODEL[runtime]
     if latency_model not in LATENCY_MODELS:
         raise ValueError(f"latency_model is one of {', '.join(LATENCY_MODELS)}")
     batches = list(batches) or [example]
