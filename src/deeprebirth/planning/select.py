@@ -77,7 +77,8 @@ LATENCY_MODELS = ("blocks", "networks")
 SELECT_RUNTIMES = ("ort", "executorch", "torch")
 #: The latency model a runtime gets unless one is asked for: blocks where their sums were
 #: checked against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
-#: ExecuTorch, blocks alone ran 15-48% faster than in MobileNetV2 at 64x64, so whole networks.
+#: ExecuTorch, block sums predicted 15-48% below the measured latency (MobileNetV2 at
+#: 64x64), so whole networks.
 DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "networks"}
 
 
