@@ -23,6 +23,8 @@ LABELS = {
     "slimmed_2026_12_03": "slimmed, layer-wise, earlier fine-tune (lr 3e-4, 2 passes)",
     "slimmed_all_at_once": "slimmed, all merged layers at once",
     "slimmed_from_scratch": "slimmed, layer-wise, merged layers from scratch",
+    "slimmed_all_at_once_2026_12_03": "slimmed, all merged layers at once, earlier fine-tune (lr 3e-4, 2 passes)",
+    "slimmed_from_scratch_2026_12_03": "slimmed, layer-wise, merged layers from scratch, earlier fine-tune (lr 3e-4, 2 passes)",
     "slimmed_depth": "slimmed + depth compression (conv1-conv2 merged)",
     "slimmed_depth_3a": "slimmed + depth compression (conv2_reduce-inception 3a merged)",
     "slimmed_tucker": "slimmed + Tucker-2",

@@ -117,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = command_recipe(args)
     model, spec = pipeline.load_model(recipe.model, "deeprebirth plan")
     _log(f"tracing {spec.name} and finding merges at {spec.input_size}x{spec.input_size}")
-    plan = pipeline.plan_for(recipe, model, spec)
+    plan = pipeline.plan_for(recipe, model, spec, _log)
     out.print(plan_table(plan))
     if args.output:
         _log(f"wrote {plan.save(args.output)} (edit `enabled` or geometry, pass back with --plan)")

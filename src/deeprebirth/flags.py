@@ -106,6 +106,7 @@ MODEL_FLAGS = (
     ("--input-size", "model.input_size", POSITIVE),
 )
 COMPRESSION_FLAGS = (
+    ("--plan-runtime", "plan.runtime", {"choices": SELECT_RUNTIMES}),
     ("--drop-activations", "plan.drop_activations", ON),
     (
         "--linear-chain-ends",

@@ -81,10 +81,11 @@ def load_model(spec: ModelConfig, purpose: str) -> tuple[nn.Module, ModelConfig]
     return artifact.model, artifact.spec
 
 
-def plan_for(recipe: Recipe, model: nn.Module, spec: ModelConfig):
+def plan_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, log=lambda msg: None):
     """Every merge the recipe's ``[plan]`` asks for, found in ``model``."""
     example = example_input(1, spec.in_chans, spec.input_size)
-    return make_plan(model, example, recipe.plan, name=spec.name, model_config=zoo_config(spec))
+    config = zoo_config(spec)
+    return make_plan(model, example, recipe.plan, name=spec.name, model_config=config, log=log)
 
 
 def _load_plan_file(recipe: Recipe):
@@ -184,8 +185,11 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         share, reference_ms, original_ms = budget_of(recipe, model, spec, hooks)
     hooks.log("finding every merge and Tucker rank to choose from")
     # every merge but Tucker-2, whose ranks are options of their own (tucker_plans)
-    merges = dataclasses.replace(recipe.plan, tucker=False)
-    plan = make_plan(model, example, merges, name=spec.name, model_config=config)
+    # ... and the exact merges that can cost time timed on the selection's runtime
+    merges = dataclasses.replace(
+        recipe.plan, tucker=False, runtime=recipe.plan.runtime or s.runtime
+    )
+    plan = make_plan(model, example, merges, name=spec.name, model_config=config, log=hooks.log)
     if not recipe.data.spec:
         hooks.log("no data: what each option costs in accuracy is estimated on random inputs")
     batches = validation_batches(recipe, spec)
@@ -569,7 +573,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         plan = run_result.selection.plan
     p = recipe.plan
     if p.enable or p.disable:
-        plan = (plan or plan_for(recipe, model, spec)).switch(p.enable, p.disable)
+        plan = (plan or plan_for(recipe, model, spec, hooks.log)).switch(p.enable, p.disable)
     hooks.log("planning" if plan is None else "applying the plan")
     result = slim(
         model,
@@ -579,6 +583,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         input_size=spec.input_size,
         in_chans=spec.in_chans,
         model_config=zoo_config(spec),
+        log=hooks.log,
     )
     run_result.plan, rep = result.plan, result.report
     run_result.report = rep

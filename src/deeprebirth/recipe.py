@@ -267,6 +267,8 @@ class Recipe:
             (*CALIBRATION_METHODS, "auto"),
         )
         _check_choices("select.runtime", [self.select.runtime], SELECT_RUNTIMES)
+        if self.plan.runtime is not None:
+            _check_choices("plan.runtime", [self.plan.runtime], SELECT_RUNTIMES)
         if self.select.latency_model is not None:
             _check_choices("select.latency_model", [self.select.latency_model], LATENCY_MODELS)
         for key in ("rank_ratio", "pointwise_rank_ratio"):

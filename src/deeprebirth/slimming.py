@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,14 @@ def slim(
     input_size: int = 224,
     in_chans: int = 3,
     model_config: dict[str, Any] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
     **options: Any,
 ) -> SlimResult:
     """Slim ``model``: make a plan (or use the one given) and apply it. ``config`` (a
     :class:`PlanConfig`, the recipe's ``[plan]``) and ``options`` (its fields by name:
-    ``exact_only=True``, ``drop_activations=True``, ``tucker=True``, ...) say which merges.
+    ``exact_only=True``, ``drop_activations=True``, ``tucker=True``, ...) say which merges;
+    ``runtime="ort"`` times the exact merges that can cost time and leaves off the slower
+    (``log`` hears of it).
 
     Example:
         >>> from deeprebirth import get_model
@@ -68,7 +72,7 @@ def slim(
     config = plan_config(config, options)
     if plan is None:
         example = example_input(1, in_chans, input_size)
-        plan = make_plan(model, example, config, name=name, model_config=model_config)
+        plan = make_plan(model, example, config, name=name, model_config=model_config, log=log)
     else:
         example = example_input(*plan.input_shape[:2], plan.input_shape[2])
     gm, report = apply_plan(model, plan, example, exact_only=config.exact_only)

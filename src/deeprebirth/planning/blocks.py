@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..files import write_json
 from ..machine import machine_info
@@ -128,7 +128,8 @@ def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> lis
     last = output.args[0]
     if not isinstance(last, fx.Node):
         raise ValueError("blocks need a network with a single output")
-    own = set(cut_nodes(gm))
+    # a cut carries one tensor (not a tuple, as a split's output is)
+    own = {c for c in cut_nodes(gm) if isinstance(nodes[c].meta.get("tensor_meta"), TensorMetadata)}
     ends = [c for c in cuts if c in own and c != last.name] + [last.name]
     blocks, start = [], None
     for end in ends:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,8 +15,9 @@ from ..plan import Plan, PlanConfig, PlanError
 from ..profiling.stats import count_macs
 from ..transforms.base import propagate_shapes
 from ..transforms.depth import choose_alternatives, end_in_activation
-from ..transforms.runner import phases
+from ..transforms.runner import apply_entries, phases
 from ..transforms.tucker import Tucker
+from .exact_timing import leave_off_slower, time_entries
 
 
 def make_plan(
@@ -25,6 +27,7 @@ def make_plan(
     *,
     name: str = "model",
     model_config: dict[str, Any] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
     **options: Any,
 ) -> Plan:
     """Find the streamline, branch and exact merges in ``model`` at ``example``'s shape.
@@ -38,6 +41,8 @@ def make_plan(
     ``drop_activations``, chains of convs become one conv (``transforms.depth``): each chain
     is costed alone, and the set that shares no layer and saves the most MACs is enabled;
     ``end_activation`` ends each chain that drops activations in one (``end_in_activation``).
+    With ``runtime``, the exact merges that can cost time are timed there and left off
+    where they make the model slower (``planning.exact_timing``); ``log`` hears of it.
 
     Example:
         >>> from deeprebirth import get_model
@@ -58,7 +63,6 @@ def make_plan(
         raise PlanError(f"{name} does not run on a {shape} input: {cause}") from e
     for phase in phases(depth=c.drop_activations, tucker=compression):
         propagate_shapes(gm, example)
-        stale = False  # whether an applied entry changed shapes since
         found = [entry for merge in phase for entry in merge.find(gm)]
         merge_of = {m.kind: m for m in phase}
         alternatives = any(m.alternatives for m in phase)
@@ -69,22 +73,14 @@ def make_plan(
             choose_alternatives(found, position)
         if c.end_activation:
             end_in_activation(found)
-        for entry in found:
-            if not entry.enabled:
-                continue
-            merge = merge_of[entry.kind]
-            if merge.needs_shapes and stale:
-                propagate_shapes(gm, example)  # an earlier entry changed shapes
-                stale = False
-            merge.apply(gm, entry)
-            stale = stale or not merge.keeps_shapes
-            if merge.keeps_macs:
-                entry.macs_saved = 0
-            elif not alternatives and not merge.counts_macs:
-                after = count_macs(gm, example)
-                entry.macs_saved, macs = macs - after, after
-        if alternatives:
+        timed = [e for e in found if c.runtime and e.enabled and merge_of[e.kind].can_cost_time]
+        before = copy.deepcopy(gm) if timed else None
+        macs = _apply_found(gm, found, merge_of, example, macs, alternatives)
+        if timed and _leave_off_slower(before, gm, found, timed, example, c.runtime, log):
+            gm = before  # again, without the entries left off
+            propagate_shapes(gm, example)
             macs = count_macs(gm, example)
+            macs = _apply_found(gm, found, merge_of, example, macs, alternatives)
         entries += found
     return Plan(
         model=name,
@@ -92,6 +88,44 @@ def make_plan(
         entries=entries,
         model_config=dict(model_config or {}),
     )
+
+
+def _apply_found(gm, found, merge_of, example, macs: int, alternatives: bool) -> int:
+    """Apply a phase's enabled entries to ``gm`` in order, recording the MACs each saves
+    (``macs``: the graph's before); returns the MACs after."""
+    stale = False  # whether an applied entry changed shapes since
+    for entry in found:
+        if not entry.enabled:
+            continue
+        merge = merge_of[entry.kind]
+        if merge.needs_shapes and stale:
+            propagate_shapes(gm, example)  # an earlier entry changed shapes
+            stale = False
+        merge.apply(gm, entry)
+        stale = stale or not merge.keeps_shapes
+        if merge.keeps_macs:
+            entry.macs_saved = 0
+        elif not alternatives and not merge.counts_macs:
+            after = count_macs(gm, example)
+            entry.macs_saved, macs = macs - after, after
+    return count_macs(gm, example) if alternatives else macs
+
+
+def _leave_off_slower(before, applied, found, timed, example, runtime: str, log) -> bool:
+    """Time each of ``timed`` on ``runtime`` (``applied`` against ``applied`` without it,
+    both from ``before``) and disable those that make the model slower; True if any."""
+    without = {}
+    for entry in timed:
+        gm = copy.deepcopy(before)
+        apply_entries(gm, [e for e in found if e.enabled and e is not entry], example)
+        without[entry.id] = gm
+    log(f"timing {len(timed)} exact merges that can cost time on {runtime}")
+    slower = leave_off_slower(
+        timed, time_entries(applied, without, example, runtime, log=log), runtime
+    )
+    for entry in slower:
+        log(f"{entry.id}: {entry.note}")
+    return bool(slower)
 
 
 def plan_config(config: PlanConfig | None, options: dict[str, Any]) -> PlanConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..planning.exact_timing import LEFT_OFF
 from ..profiling.plot import RUNTIME_LABELS
 
 
@@ -41,6 +42,13 @@ def plan_table(plan) -> Table:
             ),
             "yes" if e.enabled else "no",
         )
+    notes = [
+        f"{i}: {e.note[e.note.index(LEFT_OFF) :]}"
+        for i, e in enumerate(plan.entries)
+        if not e.enabled and LEFT_OFF in e.note
+    ]
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -34,6 +34,10 @@ class Merge:
     #: True for merges whose ``apply`` leaves every node's recorded shape true (it removes
     #: or replaces layers by ones of the same output shape): no shape propagation after it.
     keeps_shapes: bool = False
+    #: True for exact merges that can make a runtime slower (a bigger or denser kernel in
+    #: place of several small ones): a plan made for a runtime times them there
+    #: (``plan.runtime``) and leaves off those that make the model slower.
+    can_cost_time: bool = False
 
     def find(self, gm: fx.GraphModule) -> list[PlanEntry]:
         raise NotImplementedError

@@ -95,7 +95,7 @@ class FoldBatchNorm(Merge):
 class AvgPoolConv(Merge):
     """AvgPool2d(k, s) -> 1x1 conv is one kxk conv with stride s and weights w / k^2."""
 
-    kind, exact = "avgpool_conv", True
+    kind, exact, can_cost_time = "avgpool_conv", True, True
 
     def find(self, gm):
         modules = modules_of(gm)
@@ -150,7 +150,7 @@ def _conv_signature(conv: nn.Conv2d) -> tuple:
 class FuseParallel(Merge):
     """Convs that read the same input with the same geometry become one conv and a split."""
 
-    kind, exact = "fuse_parallel", True
+    kind, exact, can_cost_time = "fuse_parallel", True, True
 
     def find(self, gm):
         modules = modules_of(gm)
@@ -349,6 +349,7 @@ class SumParallel(Merge):
     """
 
     kind, exact, counts_macs, keeps_shapes = "sum_parallel", True, True, True
+    can_cost_time = True
 
     def find(self, gm):
         modules, once = modules_of(gm), called_once(gm)
