@@ -112,3 +112,10 @@ def leave_off_slower(
             entry.note = f"{entry.note}; {why}" if entry.note else why
             slower.append(entry)
     return slower
+
+
+def left_off_why(entry: PlanEntry) -> str | None:
+    """Why the plan left ``entry`` off as slower (its note from "left off:"), or None."""
+    if entry.enabled or LEFT_OFF not in entry.note:
+        return None
+    return entry.note[entry.note.index(LEFT_OFF) :]

@@ -20,6 +20,7 @@ from ..files import atomic_write_text, write_json
 from ..graph.capture import capture
 from ..graph.taxonomy import KINDS, is_tensor_kind
 from ..machine import cpu_label, machine_info
+from ..planning.exact_timing import left_off_why
 from ..profiling.bench import latencies
 from ..profiling.plot import RUNTIME_LABELS
 from ..profiling.profile import profile
@@ -116,7 +117,7 @@ def build_report(
                 if e.id in slim_report.applied
                 else "reverted"
                 if e.id in dict(slim_report.reverted)
-                else "skipped",
+                else left_off_why(e) or "skipped",
             }
             for e in plan.entries
         ],

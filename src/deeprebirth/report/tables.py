@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..planning.exact_timing import LEFT_OFF
+from ..planning.exact_timing import left_off_why
 from ..profiling.plot import RUNTIME_LABELS
 
 
@@ -42,11 +42,7 @@ def plan_table(plan) -> Table:
             ),
             "yes" if e.enabled else "no",
         )
-    notes = [
-        f"{i}: {e.note[e.note.index(LEFT_OFF) :]}"
-        for i, e in enumerate(plan.entries)
-        if not e.enabled and LEFT_OFF in e.note
-    ]
+    notes = [f"{i}: {left_off_why(e)}" for i, e in enumerate(plan.entries) if left_off_why(e)]
     if notes:
         table.caption = "\n".join(notes)
     return table
