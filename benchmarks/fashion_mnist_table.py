@@ -122,11 +122,12 @@ def rebuilt(results: dict) -> set[str]:
     if not speed or "commit" not in speed:
         return set()
     commit = speed["commit"].removesuffix("+dirty")
+    timed = {k for rows in speed.get("sizes", {}).values() for k in rows}
     changed = set()
     for key, entry in results["models"].items():
         plan = ROOT / entry.get("path", "") / "plan.json"
-        if entry.get("date", "") <= speed["date"] or not plan.is_file():
-            continue
+        if key not in timed or entry.get("date", "") <= speed["date"] or not plan.is_file():
+            continue  # not timed by the speed run (listed as such), or timed as it is
         then = subprocess.run(
             ["git", "show", f"{commit}:{entry['path']}/plan.json"],
             cwd=ROOT,

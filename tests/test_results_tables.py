@@ -135,7 +135,8 @@ def test_replaced_and_retuned_models_are_said_so_in_the_paper_table():
 
 def test_models_rebuilt_since_the_speed_run_lose_its_rows(tmp_path):
     """A slimmed directory whose applied plan differs from its plan at the speed run's commit
-    timed another network; one that matches keeps its row, and so does a weights file."""
+    timed another network; one that matches keeps its row, and so does a weights file; one
+    the speed run did not time is not rebuilt (it is listed as not timed yet)."""
     import subprocess
 
     head = subprocess.run(
@@ -145,10 +146,15 @@ def test_models_rebuilt_since_the_speed_run_lose_its_rows(tmp_path):
     (tmp_path / "plan.json").write_text((ROOT / committed / "plan.json").read_text())
     later = {"date": "2026-12-07", "top1_val": 1.0, "top1_test": 1.0}
     results = {
-        "speed": {"date": "2026-12-06", "commit": f"{head}+dirty", "sizes": {}},
+        "speed": {
+            "date": "2026-12-06",
+            "commit": f"{head}+dirty",
+            "sizes": {"64": {k: {} for k in ("same", "moved", "moved_int8", "teacher")}},
+        },
         "models": {
             "same": {**later, "path": committed},
             "moved": {**later, "path": str(tmp_path)},  # not in that commit: another network
+            "untimed": {**later, "path": str(tmp_path)},  # not in the speed run: listed apart
             "moved_int8": {**later, "from": "moved"},
             "teacher": {**later, "path": "benchmarks/weights/fashion_mnist_64/teacher.safetensors"},
         },
