@@ -99,3 +99,26 @@ def test_predicted_latency_is_the_blocks_sum_plus_what_lies_between(monkeypatch,
     monkeypatch.setattr(blocks_module, "latencies", None)
     again = BlockLatency(runtime="ort")
     assert set(model.table) <= set(again.table)
+
+
+def test_a_block_reads_a_weight_that_lies_in_a_submodule():
+    class Scaled(nn.Module):  # a layer scale read as a bare tensor (timm's FastViT)
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.scale = nn.Module()
+            self.scale.gamma = nn.Parameter(torch.full((1, 3, 1, 1), 0.5))
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) * self.scale.gamma)
+
+    gm = capture(nn.Sequential(Scaled(), Scaled()).eval())
+    assert any(n.op == "get_attr" and "." in n.target for n in gm.graph.nodes)
+    x = torch.randn(1, 3, 4, 4)
+    parts = split(gm, x, cut_nodes(gm))
+    keys = [b.key for b in parts]
+    assert len(parts) == 6 and keys[:3] == keys[3:]  # the two layers' blocks: same structure
+    y = x
+    for b in parts:
+        y = b.module(y)
+    torch.testing.assert_close(y, gm(x))

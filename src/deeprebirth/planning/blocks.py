@@ -19,6 +19,7 @@ combines them (:meth:`BlockLatency.predict`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,6 +95,11 @@ def _segment(gm: fx.GraphModule, start: str | None, end: str) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
+def _attr(module: nn.Module, target: str):
+    """A ``get_attr`` node's tensor: ``target`` is a dotted path (``layer.scale.gamma``)."""
+    return functools.reduce(getattr, target.split("."), module)
+
+
 def _structure(block: fx.GraphModule, shape: Sequence[int]) -> str:
     """A digest of what a block's latency depends on: its layers and their wiring, not the
     names or the weights' values."""
@@ -110,7 +116,7 @@ def _structure(block: fx.GraphModule, shape: Sequence[int]) -> str:
         elif n.op in ("placeholder", "output"):
             target = ""
         elif n.op == "get_attr":
-            target = str(tuple(getattr(block, n.target).shape))
+            target = str(tuple(_attr(block, n.target).shape))
         else:
             target = getattr(n.target, "__name__", str(n.target))
         args = fx.node.map_aggregate(n.args, plain)
