@@ -139,3 +139,33 @@ def test_timed_in_onnx_runtime_for_real(monkeypatch, tmp_path):
     summed = [e for e in result.plan.entries if e.kind == "sum_parallel"]
     assert summed and all(e.latency_saved_ms is not None for e in summed)
     torch.testing.assert_close(result.model(x), net()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_under_torchrun_only_rank_0_times_the_plan(monkeypatch, tmp_path):
+    from deeprebirth import pipeline
+    from deeprebirth.tuning.distributed import Context
+
+    made = slim(net(), name="user_models:rep", input_size=8, exact_only=True).plan
+    made.entries[0].enabled = False  # rank 0's decision, as it would send it
+    sent = []
+    monkeypatch.setattr(pipeline.distributed, "setup", lambda device: Context(1, 2))
+    monkeypatch.setattr(pipeline, "plan_for", None)  # rank 1 must not plan (nor time)
+    monkeypatch.setattr(blocks_module, "latencies", None)
+
+    def from_main(ctx, value):
+        sent.append(value)
+        return made.to_dict()
+
+    monkeypatch.setattr(pipeline.distributed, "from_main", from_main)
+    monkeypatch.setattr(pipeline, "load_model", lambda spec, purpose: (net(), spec))
+    recipe = Recipe.from_dict(
+        {
+            "model": {"name": "user_models:rep", "input_size": 8, "in_chans": 3},
+            "plan": {"runtime": "ort", "exact_only": True},
+            "out": str(tmp_path / "out"),
+        }
+    )
+    result = pipeline.run(recipe)
+    assert sent == [None]  # rank 1 sends nothing, takes rank 0's plan
+    assert result.plan.to_dict() == made.to_dict()
+    assert made.entries[0].id not in result.report.applied

@@ -248,11 +248,13 @@ def test_torchrun_two_processes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "deeprebirth", "slim", "user_models:tiny_cnn", "--checkpoint", str(weights),
         "--data", "synthetic", "--max-batches", "2", "--finetune-batches", "2", "--device", "cpu",
-        "--out", str(tmp_path / "s"),
+        "--out", str(tmp_path / "s"), "--plan-runtime", "ort",
     ]  # fmt: skip
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (run.stdout + run.stderr).count("merges applied") == 1  # rank 0 alone reports, writes
+    # the plan is timed once, by rank 0, and both ranks tune the one it made
+    assert (run.stdout + run.stderr).count("exact merges that can cost time") == 1
     report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
     assert report["tuning"]["stages"][-1]["stage"] == "finetune"
 

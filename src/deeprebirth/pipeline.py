@@ -568,10 +568,15 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     run_result = RunResult(out_dir, recipe)
     if recipe.profile.enabled and ctx.is_main:
         run_result.summary["profile"] = profile_step(recipe, model, spec, hooks, command)
-    if recipe.select.selects():
-        run_result.selection = selection_for(recipe, model, spec, out_dir, hooks)
-        plan = run_result.selection.plan
     p = recipe.plan
+    if recipe.select.selects() or (p.runtime and plan is None):
+        # made by measuring: rank 0 decides, the other ranks apply the same plan
+        if ctx.is_main and recipe.select.selects():
+            run_result.selection = selection_for(recipe, model, spec, out_dir, hooks)
+            plan = run_result.selection.plan
+        elif ctx.is_main:
+            plan = plan_for(recipe, model, spec, hooks.log)
+        plan = Plan.from_dict(distributed.from_main(ctx, plan.to_dict() if plan else None))
     if p.enable or p.disable:
         plan = (plan or plan_for(recipe, model, spec, hooks.log)).switch(p.enable, p.disable)
     hooks.log("planning" if plan is None else "applying the plan")

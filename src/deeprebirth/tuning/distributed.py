@@ -91,6 +91,16 @@ def wrapper(ctx: Context):
     return wrap
 
 
+def from_main(ctx: Context, value):
+    """``value`` as rank 0 made it (the other ranks pass anything): one decision for every
+    rank where making it measures (timing differs between processes). Plain data only."""
+    if not ctx.distributed:
+        return value
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
