@@ -70,10 +70,7 @@ def _time(applied, without, example, runtime, log, use_cache: bool) -> dict[str,
         models = {k: (m, example) for k, m in {"<applied>": applied, **without}.items()}
         t = latencies(models, runtimes=[runtime], threads=THREADS, runs=RUNS, sessions=SESSIONS)
         ms = {k: v.median_ms for k, v in t[runtime].items()}
-        return {
-            k: {"with_ms": ms["<applied>"], "without_ms": ms[k], "blocks": ["<network>"]}
-            for k in without
-        }
+        return {k: {"with_ms": ms["<applied>"], "without_ms": ms[k]} for k in without}
     _, base_rows = latency.predict(applied, example)
     out = {}
     for entry_id, gm in without.items():
@@ -84,7 +81,6 @@ def _time(applied, without, example, runtime, log, use_cache: bool) -> dict[str,
         out[entry_id] = {
             "with_ms": sum(base_rows[i]["ms"] for i in changed),
             "without_ms": sum(rows[i]["ms"] for i in changed),
-            "blocks": [base_rows[i]["block"] for i in changed],
         }
     return out
 
