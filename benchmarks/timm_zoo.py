@@ -152,7 +152,7 @@ def table(data: dict) -> str:
         f"{cpu_label(data['machine'])}. Exact-only slim against the original in ONNX Runtime, "
         f"1 thread, batch 1, medians of {data['runs']} interleaved runs, one session per "
         "model; same graph in ORT: the graphs ORT runs after its own optimisations are the "
-        "same (a speed-up off 1.00x is then the sessions' drift); parity: largest "
+        "same (a speed-up off 1.00x then lies in the sessions, not in the slim); parity: largest "
         "output difference over the largest output (eager, float32); default slim: every "
         "merge the plan finds, untuned.",
         "",
@@ -180,7 +180,12 @@ def table(data: dict) -> str:
         "",
         f"{len(done)} of {len(data['models'])} slim and export; exact-only slower than the "
         f"original by more than 3%: {', '.join(slower) or 'none'}"
-        + (f" ({', '.join(drift)}: the same graph in ORT, so one session's drift)" if drift else "")
+        + (
+            f" ({', '.join(drift)}: the same graph in ORT, so the difference is in the "
+            "sessions, not in what they compute)"
+            if drift
+            else ""
+        )
         + f". With `plan.runtime = "
         f'"ort"` ({len(timed)} models have exact merges that can cost time, '
         f"{sum(r['timed_on_ort'] for r in timed)} entries timed): {left} left off as slower.",
