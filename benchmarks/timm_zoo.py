@@ -121,7 +121,7 @@ def run_model(name: str, size: int, runs: int) -> dict:
     record = {
         "ort_ms": {k: t.to_dict() for k, t in timings.items()},
         "exact_speedup": ms["original"] / ms["exact"],
-        # the graphs ORT runs after its own optimisations: the same, a speed-up is drift
+        # the graphs ORT runs after its own optimisations: the same, a speed-up lies in the sessions
         "same_graph_in_ort": optimized_graph(original, x) == optimized_graph(exact.model, x),
         "relative_error": parity,
         "exact_applied": kinds,
