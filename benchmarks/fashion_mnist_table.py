@@ -55,6 +55,8 @@ LABELS = {
     "mobilenet_v2_depth_augmented": "MobileNetV2, depth-compressed, augmented, 10-pass fine-tune",
     "mobilenet_v2_depth_ended": "MobileNetV2, depth-compressed, chains end in ReLU6, 5-pass fine-tune",
     "mobilenet_v2_depth_ended_more": "MobileNetV2, depth-compressed, chains end in ReLU6, 10-pass fine-tune",
+    "mobilenet_v2_depth_more": "MobileNetV2, depth-compressed, default recipe, 4 more passes",
+    "mobilenet_v2_depth_more_int8": "MobileNetV2, depth-compressed, default recipe, 4 more passes + int8",
 }
 #: The README's rows: the teacher, the references, and the best of each line of work (chosen
 #: on val); every model is in the paper's table (benchmarks/results/fashion_mnist_64.md).
@@ -335,14 +337,16 @@ def paper_table(results: dict) -> str:
 
 
 def trained_from(results: dict, entry: dict) -> str | None:
-    """The results key of the model a student was slimmed from: the entry whose weights
-    its recipe's ``model.checkpoint`` names, or whose slimmed directory its ``model.name``
-    is (None without a recipe)."""
+    """The results key of the model a student was built on: the student whose tuned
+    weights its recipe continues (``tune.start_from``), else the entry whose weights its
+    ``model.checkpoint`` names, or whose slimmed directory its ``model.name`` is (None
+    without a recipe)."""
     recipe = ROOT / entry.get("recipe", "")
     if not entry.get("recipe") or not recipe.is_file():
         return None
-    model = tomllib.loads(recipe.read_text()).get("model", {})
-    path = model.get("checkpoint") or model.get("name")
+    keys = tomllib.loads(recipe.read_text())
+    model = keys.get("model", {})
+    path = keys.get("tune", {}).get("start_from") or model.get("checkpoint") or model.get("name")
     # the model now at that path, not an earlier run kept under another key
     found = [k for k, m in results["models"].items() if m.get("path") == path]
     return next((k for k in found if "files_at_commit" not in results["models"][k]), None)

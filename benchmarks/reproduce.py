@@ -52,6 +52,9 @@ finished step is skipped unless --force):
   mobilenet_v2_depth_ended_more
                         the ended one, five more passes of fine-tune from its tuned weights
                         (tune.start_from; 11,460 batches in all)
+  mobilenet_v2_depth_more
+                        mobilenet_v2_depth continued (tune.start_from): four more passes
+                        of the default fine-tune; its cost counts both sittings
   speed                 ONNX Runtime, ExecuTorch (XNNPACK) and PyTorch eager medians of every
                         model at 64 and at 224 (random inputs; the same architectures), side
                         by side in one run, 1 thread; int8 is ORT's static quantization in
@@ -417,6 +420,7 @@ RECIPE_STUDENTS = (
     "mobilenet_v2_depth_augmented",
     "mobilenet_v2_depth_ended",
     "mobilenet_v2_depth_ended_more",
+    "mobilenet_v2_depth_more",
 )
 
 
@@ -623,6 +627,7 @@ STEPS = {
             *REFERENCES,
             "mobilenet_v2_depth",
             "mobilenet_v2_depth_linearized",
+            "mobilenet_v2_depth_more",
         )
     },
     "speed": step_speed,
