@@ -367,7 +367,7 @@ def test_slim_tucker_all_at_once_budget_fp16(capsys, tmp_path):
 
     code, _, err = run_cli(
         capsys, "slim", "user_models:tiny_cnn", "--input-size", "16", "--tucker", "--rank-ratio", "0.25",
-        "--data", "synthetic", "--all-at-once", "--budget-minutes", "0.05", "--fp16-weights",
+        "--data", "synthetic", "--all-at-once", "--budget-minutes", "0.05", "--no-fit-budget", "--fp16-weights",
         "--no-report", "--no-eval", "--out", str(tmp_path / "s"),
     )  # fmt: skip
     assert code == 0, err

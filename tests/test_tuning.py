@@ -477,6 +477,26 @@ def test_the_fine_tune_chooses_its_learning_rate_on_held_out_data(tmp_path, monk
     assert state["finetune_lr"] == best["lr"]
 
 
+def test_a_short_run_that_did_worse_is_judged_where_it_got_to(tmp_path):
+    """A choice's short run that leaves the probe worse is not rolled back before it is
+    judged: else it would score as its start, and tie with (and beat) better ones."""
+    torch.manual_seed(0)
+    teacher, result, loader = tiny_setup()
+    config = TuneConfig(
+        max_batches=0,
+        finetune_batches=1,
+        finetune_lr_choices=[1.0, 1e-12],  # wild, and as good as not training
+        lr_choice_batches=3,
+        explode_factor=1e12,
+    )
+    held_out = [next(iter(loader))]
+    records = tune(result, teacher, loader, config, tmp_path, probe=held_out, choice=held_out)
+    wild, still = records[0], records[1]
+    assert wild["stage"] == "finetune_lr_1" and not wild["kept"]
+    assert wild["val_loss"] > still["val_loss"] * 1.01
+    assert records[-1]["lr"] == 1e-12
+
+
 def test_a_set_learning_rate_or_a_resumed_choice_is_not_chosen_again(tmp_path, monkeypatch):
     torch.manual_seed(0)
     teacher, result, loader = tiny_setup()

@@ -140,6 +140,11 @@ SLIM_FLAGS = {
         ("--batch-size", "data.batch_size", POSITIVE),
         ("--budget-minutes", "tune.budget_minutes", {"type": float}),
         (
+            "--no-fit-budget",
+            "tune.fit_budget",
+            OFF | {"help": "tune every learned merge however short --budget-minutes is"},
+        ),
+        (
             "--no-labels",
             "tune.use_labels",
             OFF | {"help": "distil the teacher's logits alone in the fine-tune (no labels)"},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .files import write_json
 from .graph import example_input
 from .plan import Plan, PlanError
 from .planning import make_plan
+from .planning.recoverable import keep_recoverable, trimmable
 from .planning.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
 from .profiling import plot_profile, profile
 from .profiling.bench import latencies
@@ -52,11 +54,14 @@ from .slimming import save, slim, start_from, tune
 from .transforms import apply_plan
 from .transforms.depth import end_in_activation
 from .tuning import distributed
+from .tuning.budget import budget_share, step_seconds
 from .tuning.trainer import config_dict, cut_short, tuning_cost
 
 #: What each export format writes into the output directory.
 EXPORT_FILES = {"onnx": "model.onnx", "executorch": "model.pte", "torchscript": "model.pt"}
 SELECTION_FILE = "selection.json"
+#: The plan fitted to the tuning budget, kept in OUT.partial/ while tuning may be resumed.
+BUDGET_FILE = "budget_plan.json"
 INT8_FILES = {"onnx": "model_int8.onnx", "executorch": "model_int8.pte"}
 
 
@@ -329,6 +334,85 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
     return selection
 
 
+def fits_budget(recipe: Recipe) -> bool:
+    """Whether ``tune.budget_minutes`` may leave learned merges off (``tune.fit_budget``):
+    a plan the tool finds, tuned under a time budget."""
+    t = recipe.tune
+    return bool(
+        t.fit_budget
+        and t.budget_minutes
+        and t.enabled
+        and recipe.data.spec
+        and not (recipe.select.selects() or recipe.plan.file or t.start_from)
+        and not recipe.plan.exact_only
+    )
+
+
+def budget_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig, plan, ctx, out_dir, hooks):
+    """``plan`` (found here when None) with the learned merges ``tune.budget_minutes`` can
+    recover (``planning.recoverable``), and what was measured; kept in OUT.partial/ while
+    tuning may be interrupted, so that a resumed run tunes the plan it started with."""
+    work = Path(f"{out_dir}.partial")
+    asked = {
+        "model": spec.name,
+        "tune": dataclasses.asdict(recipe.tune),
+        "plan": dataclasses.asdict(recipe.plan),
+    }
+    asked = json.loads(json.dumps(asked, default=str))  # as the file holds it
+    if recipe.tune.resume and (work / BUDGET_FILE).is_file():
+        data = json.loads((work / BUDGET_FILE).read_text())
+        if data.get("asked") == asked:
+            hooks.log(f"resuming: the plan fitted to the tuning budget before, from {work}")
+            return Plan.from_dict(data["plan"]), data["fit"]
+    plan = plan or plan_for(recipe, model, spec, hooks.log)
+    learned = [e for e in plan.entries if trimmable(e)]
+    if not learned:
+        return plan, None
+    config = recipe.tune.tune_config()
+    train = get_dataset(
+        recipe.data.spec, "train", input_size=spec.input_size, in_chans=spec.in_chans
+    )
+    batch = recipe.data.batch_size * ctx.world_size
+    images = next(iter(get_loader(train, recipe.data.batch_size)))[0]
+    seconds = step_seconds(model, images, ctx.device)
+    linearizes = any(e.enabled and e.kind == "drop_activation" for e in plan.entries)
+    per_pass = math.ceil(len(train) / batch)
+    share, need = budget_share(config, len(learned), per_pass, seconds, linearizes)
+    hooks.log(
+        f"the plan's tuning needs about {need:.1f} min here ({seconds:.2f} s a batch); "
+        f"tune.budget_minutes is {config.budget_minutes:g}"
+    )
+    fit = {"need_minutes": round(need, 2), "seconds_per_batch": round(seconds, 4)}
+    if share < 1:
+        example = example_input(1, spec.in_chans, spec.input_size)
+        s = recipe.select
+        plan, chosen = keep_recoverable(
+            model,
+            example,
+            plan,
+            share,
+            validation_batches(recipe, spec),
+            runtime=s.runtime,
+            threads=s.threads,
+            runs=s.runs,
+            log=hooks.log,
+        )
+        fit |= chosen
+        if chosen["left_off"]:
+            hooks.note(
+                f"tune.budget_minutes ({config.budget_minutes:g}) buys {share:.0%} of the "
+                f"tuning this plan needs (about {need:.0f} min here): {chosen['keep']} of "
+                f"{len(learned)} learned merges kept, those saving most on {s.runtime} per "
+                f"unit of error; {len(chosen['left_off'])} left off "
+                f"({', '.join(chosen['left_off'])}). More minutes slim more; "
+                "tune.fit_budget=false tunes them all in this budget"
+            )
+    if recipe.tune.resume:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / BUDGET_FILE, {"asked": asked, "plan": plan.to_dict(), "fit": fit})
+    return plan, fit
+
+
 def labels_fit(model: nn.Module, dataset, input_shape) -> bool:
     """Whether the data's classes are the model's outputs (as many; a data set that does not
     say is taken to fit), so that its labels can train the model."""
@@ -577,6 +661,11 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
         elif ctx.is_main:
             plan = plan_for(recipe, model, spec, hooks.log)
         plan = Plan.from_dict(distributed.from_main(ctx, plan.to_dict() if plan else None))
+    fit = None
+    if fits_budget(recipe):  # measured too: rank 0 decides
+        if ctx.is_main:
+            plan, fit = budget_plan(recipe, model, spec, plan, ctx, out_dir, hooks)
+        plan = Plan.from_dict(distributed.from_main(ctx, plan.to_dict() if plan else None))
     if p.enable or p.disable:
         plan = (plan or plan_for(recipe, model, spec, hooks.log)).switch(p.enable, p.disable)
     hooks.log("planning" if plan is None else "applying the plan")
@@ -606,6 +695,8 @@ def run(recipe: Recipe, hooks: Hooks | None = None, *, command: str | None = Non
     summary = run_result.summary
     if tune_it and learned:
         summary["tuning"] = tune_step(recipe, model, result, spec, ctx, out_dir, hooks)
+        if fit is not None:
+            summary["tuning"]["budget_fit"] = fit
         distributed.barrier(ctx)
     if not ctx.is_main:  # rank 0 evaluates and writes
         distributed.teardown(ctx)

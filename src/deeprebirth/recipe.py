@@ -130,6 +130,13 @@ class TuneSection(TuneConfig):
         "from its tuned weights and only the fine-tune runs, to add passes without repeating "
         "the stages and the linearization",
     )
+    fit_budget: bool = option(
+        True,
+        "when budget_minutes buys only a share of the tuning the plan needs (timed here), "
+        "keep that share of the learned merges, those saving most latency on select.runtime "
+        "per unit of error, and leave the others off (a plan found by the tool: not with "
+        "plan.file, a latency budget or start_from)",
+    )
 
     def tune_config(self) -> TuneConfig:
         return TuneConfig(**{f.name: getattr(self, f.name) for f in fields(TuneConfig)})

@@ -406,6 +406,7 @@ class Tuner:
         module=None,
         start=None,
         fast: set[nn.Parameter] | None = None,
+        rollback: bool = True,
     ) -> dict:
         """One optimisation run with rollback and retry on a non-finite or exploding loss.
 
@@ -416,7 +417,8 @@ class Tuner:
         ``module``: what is trained (default: the student); ``start``: called before each
         attempt with the steps already done and the seconds they took (not zero when a
         resumed run continues from a pass boundary); ``fast``: parameters trained at
-        ``merged_lr_scale`` times the learning rate.
+        ``merged_lr_scale`` times the learning rate; ``rollback=False``: a run that leaves the
+        probe worse is kept all the same (``kept`` says so; the caller puts weights back).
 
         A run longer than one pass saves itself at every pass boundary; a resumed tuning
         continues it from the last one, with the same optimizer state and schedule.
@@ -500,7 +502,7 @@ class Tuner:
             tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
             probe_after = self._probe_loss(loss_fn, probe, module)
             kept = probe_after <= probe_before
-            if not kept:
+            if not kept and rollback:
                 _restore(params, start_state)
             record = {
                 "stage": name,
@@ -649,6 +651,7 @@ class Tuner:
                 seconds,
                 module=student,
                 fast=merged,
+                rollback=False,  # judged where it got to, even if worse than the start
             )
             record["val_loss"] = self._probe_loss(judge, held_out)
             records.append(record)
