@@ -121,7 +121,9 @@ def pick(options: Sequence[Option], keep: int) -> list[Option]:
     groups: dict[str, list[Option]] = {}
     for o in options:
         groups.setdefault(o.group, []).append(o)
-    total = sum(max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values())
+    total = sum(
+        max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values()
+    )
     merges = len({e.id for o in options for e in o.entries})
     floor = total / max(merges, 1)
 
