@@ -102,13 +102,13 @@ def test_a_short_budget_slims_only_what_it_can_and_says_so(capsys, tmp_path, tim
     code, out, err = run_cli(capsys, *slim_args(tmp_path))
     assert code == 0, err
     said = " ".join((out + err).split())
-    assert "1 of 2 learned merges kept" in said and "left off" in said
+    assert "1 of 2 learned merges kept" in said and "1 left off" in said
     s = tmp_path / "s"
     plan = json.loads((s / "plan.json").read_text())
     entries = {e["id"]: e for e in plan["entries"]}
     off = [e for e in entries.values() if not e["enabled"]]
     assert [e["kind"] for e in off] == ["branch_pool"]
-    assert "tune.budget_minutes buys" in off[0]["note"]
+    assert "the tuning budget keeps 1 of 2" in off[0]["note"]
     assert any(e["kind"] == "streamline" and i in plan["applied"] for i, e in entries.items())
     fit = json.loads((s / "tune_report.json").read_text())["tuning"]["budget_fit"]
     assert fit["keep"] == 1 and fit["learned"] == 2 and fit["left_off"] == [off[0]["id"]]

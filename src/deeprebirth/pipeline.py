@@ -401,11 +401,12 @@ def budget_plan(recipe: Recipe, model: nn.Module, spec: ModelConfig, plan, ctx, 
         if chosen["left_off"]:
             hooks.note(
                 f"tune.budget_minutes ({config.budget_minutes:g}) buys {share:.0%} of the "
-                f"tuning this plan needs (about {need:.0f} min here): {chosen['keep']} of "
-                f"{len(learned)} learned merges kept, those saving most on {s.runtime} per "
-                f"unit of error; {len(chosen['left_off'])} left off "
-                f"({', '.join(chosen['left_off'])}). More minutes slim more; "
-                "tune.fit_budget=false tunes them all in this budget"
+                f"tuning this plan needs (about {need:.0f} min here): "
+                f"{len(chosen['kept'])} of {len(learned)} learned merges kept (at most "
+                f"{chosen['keep']}: those saving at least an average merge's share on "
+                f"{s.runtime}, the most per unit of error first), "
+                f"{len(chosen['left_off'])} left off ({', '.join(chosen['left_off'])}). "
+                "More minutes slim more; tune.fit_budget=false tunes them all in this budget"
             )
     if recipe.tune.resume:
         work.mkdir(parents=True, exist_ok=True)

@@ -97,12 +97,13 @@ def keep_recoverable(
         entry.enabled = False
         o = alone.get(entry.id)
         measured = (
-            f"alone it saves {o.saving_ms:.3f} ms at an error of {o.cost:.3g}" if o else "needed"
+            f"alone it saves {o.saving_ms:.3f} ms on {runtime} at an error of {o.cost:.2g}"
+            if o
+            else "it needs another merge"
         )
         why = (
-            f"{LEFT_OFF} tune.budget_minutes buys {share:.0%} of the tuning the plan needs, "
-            f"so {keep} of {len(learned)} learned merges are kept, those saving most per "
-            f"error on {runtime} ({measured}); plan.enable keeps it"
+            f"{LEFT_OFF} the tuning budget keeps {len(kept)} of {len(learned)} learned merges "
+            f"(it buys {share:.0%} of their tuning); {measured}; plan.enable keeps it"
         )
         entry.note = f"{entry.note}; {why}" if entry.note else why
         left_off.append(entry.id)
