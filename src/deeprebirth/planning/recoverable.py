@@ -74,18 +74,22 @@ def keep_recoverable(
     )
     options = build_options(model, example, base)
     log(f"timing {len(options)} options of {len(learned)} learned merges on {runtime}")
-    measure_blocks(
-        model,
-        example,
-        base,
-        options,
-        batches,
-        runtime=runtime,
-        threads=threads,
-        runs=runs,
-        use_cache=use_cache,
-        log=log,
-    )
+    try:
+        measure_blocks(
+            model,
+            example,
+            base,
+            options,
+            batches,
+            runtime=runtime,
+            threads=threads,
+            runs=runs,
+            use_cache=use_cache,
+            log=log,
+        )
+    except ValueError as e:  # no blocks to time (a network with several outputs)
+        log(f"the learned merges cannot be timed block by block ({e}): all are kept")
+        return plan, record | {"kept": [e.id for e in learned], "left_off": [], "why": str(e)}
     picked = pick(options, keep)
     kept = {e.id for o in picked for e in o.entries}
     left_off = []
