@@ -112,7 +112,11 @@ class TuneConfig:
         "re-initialise the merged layers instead of starting from the weights the merge "
         "copied: train them from scratch, the paper's other arm",
     )
-    budget_minutes: float | None = option(None, "wall-clock budget for all tuning (none: no limit)")
+    budget_minutes: float | None = option(
+        None,
+        "wall-clock budget for all tuning (none: no limit); one below what the plan needs "
+        "keeps the learned merges it can recover (fit_budget)",
+    )
     finetune_share: float = option(
         0.3, "share of budget_minutes kept for the fine-tune (the stages split the rest)"
     )
