@@ -36,7 +36,7 @@ cp "$work/fixed.json" "$OUT/fixed_plan_bench.json"
 # what ran, where and when (the results above are only ever written by this script)
 .venv/bin/python - "$OUT/provenance.json" "$@" <<'PY'
 import json, subprocess, sys
-from deeprebirth.profiling.machine import machine_info
+from deeprebirth.machine import machine_info
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results"], capture_output=True, text=True).stdout.strip()
 info = {"command": " ".join(["bash benchmarks/select_budget.sh", *sys.argv[2:]]), "commit": commit + ("+dirty" if dirty else ""), **machine_info()}
