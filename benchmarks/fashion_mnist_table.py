@@ -69,8 +69,8 @@ HEADLINE = (
     "mobilenet_v2",
     "mobilenet_v2_int8",
     "mobilenet_v2_depth",
-    "mobilenet_v2_depth_ended",
-    "mobilenet_v2_depth_ended_more",
+    "mobilenet_v2_depth_more",
+    "mobilenet_v2_depth_more_int8",
 )
 BEGIN, END = "<!-- fashion_mnist_64:begin -->", "<!-- fashion_mnist_64:end -->"
 
