@@ -123,3 +123,32 @@ def test_without_fit_budget_every_merge_is_tuned(capsys, tmp_path, timed):
     assert (
         "budget_fit" not in json.loads((tmp_path / "s" / "tune_report.json").read_text())["tuning"]
     )
+
+
+def test_a_resumed_run_tunes_the_plan_it_fitted_before(capsys, tmp_path, timed, monkeypatch):
+    import deeprebirth.pipeline as pipeline
+
+    work = tmp_path / "s.partial"
+    fitted = {}
+    original = pipeline.budget_plan
+
+    def interrupted(*args, **kwargs):
+        fitted["plan"], fitted["fit"] = original(*args, **kwargs)
+        raise KeyboardInterrupt  # after the fit, before any tuning
+
+    monkeypatch.setattr(pipeline, "budget_plan", interrupted)
+    code, _, _ = run_cli(capsys, *slim_args(tmp_path, "--resume"))
+    assert code == 130  # interrupted, its fitted plan kept for the next run
+    assert (work / pipeline.BUDGET_FILE).is_file()
+    monkeypatch.setattr(pipeline, "budget_plan", original)
+
+    def untimed(*args, **kwargs):
+        raise AssertionError("a resumed run does not time again")
+
+    monkeypatch.setattr(pipeline, "step_seconds", untimed)
+    code, out, err = run_cli(capsys, *slim_args(tmp_path, "--resume"))
+    assert code == 0, err
+    assert "fitted to the tuning budget before" in " ".join((out + err).split())
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    off = sorted(e["id"] for e in plan["entries"] if not e["enabled"])
+    assert off == sorted(fitted["fit"]["left_off"])

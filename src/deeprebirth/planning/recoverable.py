@@ -4,7 +4,7 @@ A learned merge is paid for twice: in tuning time, to bring the accuracy back, a
 accuracy, where that time falls short. When ``tune.budget_minutes`` buys only a share of
 the tuning the plan asks for (its stages and fine-tune passes, timed on this machine), every
 learned merge gets that share of what it needs, and the slimmed model comes back far from
-its teacher (BVLC GoogLeNet at 64x64: all 11 learned merges in 8 minutes, -2.27 points; in
+its teacher (BVLC GoogLeNet at 64x64: all 13 learned merges in 8 minutes, -2.27 points; in
 3 minutes, -40). Instead the budget keeps as many learned merges as that share of them
 (rounded up), the ones that pay most: among the merges that save at least an average
 merge's share of the latency (a short budget is not spent on one that saves less), the
@@ -51,13 +51,14 @@ def keep_recoverable(
     use_cache: bool = True,
     log: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Plan, dict]:
-    """``plan`` with only as many learned merges as ``share`` of them (rounded up), those
-    that save the most ms on ``runtime`` per unit of error; and a record of the choice.
+    """``plan`` with at most as many learned merges as ``share`` of them (rounded up),
+    chosen by :func:`pick`; and a record of the choice (``kept``, ``left_off``, every
+    option's saving and error).
 
     ``share`` is what the budget buys of the tuning the plan needs (below 1). The options
     are :func:`~deeprebirth.planning.select.build_options`' (a merge another needs comes
-    with it); they are taken greedily by saving per error, one per group, while the count
-    of merges allows.
+    with it), measured by :func:`~deeprebirth.planning.select.measure_blocks` on
+    ``runtime`` (``threads``, ``runs``) and on the error at the output for ``batches``.
     """
     learned = [e for e in plan.entries if trimmable(e)]
     keep = min(len(learned), math.ceil(share * len(learned)))
