@@ -18,12 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainer import TuneConfig
-
-
-def _steps(batches: int | None, epochs: int, per_pass: int) -> int:
-    """Steps of a run capped at ``batches`` (None: no cap) and ``epochs`` passes."""
-    return epochs * per_pass if batches is None else min(batches, epochs * per_pass)
+from .trainer import TuneConfig, planned_steps
 
 
 def tuning_batches(config: TuneConfig, stages: int, per_pass: int, linearizes: bool) -> int:
@@ -31,12 +26,12 @@ def tuning_batches(config: TuneConfig, stages: int, per_pass: int, linearizes: b
     data being ``per_pass`` batches); ``linearizes``: the plan drops activations."""
     total = 0
     if config.max_batches and stages:
-        per_stage = _steps(config.max_batches, config.epochs_per_stage, per_pass)
+        per_stage = planned_steps(config.max_batches, config.epochs_per_stage, per_pass)
         total += per_stage * (stages if not config.all_at_once else 1)
     if linearizes and config.linearizes():
-        total += _steps(config.linearize_batches, config.linearize_epochs, per_pass)
+        total += planned_steps(config.linearize_batches, config.linearize_epochs, per_pass)
     if config.finetunes():
-        total += _steps(config.finetune_batches, config.finetune_epochs, per_pass)
+        total += planned_steps(config.finetune_batches, config.finetune_epochs, per_pass)
         if config.finetune_lr is None:
             total += len(config.finetune_lr_choices) * config.lr_choice_batches
     return total

@@ -215,6 +215,12 @@ def _restore(params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
             p.copy_(s)
 
 
+def planned_steps(batches: int | None, epochs: int, per_pass: int) -> int:
+    """Steps of a run capped at ``batches`` (None: no cap) and ``epochs`` passes of
+    ``per_pass`` batches."""
+    return epochs * per_pass if batches is None else min(batches, epochs * per_pass)
+
+
 class Tuner:
     """Runs the stages and the final fine-tune, checkpointing into ``work_dir``."""
 
@@ -384,7 +390,7 @@ class Tuner:
                     "this data has no length to count passes by: set tune.finetune_batches"
                 )
             return batches
-        return epochs * per_pass if batches is None else min(batches, epochs * per_pass)
+        return planned_steps(batches, epochs, per_pass)
 
     def _probe_loss(self, loss_fn, probe: list, module: nn.Module | None = None) -> float:
         """The mean loss on the probe batches, in inference mode (no dropout)."""
