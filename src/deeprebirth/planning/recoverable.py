@@ -8,9 +8,9 @@ its teacher (BVLC GoogLeNet at 64x64: all 13 learned merges in 8 minutes, -2.27 
 3 minutes, -40). Instead the budget keeps as many learned merges as that share of them
 (rounded up), the ones that pay most: among the merges that save at least an average
 merge's share of the latency (a short budget is not spent on one that saves less), the
-most latency saved on the target runtime per unit of error, both measured (the selection's table, :mod:`deeprebirth.planning.select`: each
-merge applied alone to the exact-only model, its blocks timed, its error at the output
-before tuning). A merge that saves nothing on that runtime is never kept for a budget.
+most latency saved on the target runtime per unit of error, both measured (the
+selection's table, :mod:`deeprebirth.planning.select`: each merge applied alone to the
+exact-only model, its blocks timed, its error at the output before tuning). A merge that saves nothing on that runtime is never kept for a budget.
 Exact merges cost no accuracy and stay; Tucker-2 and depth-chain entries are left as the
 plan has them (a latency budget chooses among those: ``select``). Each merge left off says
 why in its note.
