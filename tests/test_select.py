@@ -1,13 +1,24 @@
+import copy
 import dataclasses
 import json
 
 import pytest
+import torch
 from test_cli import one_line_error
 
 from deeprebirth.cli import main
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
-from deeprebirth.planning.select import BudgetError, Option, build_options, choose, with_entries
+from deeprebirth.pipeline import error_images, validation_batches
+from deeprebirth.planning.select import (
+    BudgetError,
+    Option,
+    build_options,
+    choose,
+    reconstruction_error,
+    with_entries,
+)
+from deeprebirth.recipe import ModelConfig, Recipe
 from deeprebirth.zoo import get_model
 
 
@@ -164,7 +175,7 @@ def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_
         monkeypatch.setattr(where, "latencies", fake_latencies(times, 7.0))
     args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
     args += ["--no-report", "--latency-budget-share", "0.7", "--out", str(tmp_path / "s")]
-    args += ["--latency-model", "networks"]
+    args += ["--latency-model", "networks", "--budget-margin", "0"]
     assert main(args) == 0
     sel = json.loads((tmp_path / "s" / "selection.json").read_text())
     assert sel["budget_ms"] == pytest.approx(7.0) and sel["original_ms"] == 10.0
@@ -378,3 +389,27 @@ def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
     with pytest.raises(ValueError, match="latency_model"):
         sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="guess")
     assert sel.DEFAULT_LATENCY_MODEL["ort"] == "blocks"
+
+
+def test_option_errors_use_the_reference_outputs_once_computed():
+    torch.manual_seed(0)
+    model = get_model("bvlc_alexnet", num_classes=10, in_chans=1).eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.classifier[-1].weight.mul_(1.1)
+    batches = [example_input(2, 1, 64, seed=i) for i in range(2)]
+    with torch.no_grad():
+        outputs = [model(x) for x in batches]
+    from_model = reconstruction_error(other, model, batches)
+    assert from_model > 0
+    assert reconstruction_error(other, outputs, batches) == pytest.approx(from_model)
+
+
+def test_errors_on_random_inputs_are_measured_on_different_images():
+    recipe = Recipe(model=ModelConfig("bvlc_googlenet"))
+    spec = ModelConfig("bvlc_googlenet", in_chans=1, input_size=64)
+    batches = validation_batches(recipe, spec)
+    assert sum(len(x) for x in batches) == error_images(64) == 64
+    assert not torch.equal(batches[0], batches[1])
+    # large inputs: as many pixels, at least one batch
+    assert error_images(224) == 16 and error_images(32) == 64

@@ -96,9 +96,10 @@ class SelectConfig:
         "the same run, at the original's input; instead of latency_budget_ms",
     )
     margin: float = option(
-        0.0,
+        0.03,
         "aim this share under the budget (0.03: 3% under), so that timing drift between runs "
-        "does not put the selected plan over it; it is still judged against the budget",
+        "and the latency model's error (a few percent, measured) do not put the selected "
+        "plan over it; it is still judged against the budget (0: aim at the budget itself)",
     )
     runtime: str = option("ort", "where latency is measured: ort, executorch or torch")
     threads: int = option(1, "threads")

@@ -11,6 +11,9 @@ The layers are learned afterwards like any learned merge (full rank is exact).
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 import tensorly as tl
 import torch
@@ -90,6 +93,35 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
     return max(1, r_out), max(1, r_in)
 
 
+#: Decompositions computed in this process, by weight, shape and ranks (oldest first), at
+#: most :data:`FACTORS_KEPT_BYTES` of them: a latency-budget selection applies each Tucker
+#: option several times (finding its group, measuring it, the chosen plan), and the
+#: decomposition is most of a Tucker option's cost (ResNet-50 at 224: 100 of a selection's
+#: 426 s, profiled, before this cache).
+_FACTORS: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+FACTORS_KEPT_BYTES = 512 * 2**20
+
+
+def _factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """(core, U_out, U_in) of ``weight``'s partial Tucker at ``ranks`` on the output and
+    input channel modes, in float64; from :data:`_FACTORS` when computed before (the
+    decomposition is deterministic: HOSVD-initialised)."""
+    weight = weight.detach().cpu().contiguous()
+    digest = hashlib.sha256(weight.view(torch.uint8).numpy().tobytes()).hexdigest()
+    key = (digest, str(weight.dtype), tuple(weight.shape), tuple(ranks))
+    if key in _FACTORS:
+        _FACTORS.move_to_end(key)
+        return _FACTORS[key]
+    tl.set_backend("pytorch")
+    (core, (u_out, u_in)), _ = partial_tucker(
+        weight.double(), rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=50
+    )
+    _FACTORS[key] = factors = (core, u_out, u_in)
+    while sum(t.nbytes for f in _FACTORS.values() for t in f) > FACTORS_KEPT_BYTES:
+        _FACTORS.popitem(last=False)
+    return factors
+
+
 def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
     """The layers replacing ``conv`` at ranks (R_out, R_in): three, or two for a 1x1 conv."""
     r_out, r_in = ranks
@@ -98,13 +130,9 @@ def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
             f"ranks {ranks} do not fit a conv with {conv.out_channels} outputs and "
             f"{conv.in_channels} inputs (1 <= R_out <= {conv.out_channels}, 1 <= R_in <= {conv.in_channels})"
         )
-    tl.set_backend("pytorch")
-    weight = conv.weight.detach().double()
     if pair(conv.kernel_size) == (1, 1):  # W = U_out G U_in^T has rank min(R_out, R_in) at most
         r_out = r_in = min(r_out, r_in)
-    (core, (u_out, u_in)), _ = partial_tucker(
-        weight, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=50
-    )
+    core, u_out, u_in = _factors(conv.weight, (r_out, r_in))
     if pair(conv.kernel_size) == (1, 1):
         return _low_rank_layers(conv, core[:, :, 0, 0], u_out, u_in)
     first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
