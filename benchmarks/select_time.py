@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,11 @@ def run_one(name: str, size: int, runtime: str, share: float) -> dict:
         env = os.environ | {"XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         print(" ".join(["deeprebirth", *cmd[1:-2]]), flush=True)
         t0 = time.time()
-        subprocess.run(cmd, env=env, check=True)
+        child = subprocess.Popen(cmd, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
         seconds = time.time() - t0
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"{' '.join(cmd)} failed")
         sel = json.loads((out / "selection.json").read_text())
     extra = sel.get("extra", {})
     return {
@@ -57,8 +59,7 @@ def run_one(name: str, size: int, runtime: str, share: float) -> dict:
         "runtime": runtime,
         "share_asked": share,
         "seconds": round(seconds, 1),
-        # children's peak resident set, KiB on Linux
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
         "options": len(sel["options"]),
         "rounds": len(sel.get("rounds", [])),
         "predicted_ms": extra.get("blocks_ms", sel.get("predicted_ms")),
@@ -81,7 +82,7 @@ def write_md(data: dict) -> None:
         "no data. Target (issue #32): ResNet-50 at 224 under 5 minutes on 2 cores.",
         "",
         "| network | input | runtime | options | share asked | share measured | predicted ms "
-        "| measured ms | rounds | minutes | peak GB | run |",
+        "| measured ms | rounds | minutes | peak GiB | run |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
@@ -89,9 +90,10 @@ def write_md(data: dict) -> None:
             f"| {r['model']} | {r['size']} | {r['runtime']} | {r['options']} "
             f"| {r['share_asked']:.2f} | {r['share_measured']:.3f} | {r['predicted_ms']:.2f} "
             f"| {r['measured_ms']:.2f} | {r['rounds']} | {r['seconds'] / 60:.1f} "
-            f"| {r['peak_rss_gb']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
+            f"| {r['peak_rss_gib']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
-    lines += ["", "Commands: " + ", ".join(sorted({f"`{r['command']}`" for r in data["rows"]})), ""]
+    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
+    lines += ["", "Commands: " + ", ".join(commands), ""]
     atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
 
 

@@ -44,7 +44,13 @@ from .graph import example_input
 from .plan import Plan, PlanError
 from .planning import make_plan
 from .planning.recoverable import keep_recoverable, trimmable
-from .planning.select import SESSIONS, reconstruction_error, select_plan, tucker_plans
+from .planning.select import (
+    SESSIONS,
+    error_images,
+    reconstruction_error,
+    select_plan,
+    tucker_plans,
+)
 from .profiling import plot_profile, profile
 from .profiling.bench import latencies
 from .recipe import RECIPE_FILE, ModelConfig, Recipe
@@ -167,23 +173,15 @@ def profile_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks, com
 
 def validation_batches(recipe: Recipe, spec: ModelConfig, size: int = 16) -> list:
     """Batches of the validation split (what choices are scored on), or random inputs:
-    :func:`error_images` of them, in batches of ``size``."""
+    :func:`~deeprebirth.planning.select.error_images` images in batches of ``size``."""
 
-    n = math.ceil(error_images(spec.input_size) / size)
+    n = error_images(spec.input_size, size) // size
     if recipe.data.spec:
         ds = get_dataset(
             recipe.data.spec, "val", input_size=spec.input_size, in_chans=spec.in_chans
         )
         return [x for x, _ in islice(get_loader(ds, size), n)]
     return [example_input(size, spec.in_chans, spec.input_size, seed=i) for i in range(n)]
-
-
-def error_images(input_size: int) -> int:
-    """How many images an option's error is measured on: 64 at 64x64 and below, as many
-    pixels above (16 at 224x224, where each option's error on 64 would take longer than
-    the whole latency table of a ResNet-50; measured on 14 of its options, random weights
-    and inputs: the same order on 16 images as on 64, every error within 0.5%)."""
-    return max(16, min(64, round(64 * (64 / input_size) ** 2)))
 
 
 def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
@@ -331,7 +329,8 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
         data = json.loads((work / SELECTION_FILE).read_text())
         if data.get("asked") != asked:
             raise DeepRebirthError(
-                f"{work} holds a run selected for another model or budget: remove it, or "
+                f"{work} holds a run selected for another model, budget or margin "
+                "(select.margin is 0.03 unless set; runs before 2026-12-06 had 0): remove it, or "
                 "set tune.resume=false to start again"
             )
         hooks.log(f"resuming: the plan selected before, from {work}")

@@ -96,8 +96,7 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
 #: Decompositions computed in this process, by weight, shape and ranks (oldest first), at
 #: most :data:`FACTORS_KEPT_BYTES` of them: a latency-budget selection applies each Tucker
 #: option several times (finding its group, measuring it, the chosen plan), and the
-#: decomposition is most of a Tucker option's cost (ResNet-50 at 224: 100 of a selection's
-#: 426 s, profiled, before this cache).
+#: decomposition is most of the time applying it takes. Computed on the CPU.
 _FACTORS: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 FACTORS_KEPT_BYTES = 512 * 2**20
 
@@ -107,7 +106,7 @@ def _factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor
     input channel modes, in float64; from :data:`_FACTORS` when computed before (the
     decomposition is deterministic: HOSVD-initialised)."""
     weight = weight.detach().cpu().contiguous()
-    digest = hashlib.sha256(weight.view(torch.uint8).numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(weight.view(torch.uint8).numpy()).hexdigest()
     key = (digest, str(weight.dtype), tuple(weight.shape), tuple(ranks))
     if key in _FACTORS:
         _FACTORS.move_to_end(key)
