@@ -62,6 +62,7 @@ def run_one(name: str, size: int, runtime: str, share: float) -> dict:
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
         "options": len(sel["options"]),
         "rounds": len(sel.get("rounds", [])),
+        "latency_model": extra.get("latency_model"),
         "predicted_ms": extra.get("blocks_ms", sel.get("predicted_ms")),
         "measured_ms": extra.get("measured_ms"),
         "original_ms": extra.get("original_ms"),
@@ -82,14 +83,15 @@ def write_md(data: dict) -> None:
         "no data. Target (issue #32): ResNet-50 at 224 under 5 minutes on 2 cores.",
         "",
         "| network | input | runtime | options | share asked | share measured | predicted ms "
-        "| measured ms | rounds | minutes | peak GiB | run |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| measured ms | latency model | rounds | minutes | peak GiB | run |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         lines.append(
             f"| {r['model']} | {r['size']} | {r['runtime']} | {r['options']} "
             f"| {r['share_asked']:.2f} | {r['share_measured']:.3f} | {r['predicted_ms']:.2f} "
-            f"| {r['measured_ms']:.2f} | {r['rounds']} | {r['seconds'] / 60:.1f} "
+            f"| {r['measured_ms']:.2f} | {r.get('latency_model') or '(not recorded)'} "
+            f"| {r['rounds']} | {r['seconds'] / 60:.1f} "
             f"| {r['peak_rss_gib']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
     commands = sorted({f"`{r['command']}`" for r in data["rows"]})

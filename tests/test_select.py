@@ -397,6 +397,31 @@ def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
     assert sel.DEFAULT_LATENCY_MODEL["ort"] == "blocks"
 
 
+def test_blocks_that_take_far_longer_alone_than_the_network_are_not_trusted(monkeypatch):
+    import deeprebirth.planning.select as sel
+
+    class Blocks:  # the blocks alone take 1.5x the whole base network
+        base_ms, constant_ms = 10.0, -5.0
+
+        def predict(self, gm, example):
+            return 7.0, []
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    options = [opt("a", "a", 2.0, 1.0)]
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    table = {"base": 10.0, "original": 11.0}
+    monkeypatch.setattr(sel, "measure_blocks", lambda *a, **k: (table, Blocks()))
+    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: table)
+    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 8.0)
+    plan, logged = make_plan(model, x), []
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", log=logged.append)
+    assert s.extra["latency_model"] == "networks" and s.rounds[0]["measured_ms"] == 8.0
+    assert any("1.50x the whole network" in m for m in logged)
+    # asked for by name, the blocks are used as they are
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", latency_model="blocks")
+    assert s.extra["latency_model"] == "blocks" and s.extra["blocks_ms"] == 7.0
+
+
 def test_option_errors_use_the_reference_outputs_once_computed():
     torch.manual_seed(0)
     model = get_model("bvlc_alexnet", num_classes=10, in_chans=1).eval()
