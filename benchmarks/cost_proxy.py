@@ -29,20 +29,19 @@ commit, date and machine (a run replaces its network's row).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
 
 import torch
-from provenance import provenance
+from provenance import provenance, record_row
 from scipy.stats import spearmanr
 
 from deeprebirth.artifacts import open_model
 from deeprebirth.data import get_dataset, get_loader
 from deeprebirth.evaluation import evaluate
-from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.select import build_options, reconstruction_error, with_entries
@@ -177,17 +176,13 @@ def main() -> None:
         "--long", type=int, default=200, help="batches per stage, and of the fine-tune, for `tuned`"
     )
     args = p.parse_args()
-    path = RESULTS.with_suffix(".json")
-    data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     for name in args.models.split(","):
         row = run_one(name, args) | provenance()
         print(
             f"{name}: Spearman before/tuned {row['spearman_before_tuned']:.2f}, "
             f"short/tuned {row['spearman_short_tuned']:.2f}"
         )
-        data["rows"] = [r for r in data["rows"] if r["model"] != name] + [row]
-        write_json(path, data)
-        write_md(data)
+        write_md(record_row(RESULTS.with_suffix(".json"), row, ("model",)))
 
 
 if __name__ == "__main__":

@@ -20,17 +20,16 @@ Measure on a quiet machine: nothing else running.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from provenance import provenance
+from provenance import provenance, record_row
 
 from deeprebirth import get_model
-from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import SESSIONS, BlockLatency
@@ -146,8 +145,6 @@ def main() -> None:
     p.add_argument("--sets", type=int, default=10)
     p.add_argument("--runs", type=int, default=15)
     args = p.parse_args()
-    path = RESULTS.with_suffix(".json")
-    data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     for runtime in args.runtimes.split(","):
         for size in map(int, args.sizes.split(",")):
             for name in args.models.split(","):
@@ -156,11 +153,7 @@ def main() -> None:
                     f"{name} {size} {runtime}: median error {100 * row['median_abs_error']:.1f}%, "
                     f"worst {100 * row['worst_abs_error']:.1f}%"
                 )
-                same = (name, size, runtime)
-                data["rows"] = [
-                    r for r in data["rows"] if (r["model"], r["size"], r["runtime"]) != same
-                ] + [row]
-                write_json(path, data)
+                data = record_row(RESULTS.with_suffix(".json"), row, ("model", "size", "runtime"))
                 write_md(data)
 
 

@@ -3,10 +3,12 @@ src/ or benchmarks/ had uncommitted changes), the date and the machine."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+from deeprebirth.files import write_json
 from deeprebirth.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,13 @@ def provenance() -> dict:
         "date": info.pop("date"),
         "machine": info,
     }
+
+
+def record_row(path: Path, row: dict, keys: tuple[str, ...]) -> dict:
+    """Add ``row`` to the results file ``path`` (``{"rows": [...]}``), replacing the row
+    that has the same values at ``keys``; returns the file's data, written."""
+    data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    same = tuple(row[k] for k in keys)
+    data["rows"] = [r for r in data["rows"] if tuple(r[k] for k in keys) != same] + [row]
+    write_json(path, data)
+    return data

@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import provenance
+from provenance import provenance, record_row
 
-from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/select_time"
@@ -106,18 +106,12 @@ def main() -> None:
     p.add_argument("--runtimes", default="ort")
     p.add_argument("--share", type=float, default=0.7)
     args = p.parse_args()
-    path = RESULTS.with_suffix(".json")
-    data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     for runtime in args.runtimes.split(","):
         for size in map(int, args.sizes.split(",")):
             for name in args.models.split(","):
                 row = run_one(name, size, runtime, args.share) | provenance()
                 print(f"{name} {size} {runtime}: {row['seconds'] / 60:.1f} min")
-                same = (name, size, runtime)
-                data["rows"] = [
-                    r for r in data["rows"] if (r["model"], r["size"], r["runtime"]) != same
-                ] + [row]
-                write_json(path, data)
+                data = record_row(RESULTS.with_suffix(".json"), row, ("model", "size", "runtime"))
                 write_md(data)
 
 
