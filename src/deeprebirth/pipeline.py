@@ -330,7 +330,7 @@ def selection_for(recipe: Recipe, model: nn.Module, spec: ModelConfig, out_dir: 
         if data.get("asked") != asked:
             raise DeepRebirthError(
                 f"{work} holds a run selected for another model, budget or margin "
-                "(select.margin is 0.03 unless set; runs before 2026-12-06 had 0): remove it, or "
+                "(select.margin is 0.03 unless set; it used to be 0): remove it, or "
                 "set tune.resume=false to start again"
             )
         hooks.log(f"resuming: the plan selected before, from {work}")

@@ -397,8 +397,8 @@ def reconstruction_error(
     batches: Sequence[torch.Tensor],
 ) -> float:
     """``||model(x) - reference(x)||^2 / ||reference(x)||^2`` summed over ``batches``;
-    ``reference`` is a model or its outputs on ``batches`` (computed once for many models:
-    at 224x224 they are half the time of a ResNet-50 selection's costs)."""
+    ``reference`` is a model or its outputs on ``batches`` (computed once when many models
+    are measured against it)."""
     num = den = 0.0
     for i, x in enumerate(batches):
         ref = reference(x) if callable(reference) else reference[i]
