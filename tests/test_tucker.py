@@ -88,3 +88,20 @@ def test_1x1_convs_are_left_alone_without_a_pointwise_rank_ratio():
     plan = make_plan(model, example_input(1, 1, 32), tucker=True, rank_ratio=0.25)
     tucker = [e for e in plan.entries if e.kind == "tucker"]
     assert tucker and all(e.geometry["layers"] == 3 for e in tucker)
+
+
+def test_decompositions_are_reused_only_for_the_same_weights_and_ranks():
+    from deeprebirth.transforms import tucker
+
+    tucker._FACTORS.clear()
+    conv = nn.Conv2d(8, 8, 3)
+    first = tucker.tucker2_layers(conv, (4, 4))
+    again = tucker.tucker2_layers(conv, (4, 4))
+    assert len(tucker._FACTORS) == 1
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(first, again, strict=True))
+    tucker.tucker2_layers(conv, (2, 2))
+    with torch.no_grad():
+        conv.weight.mul_(2)  # changed in place: a new decomposition, not the cached one
+    changed = tucker.tucker2_layers(conv, (4, 4))
+    assert len(tucker._FACTORS) == 3
+    assert not torch.equal(changed[1].weight, first[1].weight)
