@@ -10,6 +10,9 @@ a trained Fashion-MNIST network (64x64, the committed checkpoints of ``reproduce
 - ``short``: the same after ``--short`` batches per stage of layer-wise tuning on train (the
   option's stages, each merged layer against the original at its block's output; a depth
   chain's activations dropped at once, as ``tune.linearize_batches = 0`` does);
+- ``short_ft``: ``short`` followed by ``--short-finetune`` batches of the whole-network
+  fine-tune (as the recipe ends: the stages are judged at their block, the fine-tune at the
+  output);
 - ``tuned``: the same after ``--long`` batches per stage (the default recipe's stage length)
   and ``--long`` batches of the whole-network fine-tune (distillation and labels, at the
   learning rate the network's committed recipe run chose: GoogLeNet 1e-3, MobileNetV2
@@ -17,13 +20,13 @@ a trained Fashion-MNIST network (64x64, the committed checkpoints of ``reproduce
   block's output and can leave the network's output worse, the fine-tune is what joins
   them.)
 
-and the Spearman rank correlation of ``before`` and of ``short`` with ``tuned``: a proxy that
+and the Spearman rank correlation of each proxy with ``tuned``: a proxy that
 ranks like tuning is one the selection can trust. Train images tune, validation images judge;
 the test split is not read. Writes benchmarks/results/cost_proxy.{json,md} with the command,
 commit, date and machine (a run replaces its network's row).
 
     .venv/bin/python benchmarks/cost_proxy.py [--models bvlc_googlenet,mobilenet_v2]
-        [--short 20] [--long 200]
+        [--short 20] [--short-finetune 20] [--long 200]
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def run_one(name: str, args) -> dict:
             for key, steps, finetune in (
                 ("before", 0, 0),
                 ("short", args.short, 0),
+                ("short_ft", args.short, args.short_finetune),
                 ("tuned", args.long, args.long),
             ):
                 torch.manual_seed(0)
@@ -106,7 +110,7 @@ def run_one(name: str, args) -> dict:
         rows.append(row)
         print(
             f"{name} {i + 1}/{len(options)} {o.key}: before {row['before']:.4f}, "
-            f"short {row['short']:.4f}, tuned {row['tuned']:.4f} "
+            f"short {row['short']:.4f}, short+ft {row['short_ft']:.4f}, tuned {row['tuned']:.4f} "
             f"(val top-1 {100 * row['tuned_top1']:.2f})",
             flush=True,
         )
@@ -117,14 +121,21 @@ def run_one(name: str, args) -> dict:
         "options": len(rows),
         "short_batches": args.short,
         "long_batches": args.long,
+        "short_finetune_batches": args.short_finetune,
         "teacher_val_top1": teacher_top1,
         "spearman_before_tuned": spearmanr([r["before"] for r in rows], errors).statistic,
         "spearman_short_tuned": spearmanr([r["short"] for r in rows], errors).statistic,
         "spearman_before_top1": spearmanr([r["before"] for r in rows], top1).statistic,
         "spearman_short_top1": spearmanr([r["short"] for r in rows], top1).statistic,
+        "spearman_short_ft_tuned": spearmanr([r["short_ft"] for r in rows], errors).statistic,
+        "spearman_short_ft_top1": spearmanr([r["short_ft"] for r in rows], top1).statistic,
         "minutes": round((time.time() - t0) / 60, 1),
         "rows": rows,
     }
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def write_md(data: dict) -> None:
@@ -135,19 +146,24 @@ def write_md(data: dict) -> None:
         "",
         "Each option applied alone to a trained Fashion-MNIST network at 64x64; its error at "
         "the output on 512 validation images before tuning (`before`, the selection's cost), "
-        "after a few batches per stage of layer-wise tuning (`short`), after the recipe's "
+        "after a few batches per stage of layer-wise tuning (`short`), after those and a few batches of "
+        "whole-network fine-tune (`short+ft`; — where a run did not measure it), after the recipe's "
         "stage length and as many batches of whole-network fine-tune (`tuned`); the Spearman rank correlation of each proxy with `tuned` "
         "error and with the validation top-1 lost after it (1: the same order).",
         "",
-        "| network | options | short / long batches | before vs tuned | short vs tuned "
-        "| before vs top-1 | short vs top-1 | minutes | run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| network | options | short / +ft / long batches | before vs tuned | short vs tuned "
+        "| short+ft vs tuned | before vs top-1 | short vs top-1 | short+ft vs top-1 "
+        "| minutes | run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
+        ft = r.get("short_finetune_batches", "—")
         lines.append(
-            f"| {r['model']} | {r['options']} | {r['short_batches']} / {r['long_batches']} "
-            f"| {r['spearman_before_tuned']:.2f} | {r['spearman_short_tuned']:.2f} "
+            f"| {r['model']} | {r['options']} | {r['short_batches']} / {ft} / "
+            f"{r['long_batches']} | {r['spearman_before_tuned']:.2f} "
+            f"| {r['spearman_short_tuned']:.2f} | {_num(r.get('spearman_short_ft_tuned'))} "
             f"| {r['spearman_before_top1']:.2f} | {r['spearman_short_top1']:.2f} "
+            f"| {_num(r.get('spearman_short_ft_top1'))} "
             f"| {r['minutes']:.0f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
     for r in data["rows"]:
@@ -155,12 +171,12 @@ def write_md(data: dict) -> None:
             "",
             f"## {r['model']} (teacher val top-1 {100 * r['teacher_val_top1']:.2f})",
             "",
-            "| option | before | short | tuned | val top-1 tuned |",
-            "|---|---:|---:|---:|---:|",
+            "| option | before | short | short+ft | tuned | val top-1 tuned |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {o['option']} | {o['before']:.4f} | {o['short']:.4f} | {o['tuned']:.4f} "
-            f"| {100 * o['tuned_top1']:.2f} |"
+            f"| {o['option']} | {o['before']:.4f} | {o['short']:.4f} "
+            f"| {_num(o.get('short_ft'), 4)} | {o['tuned']:.4f} | {100 * o['tuned_top1']:.2f} |"
             for o in r["rows"]
         ]
     commands = sorted({f"`{r['command']}`" for r in data["rows"]})
@@ -172,6 +188,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="bvlc_googlenet,mobilenet_v2")
     p.add_argument("--short", type=int, default=20, help="batches per stage for `short`")
+    p.add_argument(
+        "--short-finetune",
+        type=int,
+        default=20,
+        help="whole-network fine-tune batches after the short stages, for `short_ft`",
+    )
     p.add_argument(
         "--long", type=int, default=200, help="batches per stage, and of the fine-tune, for `tuned`"
     )
