@@ -7,12 +7,11 @@ a trained Fashion-MNIST network (64x64, the committed checkpoints of ``reproduce
 
 - ``before``: the option applied alone to the exact-only model, its error at the output on
   512 validation images (the selection's measure, on more images);
-- ``short``: the same after ``--short`` batches per stage of layer-wise tuning on train (the
-  option's stages, each merged layer against the original at its block's output; a depth
-  chain's activations dropped at once, as ``tune.linearize_batches = 0`` does);
-- ``short_ft``: ``short`` followed by ``--short-finetune`` batches of the whole-network
-  fine-tune (as the recipe ends: the stages are judged at their block, the fine-tune at the
-  output);
+- each proxy ``S/F`` of ``--proxies``: the same after ``S`` batches per stage of
+  layer-wise tuning on train (the option's stages, each merged layer against the original at
+  its block's output; a depth chain's activations dropped at once, as
+  ``tune.linearize_batches = 0`` does) and ``F`` batches of the whole-network fine-tune (as
+  the recipe ends; what ``select.cost_batches = N`` computes is ``N/N``);
 - ``tuned``: the same after ``--long`` batches per stage (the default recipe's stage length)
   and ``--long`` batches of the whole-network fine-tune (distillation and labels, at the
   learning rate the network's committed recipe run chose: GoogLeNet 1e-3, MobileNetV2
@@ -20,13 +19,14 @@ a trained Fashion-MNIST network (64x64, the committed checkpoints of ``reproduce
   block's output and can leave the network's output worse, the fine-tune is what joins
   them.)
 
-and the Spearman rank correlation of each proxy with ``tuned``: a proxy that
+and the Spearman rank correlation of each proxy (``before`` included) with ``tuned`` and
+with the top-1 lost: a proxy that
 ranks like tuning is one the selection can trust. Train images tune, validation images judge;
 the test split is not read. Writes benchmarks/results/cost_proxy.{json,md} with the command,
 commit, date and machine (a run replaces its network's row).
 
     .venv/bin/python benchmarks/cost_proxy.py [--models bvlc_googlenet,mobilenet_v2]
-        [--short 20] [--short-finetune 20] [--long 200]
+        [--proxies 20/0,20/20,50/50] [--long 200]
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ def tuned_error(
     return reconstruction_error(result.model, model, [x for x, _ in batches]), result.model
 
 
+def parse_proxies(text: str) -> list[tuple[int, int]]:
+    pairs = [p.split("/") for p in text.split(",")]
+    if not all(len(p) == 2 and all(v.isdigit() for v in p) for p in pairs):
+        raise argparse.ArgumentTypeError(f"STAGES/FINETUNE pairs, not {text!r}")
+    return [(int(a), int(b)) for a, b in pairs]
+
+
 def run_one(name: str, args) -> dict:
     checkpoint, plan_kw, lr = NETWORKS[name]
     spec = ModelConfig(name, checkpoint=str(WEIGHTS / checkpoint), num_classes=10, in_chans=1)
@@ -91,54 +98,75 @@ def run_one(name: str, args) -> dict:
     batches = list(islice(get_loader(val, 64), VAL_BATCHES))
     train = get_loader(get_dataset("fashion-mnist", "train", input_size=64, in_chans=1), 64, True)
     teacher_top1 = evaluate(model, get_loader(val, 256))["top1"]
+    runs = {"before": (0, 0)} | {f"{a}/{b}": (a, b) for a, b in args.proxies}
     rows = []
     t0 = time.time()
     for i, o in enumerate(options):
-        row = {"option": o.key}
+        row = {"option": o.key, "proxies": {}}
         with tempfile.TemporaryDirectory() as tmp:
-            for key, steps, finetune in (
-                ("before", 0, 0),
-                ("short", args.short, 0),
-                ("short_ft", args.short, args.short_finetune),
-                ("tuned", args.long, args.long),
-            ):
+            for key, (steps, finetune) in (runs | {"tuned": (args.long, args.long)}).items():
                 torch.manual_seed(0)
-                row[key], tuned = tuned_error(
+                error, tuned = tuned_error(
                     model, plan, o.entries, batches, train, steps, finetune, lr, Path(tmp) / key
                 )
+                if key in runs:
+                    row["proxies"][key] = error
+                else:
+                    row["tuned"] = error
         row["tuned_top1"] = evaluate(tuned, get_loader(val, 256))["top1"]
         rows.append(row)
+        said = ", ".join(f"{k} {v:.4f}" for k, v in row["proxies"].items())
         print(
-            f"{name} {i + 1}/{len(options)} {o.key}: before {row['before']:.4f}, "
-            f"short {row['short']:.4f}, short+ft {row['short_ft']:.4f}, tuned {row['tuned']:.4f} "
+            f"{name} {i + 1}/{len(options)} {o.key}: {said}, tuned {row['tuned']:.4f} "
             f"(val top-1 {100 * row['tuned_top1']:.2f})",
             flush=True,
         )
     errors = [r["tuned"] for r in rows]
     top1 = [-r["tuned_top1"] for r in rows]
+    spearman = {
+        k: {
+            "tuned": spearmanr([r["proxies"][k] for r in rows], errors).statistic,
+            "top1": spearmanr([r["proxies"][k] for r in rows], top1).statistic,
+        }
+        for k in runs
+    }
     return {
         "model": name,
         "options": len(rows),
-        "short_batches": args.short,
+        "proxies": list(runs),
         "long_batches": args.long,
-        "short_finetune_batches": args.short_finetune,
         "teacher_val_top1": teacher_top1,
-        "spearman_before_tuned": spearmanr([r["before"] for r in rows], errors).statistic,
-        "spearman_short_tuned": spearmanr([r["short"] for r in rows], errors).statistic,
-        "spearman_before_top1": spearmanr([r["before"] for r in rows], top1).statistic,
-        "spearman_short_top1": spearmanr([r["short"] for r in rows], top1).statistic,
-        "spearman_short_ft_tuned": spearmanr([r["short_ft"] for r in rows], errors).statistic,
-        "spearman_short_ft_top1": spearmanr([r["short_ft"] for r in rows], top1).statistic,
+        "spearman": spearman,
         "minutes": round((time.time() - t0) / 60, 1),
         "rows": rows,
     }
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def as_proxies(run: dict) -> dict:
+    """A row of the first runs (``before`` and ``short``, ``short_ft`` fields) as the
+    current ones (every proxy under ``proxies`` by its ``S/F`` key)."""
+    if "proxies" in run:
+        return run
+    names = {"before": "before", "short": f"{run['short_batches']}/0"}
+    if "short_finetune_batches" in run:
+        names["short_ft"] = f"{run['short_batches']}/{run['short_finetune_batches']}"
+    rows = [
+        {"proxies": {v: o[k] for k, v in names.items()}}
+        | {k: o[k] for k in ("option", "tuned", "tuned_top1")}
+        for o in run["rows"]
+    ]
+    spearman = {
+        v: {
+            "tuned": run[f"spearman_{k}_tuned"],
+            "top1": run[f"spearman_{k}_top1"],
+        }
+        for k, v in names.items()
+    }
+    return run | {"proxies": list(names.values()), "spearman": spearman, "rows": rows}
 
 
 def write_md(data: dict) -> None:
+    runs = [as_proxies(r) for r in data["rows"]]
     lines = [
         "# Option costs before tuning against after (issue #32 item 2)",
         "",
@@ -146,37 +174,35 @@ def write_md(data: dict) -> None:
         "",
         "Each option applied alone to a trained Fashion-MNIST network at 64x64; its error at "
         "the output on 512 validation images before tuning (`before`, the selection's cost), "
-        "after a few batches per stage of layer-wise tuning (`short`), after those and a few batches of "
-        "whole-network fine-tune (`short+ft`; — where a run did not measure it), after the recipe's "
-        "stage length and as many batches of whole-network fine-tune (`tuned`); the Spearman rank correlation of each proxy with `tuned` "
-        "error and with the validation top-1 lost after it (1: the same order).",
+        "and after each proxy `S/F`: S training batches per stage of layer-wise tuning, then F "
+        "of the whole-network fine-tune (`select.cost_batches = N` is `N/N`); the reference "
+        "(`tuned`) is the recipe's stage length and as many batches of fine-tune. Each proxy's "
+        "Spearman rank correlation with the `tuned` error and with the validation top-1 after "
+        "it (1: the same order).",
         "",
-        "| network | options | short / +ft / long batches | before vs tuned | short vs tuned "
-        "| short+ft vs tuned | before vs top-1 | short vs top-1 | short+ft vs top-1 "
-        "| minutes | run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| network | options | proxy | vs tuned error | vs tuned top-1 | minutes | run |",
+        "|---|---:|---|---:|---:|---:|---|",
     ]
-    for r in data["rows"]:
-        ft = r.get("short_finetune_batches", "—")
-        lines.append(
-            f"| {r['model']} | {r['options']} | {r['short_batches']} / {ft} / "
-            f"{r['long_batches']} | {r['spearman_before_tuned']:.2f} "
-            f"| {r['spearman_short_tuned']:.2f} | {_num(r.get('spearman_short_ft_tuned'))} "
-            f"| {r['spearman_before_top1']:.2f} | {r['spearman_short_top1']:.2f} "
-            f"| {_num(r.get('spearman_short_ft_top1'))} "
-            f"| {r['minutes']:.0f} | {r['date'][:10]}, {r['machine']['cpu']} |"
-        )
-    for r in data["rows"]:
+    for r in runs:
+        for k in r["proxies"]:
+            sp = r["spearman"][k]
+            lines.append(
+                f"| {r['model']} | {r['options']} | {k} | {sp['tuned']:.2f} | {sp['top1']:.2f} "
+                f"| {r['minutes']:.0f} | {r['date'][:10]}, {r['machine']['cpu']} |"
+            )
+    for r in runs:
         lines += [
             "",
-            f"## {r['model']} (teacher val top-1 {100 * r['teacher_val_top1']:.2f})",
+            f"## {r['model']} (teacher val top-1 {100 * r['teacher_val_top1']:.2f}; `tuned`: "
+            f"{r['long_batches']}/{r['long_batches']})",
             "",
-            "| option | before | short | short+ft | tuned | val top-1 tuned |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| option | " + " | ".join(r["proxies"]) + " | tuned | val top-1 tuned |",
+            "|---|" + "---:|" * (len(r["proxies"]) + 2),
         ]
         lines += [
-            f"| {o['option']} | {o['before']:.4f} | {o['short']:.4f} "
-            f"| {_num(o.get('short_ft'), 4)} | {o['tuned']:.4f} | {100 * o['tuned_top1']:.2f} |"
+            f"| {o['option']} | "
+            + " | ".join(f"{o['proxies'][k]:.4f}" for k in r["proxies"])
+            + f" | {o['tuned']:.4f} | {100 * o['tuned_top1']:.2f} |"
             for o in r["rows"]
         ]
     commands = sorted({f"`{r['command']}`" for r in data["rows"]})
@@ -187,23 +213,21 @@ def write_md(data: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="bvlc_googlenet,mobilenet_v2")
-    p.add_argument("--short", type=int, default=20, help="batches per stage for `short`")
     p.add_argument(
-        "--short-finetune",
-        type=int,
-        default=20,
-        help="whole-network fine-tune batches after the short stages, for `short_ft`",
+        "--proxies",
+        type=parse_proxies,
+        default="20/0,20/20,50/50",
+        help="the proxies: batches per stage / of the fine-tune, comma-separated",
     )
     p.add_argument(
         "--long", type=int, default=200, help="batches per stage, and of the fine-tune, for `tuned`"
     )
     args = p.parse_args()
+    run = provenance()  # of the code that runs: files edited meanwhile do not count
     for name in args.models.split(","):
-        row = run_one(name, args) | provenance()
-        print(
-            f"{name}: Spearman before/tuned {row['spearman_before_tuned']:.2f}, "
-            f"short/tuned {row['spearman_short_tuned']:.2f}"
-        )
+        row = run_one(name, args) | run
+        said = ", ".join(f"{k} {v['tuned']:.2f}" for k, v in row["spearman"].items())
+        print(f"{name}: Spearman with the tuned error: {said}")
         write_md(record_row(RESULTS.with_suffix(".json"), row, ("model",)))
 
 

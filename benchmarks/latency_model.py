@@ -145,10 +145,11 @@ def main() -> None:
     p.add_argument("--sets", type=int, default=10)
     p.add_argument("--runs", type=int, default=15)
     args = p.parse_args()
+    run = provenance()  # of the code that runs: files edited meanwhile do not count
     for runtime in args.runtimes.split(","):
         for size in map(int, args.sizes.split(",")):
             for name in args.models.split(","):
-                row = run_one(name, size, runtime, args) | provenance()
+                row = run_one(name, size, runtime, args) | run
                 print(
                     f"{name} {size} {runtime}: median error {100 * row['median_abs_error']:.1f}%, "
                     f"worst {100 * row['worst_abs_error']:.1f}%"

@@ -106,10 +106,11 @@ def main() -> None:
     p.add_argument("--runtimes", default="ort")
     p.add_argument("--share", type=float, default=0.7)
     args = p.parse_args()
+    run = provenance()  # of the code that runs: files edited meanwhile do not count
     for runtime in args.runtimes.split(","):
         for size in map(int, args.sizes.split(",")):
             for name in args.models.split(","):
-                row = run_one(name, size, runtime, args.share) | provenance()
+                row = run_one(name, size, runtime, args.share) | run
                 print(f"{name} {size} {runtime}: {row['seconds'] / 60:.1f} min")
                 data = record_row(RESULTS.with_suffix(".json"), row, ("model", "size", "runtime"))
                 write_md(data)

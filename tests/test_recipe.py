@@ -71,6 +71,8 @@ def test_optional_keys_default_to_none():
             "set tune.finetune_batches",
         ),
         ('[model]\nname = "a"\n[tune]\nstart_from = "d"', "it needs data.spec"),
+        ('[model]\nname = "a"\n[select]\ncost_batches = 5', "it needs data.spec"),
+        ('[model]\nname = "a"\n[select]\ncost_batches = -1', "select.cost_batches must be"),
         (
             '[model]\nname = "a"\n[plan]\ndisable = ["x"]\n[select]\nlatency_budget_share = 0.5',
             "plan.enable/plan.disable choose entries by hand",

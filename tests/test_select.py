@@ -444,3 +444,59 @@ def test_errors_on_random_inputs_are_measured_on_different_images():
     assert not torch.equal(batches[0], batches[1])
     # large inputs: about as many pixels, in whole batches, at least one
     assert [error_images(s) for s in (32, 64, 96, 128, 224)] == [64, 64, 32, 16, 16]
+
+
+def test_a_cost_function_prices_each_option_once(monkeypatch):
+    import deeprebirth.planning.select as sel
+
+    class Blocks:  # blocks not trusted: the options are built twice (blocks, then networks)
+        base_ms, constant_ms = 10.0, -5.0
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    plan = make_plan(model, x, name="user_models:tiny_cnn")
+    calls = []
+
+    def cost(entries):
+        calls.append(tuple(e.id for e in entries))
+        return 0.5 * len(entries)
+
+    def measure(model, x, plan, options, batches, **kw):
+        sel._build_options(model, x, plan, options, batches, kw["log"], kw["cost"])
+        for o in options:
+            o.saving_ms = 1.0
+        return {"base": 10.0, "original": 11.0}
+
+    monkeypatch.setattr(sel, "measure_blocks", lambda *a, **k: (measure(*a, **k), Blocks()))
+    monkeypatch.setattr(sel, "measure_options", measure)
+    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 8.0)
+    s = sel.select_plan(model, x, plan, budget_ms=9.5, runtime="ort", cost=cost)
+    assert s.options and all(o.cost == 0.5 * len(o.entries) for o in s.options)
+    assert len(calls) == len(set(calls)) == len(s.options)  # each option priced once
+
+
+def test_a_tuned_cost_is_the_error_after_a_short_tuning():
+    from deeprebirth import pipeline
+    from deeprebirth.transforms import apply_plan
+
+    recipe = Recipe.from_dict(
+        {
+            "model": {"name": "user_models:tiny_cnn", "input_size": 16},
+            "data": {"spec": "synthetic", "batch_size": 8},
+            "select": {"latency_budget_share": 0.5, "cost_batches": 10},
+            "out": "o",
+        }
+    )
+    model, spec = pipeline.load_model(recipe.model, "test")
+    x = example_input(1, 3, 16)
+    plan = make_plan(model, x, name=spec.name)
+    option = next(o for o in build_options(model, x, plan, []) if o.entries)
+    batches = validation_batches(recipe, spec)
+    before = reconstruction_error(
+        apply_plan(model, with_entries(plan, option.entries), x)[0], model, batches
+    )
+    cost = pipeline.tuned_cost(recipe, model, spec, plan, batches, pipeline.Hooks())
+    after = cost(option.entries)
+    assert 0 <= after < before
+    assert cost(option.entries) == pytest.approx(after)  # the same batches every time
+    no_cost = recipe.replace(select=dataclasses.replace(recipe.select, cost_batches=0))
+    assert pipeline.tuned_cost(no_cost, model, spec, plan, batches, pipeline.Hooks()) is None

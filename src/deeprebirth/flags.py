@@ -166,6 +166,7 @@ SLIM_FLAGS = {
         ),
         ("--latency-budget-of", "select.latency_budget_of", {"metavar": "MODEL"}),
         ("--budget-margin", "select.margin", {"type": float, "metavar": "SHARE"}),
+        ("--cost-batches", "select.cost_batches", {"type": int, "metavar": "N"}),
         ("--runtime", "select.runtime", {"choices": SELECT_RUNTIMES}),
         ("--threads", "select.threads", POSITIVE),
         ("--selection-runs", "select.runs", POSITIVE),

@@ -23,6 +23,8 @@ import json
 import math
 import os
 import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from itertools import islice
@@ -41,7 +43,7 @@ from .export import export, export_executorch, export_int8
 from .export.executorch import require_executorch
 from .files import write_json
 from .graph import example_input
-from .plan import Plan, PlanError
+from .plan import Plan, PlanEntry, PlanError
 from .planning import make_plan
 from .planning.recoverable import keep_recoverable, trimmable
 from .planning.select import (
@@ -50,6 +52,7 @@ from .planning.select import (
     reconstruction_error,
     select_plan,
     tucker_plans,
+    with_entries,
 )
 from .profiling import plot_profile, profile
 from .profiling.bench import latencies
@@ -219,6 +222,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         runs=s.runs,
         margin=s.margin,
         latency_model=s.latency_model,
+        cost=tuned_cost(recipe, model, spec, plan, batches, hooks),
         log=hooks.log,
     )
     selected, _ = apply_plan(model, selection.plan, example)
@@ -242,6 +246,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         "fixed_plan_error": reconstruction_error(fixed, model, batches),
     }
     extra = selection.extra
+    extra["cost_batches"] = s.cost_batches
     if s.latency_budget_of is not None:
         extra |= {"budget_of": s.latency_budget_of, "reference_ms": reference_ms}
         extra |= {"budget_share": share, "budget_original_ms": original_ms}
@@ -263,6 +268,57 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
             "not add up as the table predicts (timing noise or interactions)"
         )
     return selection
+
+
+def tuned_cost(recipe: Recipe, model: nn.Module, spec: ModelConfig, plan: Plan, batches, hooks):
+    """``select.cost_batches``: a function giving an option's output error on ``batches``
+    after that many training batches per stage of layer-wise tuning and as many of the
+    whole-network fine-tune, each option from the same seed (None when 0: the error before
+    tuning). The fine-tune runs at ``tune.finetune_lr``, or the least of
+    ``tune.finetune_lr_choices`` (a choice among rates would cost more than the proxy)."""
+
+    n = recipe.select.cost_batches
+    if not n:
+        return None
+    data = recipe.data
+    shape = {"input_size": spec.input_size, "in_chans": spec.in_chans}
+    train = get_dataset(data.spec, "train", **shape)
+    val = get_dataset(data.spec, "val", **shape)
+    t = recipe.tune
+    config = dataclasses.replace(
+        t.tune_config(),
+        max_batches=n,
+        epochs_per_stage=1,
+        finetune_batches=n,
+        finetune_lr=t.finetune_lr or min(t.finetune_lr_choices),
+        linearize_batches=0,
+        budget_minutes=None,
+    )
+    if config.use_labels and not labels_fit(model, train, plan.input_shape):
+        config = dataclasses.replace(config, use_labels=False)
+    probe = list(islice(get_loader(val, data.batch_size), config.probe_batches))
+    with torch.no_grad():
+        reference = [model(x) for x in batches]
+    hooks.log(
+        f"each option's cost: its error after {n} batches per stage and {n} of fine-tune "
+        f"(select.cost_batches; fine-tune at lr {config.finetune_lr:g})"
+    )
+
+    def cost(entries: Sequence[PlanEntry]) -> float:
+        torch.manual_seed(0)  # every option tuned on the same batches
+        result = slim(model, with_entries(plan, entries))
+        with tempfile.TemporaryDirectory() as work:
+            tune(
+                result,
+                model,
+                get_loader(train, data.batch_size, shuffle=True),
+                config,
+                work,
+                probe=probe,
+            )
+        return reconstruction_error(result.model.eval(), reference, batches)
+
+    return cost
 
 
 def budget_of(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):

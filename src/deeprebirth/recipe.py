@@ -101,6 +101,13 @@ class SelectConfig:
         "and the latency model's error (a few percent, measured) do not put the selected "
         "plan over it; it is still judged against the budget (0: aim at the budget itself)",
     )
+    cost_batches: int = option(
+        0,
+        "an option's cost is its output error after this many training batches per stage of "
+        "layer-wise tuning and as many of the whole-network fine-tune (0: its error before "
+        "tuning, which ranked MobileNetV2's depth chains unlike tuning: "
+        "benchmarks/results/cost_proxy.md; needs data.spec; a minute or so per option)",
+    )
     runtime: str = option("ort", "where latency is measured: ort, executorch or torch")
     threads: int = option(1, "threads")
     runs: int = option(15, "interleaved timed runs per option, in each of three passes")
@@ -309,6 +316,10 @@ class Recipe:
             raise ConfigError(f"select.latency_budget_share must be in (0, 1], not {share}")
         if not 0.0 <= s.margin < 1.0:
             raise ConfigError(f"select.margin must be in [0, 1), not {s.margin}")
+        if s.cost_batches < 0:
+            raise ConfigError(f"select.cost_batches must be at least 0, not {s.cost_batches}")
+        if s.cost_batches and not self.data.spec:
+            raise ConfigError("select.cost_batches tunes each option: it needs data.spec")
         if s.selects() and (self.plan.file or self.plan.exact_only):
             raise ConfigError(f"{budgets[0]} makes the plan: drop plan.file and plan.exact_only")
         if self.export.int8 and not self.data.spec:

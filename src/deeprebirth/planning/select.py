@@ -19,7 +19,9 @@
    medians over the passes. Both are cached on disk (per block structure, or per model and
    input; and runtime, threads, CPU and library versions).
 3. **Cost.** The option's reconstruction error at the network output, before tuning:
-   ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches.
+   ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches; or, given a
+   ``cost`` function (the pipeline's ``select.cost_batches``), what it says of the option's
+   entries (the same error after a short tuning).
 4. **Choice.** Savings and costs are taken as additive, and the cheapest set reaching
    the budget is found by dynamic programming over the groups (a multiple-choice
    knapsack on savings in 1/``resolution`` steps of what is needed, rounded down so the
@@ -108,7 +110,7 @@ class Option:
         return {
             "key": self.key,
             "group": self.group,
-            "entries": [e.id if e.kind != "tucker" else _tucker_key(e) for e in self.entries],
+            "entries": [_entry_key(e) for e in self.entries],
             "saving_ms": self.saving_ms,
             "cost": self.cost,
         }
@@ -422,9 +424,32 @@ def _cache_file(key: dict) -> Path:
     return root / "latency" / f"{digest}.json"
 
 
-def _build_options(model, example, plan, options, batches, log) -> tuple[nn.Module, dict]:
+#: An option's cost from its plan entries, instead of its error before tuning.
+CostFn = Callable[[Sequence[PlanEntry]], float]
+
+
+def _entry_key(entry: PlanEntry) -> str:
+    return entry.id if entry.kind != "tucker" else _tucker_key(entry)
+
+
+def _once(cost: CostFn) -> CostFn:
+    """``cost``, each set of entries computed once."""
+    known: dict[tuple[str, ...], float] = {}
+
+    def once(entries: Sequence[PlanEntry]) -> float:
+        key = tuple(_entry_key(e) for e in entries)
+        if key not in known:
+            known[key] = cost(entries)
+        return known[key]
+
+    return once
+
+
+def _build_options(
+    model, example, plan, options, batches, log, cost: CostFn | None = None
+) -> tuple[nn.Module, dict]:
     """The base (exact merges only) and each option applied alone to it, by option key;
-    fills in each option's cost."""
+    fills in each option's cost (``cost`` of its entries, else its error before tuning)."""
     base, _ = apply_plan(model, with_entries(plan, []), example)
     with torch.no_grad():
         reference = [model(x) for x in batches]
@@ -432,7 +457,10 @@ def _build_options(model, example, plan, options, batches, log) -> tuple[nn.Modu
     for i, o in enumerate(options):
         log(f"option {i + 1}/{len(options)}: {o.key}")
         built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
-        o.cost = reconstruction_error(built[o.key], reference, batches)
+        if cost is None:
+            o.cost = reconstruction_error(built[o.key], reference, batches)
+        else:
+            o.cost = cost(o.entries)
     return base, built
 
 
@@ -448,6 +476,7 @@ def measure_options(
     runs: int = 15,
     use_cache: bool = True,
     log: Callable[[str], None] = lambda msg: None,
+    cost: CostFn | None = None,
 ) -> dict[str, float]:
     """Fill in each option's saving and cost; returns the latencies in ms of the base
     (exact merges only) and of the original, measured in the same run as the options.
@@ -476,7 +505,7 @@ def measure_options(
     }
     cache = _cache_file(key)
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
-    base, built = _build_options(model, example, plan, options, batches, log)
+    base, built = _build_options(model, example, plan, options, batches, log, cost)
     if table is None:
         copies = {f"base#{i}": (base, example) for i in range(SESSIONS)}
         models = {"original": (model, example), **copies}
@@ -513,11 +542,12 @@ def measure_blocks(
     runs: int = 15,
     use_cache: bool = True,
     log: Callable[[str], None] = lambda msg: None,
+    cost: CostFn | None = None,
 ) -> tuple[dict[str, float], BlockLatency]:
     """Fill in each option's saving and cost from the blocks it changes, timed alone
     (:class:`~deeprebirth.planning.blocks.BlockLatency`); returns the latencies in ms of the
     base and of the original, timed whole beside the blocks, and the block model."""
-    base, built = _build_options(model, example, plan, options, batches, log)
+    base, built = _build_options(model, example, plan, options, batches, log, cost)
     blocks = BlockLatency(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
     wholes = blocks.fit(base, list(built.values()), example, {"original": model})
     for o in options:
@@ -541,6 +571,7 @@ def select_plan(
     correction_rounds: int = 3,
     margin: float = 0.0,
     latency_model: str | None = None,
+    cost: CostFn | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Selection:
     """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error; or
@@ -556,6 +587,8 @@ def select_plan(
     under the budget (0.03: 3% under; the recipe's ``select.margin`` is 0.03 unless set), so
     that timing drift between runs and the blocks' prediction error do not put the result
     over it; a budget in reach whose margin is not is aimed at every option together.
+    ``cost``: each option's cost from its entries (default: its error on ``batches`` before
+    tuning).
 
     Raises:
         BudgetError: the budget is below what any plan reaches (says the best reachable).
@@ -568,7 +601,11 @@ def select_plan(
         raise ValueError(f"latency_model is one of {', '.join(LATENCY_MODELS)}")
     batches = list(batches) or [example]
     options = build_options(model, example, plan, tucker_plans)
-    timing = dict(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
+    if cost is not None:  # once per option, though the fallback builds the options again
+        cost = _once(cost)
+    timing = dict(
+        runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log, cost=cost
+    )
     blocks = None
     if latency_model == "blocks":
         table, blocks = measure_blocks(model, example, plan, options, batches, **timing)

@@ -162,12 +162,18 @@ def _selection_lines(sel: dict) -> list[str]:
     )
     judged = "its blocks predicted" if blocks else "measured"
     predicted = x["blocks_ms"] if blocks else sel["predicted_ms"]
+    n = x.get("cost_batches")
+    when = (
+        f"after {n} training batches per stage of layer-wise tuning and {n} of fine-tune"
+        if n
+        else "before tuning"
+    )
     lines = [
         "",
         f"## Selection under a latency budget of {sel['budget_ms']:.2f} ms ({RUNTIME_LABELS.get(sel['runtime'], sel['runtime'])})",
         "",
-        f"{how} (the lookup table); its cost is the output's relative squared error before "
-        "tuning. The cheapest set whose savings reach the budget was found by dynamic "
+        f"{how} (the lookup table); its cost is the output's relative squared error {when}. "
+        "The cheapest set whose savings reach the budget was found by dynamic "
         f"programming; when the choice ({judged}) missed the budget, more savings were asked "
         "of the table.",
         "",
