@@ -103,6 +103,49 @@ def test_several_sessions_report_the_median_of_their_medians():
         latencies({"conv": (nn.Conv2d(3, 4, 3), x)}, runtimes=["ort"], sessions=0)
 
 
+def test_models_timed_beside_one_run_in_pairs_scaled_by_it(monkeypatch):
+    import deeprebirth.profiling.bench as bench
+    from deeprebirth.profiling.timing import Timing
+
+    # The reference runs 1 ms beside "a" and 2 ms beside "b" (the machine slowed down):
+    # each is scaled to the reference's median over the pairs, 1.5 ms.
+    ms = {("ref", "a"): 1.0, ("ref", "b"): 2.0, "a": 1.5, "b": 3.0}
+    sizes = []
+
+    def measure_interleaved(fns, runs, warmup):
+        sizes.append(len(fns))
+        other = fns[1].__name__
+        t = {0: ms["ref", other], 1: ms[other]}
+        return {k: Timing(v, v, v, runs) for k, v in t.items()}
+
+    def call(name):
+        def fn():
+            return None
+
+        fn.__name__ = name
+        return fn
+
+    monkeypatch.setattr(bench, "measure_interleaved", measure_interleaved)
+    calls = {"ref": [call("ref")], "a": [call("a")], "b": [call("b")]}
+    t = bench._measure_sessions(calls, runs=4, warmup=1, beside="ref")
+    assert sizes == [2, 2]  # two models touched at a time, never all three
+    assert t["ref"].median_ms == pytest.approx(1.5)
+    assert t["a"].median_ms == pytest.approx(2.25) and t["b"].median_ms == pytest.approx(2.25)
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(Exception, match="beside: 'nope' is not one of the models"):
+        bench.latencies({"conv": (nn.Conv2d(3, 4, 3), x)}, runtimes=["torch"], beside="nope")
+
+
+def test_timing_beside_a_model_runs_every_runtime():
+    from deeprebirth.profiling.bench import latencies
+
+    x = torch.randn(1, 3, 16, 16)
+    models = {"a": (nn.Conv2d(3, 4, 3), x), "b": (nn.Conv2d(3, 8, 3), x)}
+    for runtime in ("torch", "ort"):
+        out = latencies(models, runtimes=[runtime], runs=3, sessions=2, beside="a")[runtime]
+        assert set(out) == {"a", "b"} and all(t.median_ms > 0 for t in out.values())
+
+
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="unknown runtime"):
         profile(nn.Conv2d(3, 3, 1), runtimes=["tflite"])

@@ -91,6 +91,7 @@ def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_pat
 
     def latencies(models, **kw):
         f, ms = next(speed), {}
+        assert kw["beside"] == "base"  # each model timed beside the base alone
         for k in models:
             ms[k] = 12.0 if k == "original" else 10.0 if k.startswith("base") else 9.0
             if k == first and f == 1.1:

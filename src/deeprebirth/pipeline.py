@@ -237,6 +237,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         threads=s.threads,
         runs=s.runs,
         sessions=SESSIONS,
+        beside="original",
     )[s.runtime]
     selection.extra |= {
         "original_ms": t["original"].median_ms,
@@ -348,6 +349,7 @@ def budget_of(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         threads=s.threads,
         runs=s.runs,
         sessions=SESSIONS,
+        beside="original",
     )[s.runtime]
     original_ms, reference_ms = t["original"].median_ms, t["reference"].median_ms
     share = reference_ms / original_ms

@@ -483,11 +483,11 @@ def measure_options(
 
     Identical sessions differ by a few percent (measured: ONNX Runtime at 64x64), as much as
     one option saves, and so do whole runs on a shared machine (GoogLeNet's original at
-    64x64: 3.98 ms in a table, 3.72 ms minutes later). So the table is measured in :data:`SESSIONS` passes, each
-    with new sessions of every model and the base as :data:`SESSIONS` sessions; each pass's
-    latencies are scaled by (the median base over the passes / its own base), and each
-    model's median over the passes is kept. Passes, rather than every model in several
-    sessions at once, hold one session per model in memory."""
+    64x64: 3.98 ms in a table, 3.72 ms minutes later). So the table is measured in
+    :data:`SESSIONS` passes, each with new sessions; in each pass every model is timed
+    interleaved with the base alone (``latencies(beside=...)``: among all of them at once
+    each ran with its weights out of the caches, MobileNetV2 at 64x64 nearly twice as
+    slow) and scaled by the base beside it; each model's median over the passes is kept."""
 
     machine = machine_info()
     key = {
@@ -507,19 +507,18 @@ def measure_options(
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
     base, built = _build_options(model, example, plan, options, batches, log, cost)
     if table is None:
-        copies = {f"base#{i}": (base, example) for i in range(SESSIONS)}
-        models = {"original": (model, example), **copies}
+        models = {"base": (base, example), "original": (model, example)}
         models |= {k: (m, example) for k, m in built.items()}
         passes = []
         for p in range(SESSIONS):
             log(
                 f"measuring {len(models)} models on {runtime}, pass {p + 1}/{SESSIONS} "
-                f"({runs} interleaved runs)"
+                f"(each in {runs} runs interleaved with the base)"
             )
-            t = latencies(models, runtimes=[runtime], threads=threads, runs=runs)[runtime]
-            ms = {k: v.median_ms for k, v in t.items() if k not in copies}
-            ms["base"] = statistics.median(t[k].median_ms for k in copies)
-            passes.append(ms)
+            t = latencies(models, runtimes=[runtime], threads=threads, runs=runs, beside="base")[
+                runtime
+            ]
+            passes.append({k: v.median_ms for k, v in t.items()})
         ref = statistics.median(ms["base"] for ms in passes)
         table = {k: statistics.median(ms[k] * ref / ms["base"] for ms in passes) for k in passes[0]}
         write_json(cache, {"key": key, **table})
@@ -731,5 +730,6 @@ def _measure_choice(model, example, plan, picked, runtime, threads, runs, base_m
         threads=threads,
         runs=runs,
         sessions=SESSIONS,
+        beside="base",
     )[runtime]
     return base_ms * t["chosen"].median_ms / t["base"].median_ms

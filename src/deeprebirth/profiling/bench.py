@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,6 +29,7 @@ def latencies(
     runs: int = 30,
     warmup: int = 5,
     sessions: int = 1,
+    beside: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
@@ -40,7 +42,16 @@ def latencies(
     sessions (``runs`` each, all interleaved) and reports the median of their medians. Two
     sessions of the same model differ by a few percent (measured: ONNX Runtime at 64x64, +-3%),
     more than many of the differences a speed table is read for.
+
+    ``beside``: a key of ``models``; each other model is timed interleaved with that one
+    alone (in each session), not with all of them, and scaled by how that one moved in its
+    pair. Interleaving many models times each with its weights evicted from the caches by
+    the others (MobileNetV2 at 64x64 in ONNX Runtime: 0.63 ms alone, 1.18 ms among 21
+    others: benchmarks/results/interleave_cache.md); in pairs each runs about as it
+    would deployed, and drift still cancels in the ratio to its neighbour.
     """
+    if beside is not None and beside not in models:
+        raise DeepRebirthError(f"beside: {beside!r} is not one of the models")
     if sessions < 1:
         raise DeepRebirthError(f"sessions must be at least 1, not {sessions}")
     for m, _ in models.values():
@@ -53,15 +64,15 @@ def latencies(
     for runtime in runtimes:
         if runtime == "torch":
             log(f"PyTorch eager: {runs} interleaved runs of {len(models)} models")
-            fns = {k: (lambda m=m, x=x: m(x)) for k, (m, x) in models.items()}
+            fns = {k: [lambda m=m, x=x: m(x)] for k, (m, x) in models.items()}
             with torch.inference_mode():
-                out[runtime] = measure_interleaved(fns, runs, warmup)
+                out[runtime] = _measure_sessions(fns, runs, warmup, beside)
         elif runtime == "executorch":
             set_threads(threads)
             log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
             calls = {k: et_runners(m, x, sessions) for k, (m, x) in models.items()}
             log(f"ExecuTorch: {runs} interleaved runs" + _of_sessions(sessions))
-            out[runtime] = _measure_sessions(calls, runs, warmup)
+            out[runtime] = _measure_sessions(calls, runs, warmup, beside)
         else:
             log(f"ONNX Runtime: preparing {len(models)} models")
             calls = {}
@@ -71,7 +82,7 @@ def latencies(
                     ort_runner(ort_session(proto, threads), x.numpy()) for _ in range(sessions)
                 ]
             log(f"ONNX Runtime: {runs} interleaved runs" + _of_sessions(sessions))
-            out[runtime] = _measure_sessions(calls, runs, warmup)
+            out[runtime] = _measure_sessions(calls, runs, warmup, beside)
     return out
 
 
@@ -80,12 +91,41 @@ def _of_sessions(sessions: int) -> str:
 
 
 def _measure_sessions(
-    calls: dict[str, list[Callable[[], object]]], runs: int, warmup: int
+    calls: dict[str, list[Callable[[], object]]],
+    runs: int,
+    warmup: int,
+    beside: str | None = None,
 ) -> dict[str, Timing]:
-    """Every session of every model interleaved; per model, the median of its sessions."""
-    flat = {(k, i): fn for k, each in calls.items() for i, fn in enumerate(each)}
-    t = measure_interleaved(flat, runs, warmup)
-    return {k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()}
+    """Every session of every model interleaved; per model, the median of its sessions.
+    With ``beside``: each session of each other model interleaved with that model's session
+    of the same index alone, scaled by (its median over every pair / its own in the pair)."""
+    if beside is None:
+        flat = {(k, i): fn for k, each in calls.items() for i, fn in enumerate(each)}
+        t = measure_interleaved(flat, runs, warmup)
+        return {
+            k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()
+        }
+    pairs: dict[str, list[tuple[Timing, Timing]]] = {k: [] for k in calls if k != beside}
+    for i, ref in enumerate(calls[beside]):
+        for k in pairs:
+            t = measure_interleaved({0: ref, 1: calls[k][i]}, runs, warmup)
+            pairs[k].append((t[0], t[1]))
+    refs = [r for each in pairs.values() for r, _ in each]
+    if not refs:  # nothing beside it: timed alone
+        return {beside: _measure_sessions({beside: calls[beside]}, runs, warmup)[beside]}
+    mid = statistics.median(r.median_ms for r in refs)
+    out = {beside: Timing(mid, *(statistics.median(x) for x in _spread(refs)), len(refs) * runs)}
+    for k, each in pairs.items():
+        out[k] = Timing.of_sessions([_scaled(t, mid / r.median_ms) for r, t in each])
+    return out
+
+
+def _spread(timings: list[Timing]) -> tuple[list[float], list[float]]:
+    return [t.p10_ms for t in timings], [t.p90_ms for t in timings]
+
+
+def _scaled(t: Timing, factor: float) -> Timing:
+    return Timing(t.median_ms * factor, t.p10_ms * factor, t.p90_ms * factor, t.runs)
 
 
 def costs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict:

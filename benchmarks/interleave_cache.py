@@ -1,0 +1,92 @@
+"""How much slower does a model time when interleaved with many others? (issue #32)
+
+The selection's latency table timed every option's network interleaved with all the others
+(and the speed tables time a dozen models side by side). Each model then runs after the
+others have pushed its weights out of the caches. This times one network (random weights,
+1 channel, 10 classes, batch 1, 1 thread, ONNX Runtime) interleaved with 0, 1, 5 and 21
+other instances of itself (distinct weights: one model's worth of memory each), 15 runs
+after 5 of warm-up, and records its median each time. Writes
+benchmarks/results/interleave_cache.{json,md} with the command, commit, date and machine (a
+run replaces the rows of its networks and sizes).
+
+    .venv/bin/python benchmarks/interleave_cache.py [--models mobilenet_v2,bvlc_googlenet]
+        [--sizes 64]
+
+Measure on a quiet machine: nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from provenance import provenance, record_row
+
+from deeprebirth.files import atomic_write_text
+from deeprebirth.graph import example_input
+from deeprebirth.profiling.bench import latencies
+from deeprebirth.zoo import get_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results/interleave_cache"
+OTHERS = (0, 1, 5, 21)
+
+
+def run_one(name: str, size: int) -> dict:
+    torch.manual_seed(0)
+    x = example_input(1, 1, size)
+    models = [get_model(name, num_classes=10, in_chans=1).eval() for _ in range(max(OTHERS) + 1)]
+    params = sum(p.numel() for p in models[0].parameters())
+    ms = {}
+    for n in OTHERS:
+        timed = {f"m{i}": (m, x) for i, m in enumerate(models[: n + 1])}
+        t = latencies(timed, runtimes=["ort"], threads=1, runs=15)["ort"]
+        ms[str(n)] = t["m0"].median_ms
+        print(f"{name} {size}: beside {n} others {ms[str(n)]:.3f} ms", flush=True)
+    return {"model": name, "size": size, "weights_mb": params * 4 / 2**20, "ms": ms}
+
+
+def write_md(data: dict) -> None:
+    lines = [
+        "# One network timed among others: the caches",
+        "",
+        "<!-- written by benchmarks/interleave_cache.py from interleave_cache.json: "
+        "do not edit -->",
+        "",
+        "Median latency (ms) of one network in ONNX Runtime (random weights, 1 channel, batch "
+        "1, 1 thread, 15 runs) when interleaved with that many other instances of itself, "
+        "each with its own weights.",
+        "",
+        "| network | input | weights MB | "
+        + " | ".join(f"beside {n}" for n in OTHERS)
+        + " | slowdown at 21 | run |",
+        "|---|---:|---:|" + "---:|" * len(OTHERS) + "---:|---|",
+    ]
+    for r in data["rows"]:
+        ms = r["ms"]
+        lines.append(
+            f"| {r['model']} | {r['size']} | {r['weights_mb']:.1f} | "
+            + " | ".join(f"{ms[str(n)]:.3f}" for n in OTHERS)
+            + f" | {ms[str(OTHERS[-1])] / ms['0']:.2f}x | {r['date'][:10]}, "
+            f"{r['machine']['cpu']} |"
+        )
+    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
+    lines += ["", "Commands: " + ", ".join(commands), ""]
+    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="mobilenet_v2,bvlc_googlenet")
+    p.add_argument("--sizes", default="64")
+    args = p.parse_args()
+    run = provenance()  # of the code that runs: files edited meanwhile do not count
+    for size in map(int, args.sizes.split(",")):
+        for name in args.models.split(","):
+            row = run_one(name, size) | run
+            write_md(record_row(RESULTS.with_suffix(".json"), row, ("model", "size")))
+
+
+if __name__ == "__main__":
+    main()
