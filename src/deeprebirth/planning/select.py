@@ -13,8 +13,8 @@
    timed alone, once per form the options give it; an option's latency is the sum of its
    blocks plus what lies between them (``deeprebirth.planning.blocks``), so the savings of
    options in different blocks add up. With ``"networks"`` each option's whole network is
-   timed, interleaved with all the others and the base, in :data:`SESSIONS` passes with new
-   sessions each (a session, and a whole run, can be a few percent off: as much as a small
+   timed interleaved with the base alone (not among all the others, which evicts its
+   weights from the caches), in :data:`SESSIONS` passes with new sessions each (a session, and a whole run, can be a few percent off: as much as a small
    option saves); the saving is base minus option, each pass scaled to the same base,
    medians over the passes. Both are cached on disk (per block structure, or per model and
    input; and runtime, threads, CPU and library versions).
