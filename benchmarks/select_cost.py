@@ -68,8 +68,13 @@ def run_one(share: float, cost_batches: int) -> dict:
     extra = sel["extra"]
     top1, teacher = lone_costs()
     chosen = sorted(sel["chosen"], key=lambda k: [o["key"] for o in sel["options"]].index(k))
+    savings = [o["saving_ms"] for o in sel["options"]]
     return {
         "share_asked": share,
+        "original_ms": extra["original_ms"],
+        "saving_alone_ms": [min(savings), max(savings)],
+        "savings_sum_ms": sum(s for s in savings if s > 0),
+        "every_option_saves_ms": extra["original_ms"] - extra["fixed_plan_ms"],
         "cost_batches": cost_batches,
         "chosen": chosen,
         "lone_top1_lost": sum(teacher - top1[k] for k in chosen if k in top1),
@@ -83,6 +88,10 @@ def run_one(share: float, cost_batches: int) -> dict:
 def short(key: str) -> str:
     """``drop_activation:features.3.conv.0.0..features.3.conv.2`` -> ``3``."""
     return key.split(":")[1].split(".")[1]
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def write_md(data: dict) -> None:
@@ -99,15 +108,25 @@ def write_md(data: dict) -> None:
         "(benchmarks/results/cost_proxy.md), summed: an estimate of what the choice costs, "
         "not a tuned result.",
         "",
+        "Savings: what each option alone saves in the selection's table (least and most, in "
+        "ms, beside the base: timed exact merges only against it with that option), their sum "
+        "over the options that save, and what every option together saves, measured beside "
+        "the original in the final check (original less the plan with every option).",
+        "",
         "| share asked | cost batches | chains chosen | lone loss (points) | share measured "
+        "| original ms | each saves alone | sum of those | all together save "
         "| latency model | rounds | minutes | run |",
-        "|---:|---:|---|---:|---:|---|---:|---:|---|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in data["rows"]:
+        lo_hi = r.get("saving_alone_ms")
+        each = f"{lo_hi[0]:.3f} to {lo_hi[1]:.3f}" if lo_hi else "—"
         lines.append(
             f"| {r['share_asked']:.2f} | {r['cost_batches']} "
             f"| {', '.join(short(k) for k in r['chosen'])} | {100 * r['lone_top1_lost']:.2f} "
-            f"| {r['share_measured']:.3f} | {r['latency_model']} | {r['rounds']} "
+            f"| {r['share_measured']:.3f} | {_ms(r.get('original_ms'))} | {each} "
+            f"| {_ms(r.get('savings_sum_ms'))} | {_ms(r.get('every_option_saves_ms'))} "
+            f"| {r['latency_model']} | {r['rounds']} "
             f"| {r['minutes']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
     commands = sorted({f"`{r['command']}`" for r in data["rows"]})
