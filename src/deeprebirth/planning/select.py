@@ -14,10 +14,11 @@
    blocks plus what lies between them (``deeprebirth.planning.blocks``), so the savings of
    options in different blocks add up. With ``"networks"`` each option's whole network is
    timed interleaved with the base alone (not among all the others, which evicts its
-   weights from the caches), in :data:`SESSIONS` passes with new sessions each (a session, and a whole run, can be a few percent off: as much as a small
-   option saves); the saving is base minus option, each pass scaled to the same base,
-   medians over the passes. Both are cached on disk (per block structure, or per model and
-   input; and runtime, threads, CPU and library versions).
+   weights from the caches), in :data:`SESSIONS` passes with new sessions each (a session,
+   and a whole run, can be a few percent off: as much as a small option saves); the saving
+   is base minus option, each pass scaled to the same base, medians over the passes. Both
+   are cached on disk (per block structure, or per model and input; and runtime, threads,
+   CPU and library versions).
 3. **Cost.** The option's reconstruction error at the network output, before tuning:
    ``||f_option(x) - f(x)||^2 / ||f(x)||^2`` on a few calibration batches; or, given a
    ``cost`` function (the pipeline's ``select.cost_batches``), what it says of the option's
@@ -502,6 +503,7 @@ def measure_options(
         "onnxruntime": machine["onnxruntime"],
         "options": sorted(o.key for o in options),
         "passes": SESSIONS,
+        "timed": "beside the base",  # tables timed all at once (cold caches) are not reused
     }
     cache = _cache_file(key)
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
