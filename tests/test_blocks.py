@@ -84,10 +84,20 @@ def test_predicted_latency_is_the_blocks_sum_plus_what_lies_between(monkeypatch,
     slim = tiny_resnet()
     slim[3] = nn.Identity()  # an option that takes the second residual block away
     other = capture(slim)
+    pairs = []
+
+    def recording(models, **kwargs):
+        pairs.append(kwargs["beside"])
+        return fake_latencies(models, **kwargs)
+
+    monkeypatch.setattr(blocks_module, "latencies", recording)
     model = BlockLatency(runtime="ort")
     model.fit(base, [other], x)
     # the residual block the option removes is its own block; the rest is one block each side
     assert len(model.base) == 3
+    # its new form is timed beside the block it replaces
+    form = next(b.key for b in split(other, x, model.cuts) if b.key not in {r.key for r in model.base})
+    assert pairs == [{form: model.base[1].key}]
     whole = fake_latencies({"m": (base, x)}, runtimes=["ort"])["ort"]["m"].median_ms
     assert model.base_ms == pytest.approx(whole)
     predicted, rows = model.predict(base, x)

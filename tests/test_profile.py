@@ -127,13 +127,25 @@ def test_models_timed_beside_one_run_in_pairs_scaled_by_it(monkeypatch):
 
     monkeypatch.setattr(bench, "measure_interleaved", measure_interleaved)
     calls = {"ref": [call("ref")], "a": [call("a")], "b": [call("b")]}
-    t = bench._measure_sessions(calls, runs=4, warmup=1, beside="ref")
+    t = bench._measure_sessions(calls, runs=4, warmup=1, beside={"a": "ref", "b": "ref"})
     assert sizes == [2, 2]  # two models touched at a time, never all three
     assert t["ref"].median_ms == pytest.approx(1.5)
     assert t["a"].median_ms == pytest.approx(2.25) and t["b"].median_ms == pytest.approx(2.25)
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(Exception, match="beside: 'nope' is not one of the models"):
         bench.latencies({"conv": (nn.Conv2d(3, 4, 3), x)}, runtimes=["torch"], beside="nope")
+
+
+def test_each_model_can_have_its_own_reference():
+    from deeprebirth.profiling.bench import latencies
+
+    x = torch.randn(1, 3, 16, 16)
+    convs = {k: (nn.Conv2d(3, c, 3), x) for k, c in (("r1", 4), ("a", 8), ("r2", 4), ("lone", 2))}
+    out = latencies(convs, runtimes=["ort"], runs=3, sessions=2, beside={"a": "r1"})["ort"]
+    # r2 and lone are references no model is beside: timed alone
+    assert set(out) == set(convs) and all(t.median_ms > 0 for t in out.values())
+    with pytest.raises(Exception, match="'r1' is a reference beside another"):
+        latencies(convs, runtimes=["ort"], beside={"a": "r1", "r1": "r2"})
 
 
 def test_timing_beside_a_model_runs_every_runtime():

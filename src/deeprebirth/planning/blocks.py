@@ -7,9 +7,12 @@ those of the base network (its exact merges applied) that every option keeps, co
 that a block is split only where options touch its parts differently (a block no option
 touches is one block, however many layers it has).
 
-Each block is timed alone in the target runtime, once per form the options give it, all
-interleaved with the whole base network in one run; its latency is cached by its structure
-(layers, their shapes, its input shape), the runtime, threads, CPU and library versions. A
+Each block is timed alone in the target runtime, once per form the options give it, each
+form interleaved with the base's block it replaces (in pairs: among hundreds of others a
+block's weights would be evicted from the caches between its runs, which they are not when
+it runs deployed; benchmarks/results/interleave_cache.md); its latency is cached by its
+structure (layers, their shapes, its input shape), the runtime, threads, CPU and library
+versions. A
 plan's predicted latency is the sum of its blocks plus a constant: the whole base network
 less the sum of its blocks, measured side by side (what lies between blocks: a runtime's
 per-call overhead, fusions across a cut). Savings of options that touch different blocks
@@ -176,6 +179,7 @@ class BlockLatency:
             "threads": threads,
             "runs": runs,
             "sessions": SESSIONS,
+            "timed": "beside the base's block",
             **{k: machine[k] for k in ("cpu", "isa", "torch", "onnxruntime", "executorch")},
         }
         self.cache = _cache_file(self.cache_key) if use_cache else None
@@ -210,25 +214,30 @@ class BlockLatency:
         # a cut is kept where the options touching the blocks on its two sides differ
         self.cuts = [c for j, c in enumerate(fine) if touched[j] != touched[j + 1]]
         self.base = split(base, example, self.cuts)
+        # each form beside the base's block it replaces (the first it is found at)
+        refs: dict[str, str] = {}
         todo = {b.key: b for b in self.base}
         for gm in others:
-            todo |= {b.key: b for b in split(gm, example, self.cuts) if b.key not in todo}
-        # The base's blocks are always timed (beside the base whole, for the constant);
-        # forms the cache holds are scaled by how the base's blocks moved since.
+            forms = split(gm, example, self.cuts)
+            for b in forms:
+                if b.key not in todo:
+                    todo[b.key], refs[b.key] = b, self._references(forms)[b.key]
+        # The base's blocks are always timed (references for the forms, and for the
+        # constant); forms the cache holds are scaled by how the base's blocks moved since.
         fresh = {b.key: b for b in self.base} | {
             k: b for k, b in todo.items() if k not in self.table
         }
         wholes = {"<base>": base, **(wholes or {})}
         models = {k: (m, example) for k, m in wholes.items()}
         models |= {k: (b.module, b.input) for k, b in fresh.items()}
+        beside = {k: "<base>" for k in wholes if k != "<base>"}
+        beside |= {k: refs[k] for k in fresh if k in refs}
         self.log(
-            f"timing {len(wholes)} networks and {len(fresh)} block forms on {self.runtime} "
-            f"({len(self.base)} blocks in the base network, {len(todo) - len(fresh)} forms "
-            "from the cache)"
+            f"timing {len(wholes)} networks and {len(fresh)} block forms on {self.runtime}, "
+            f"each beside the base's ({len(self.base)} blocks in the base network, "
+            f"{len(todo) - len(fresh)} forms from the cache)"
         )
-        t = latencies(
-            models, runtimes=[self.runtime], threads=self.threads, runs=self.runs, sessions=SESSIONS
-        )[self.runtime]
+        t = self._time(models, beside)
         seen = [t[k].median_ms / self.table[k] for k in fresh if k in self.table]
         drift = statistics.median(seen) if seen else 1.0
         self.table |= {k: self.table[k] * drift for k in todo if k not in fresh}
@@ -238,6 +247,18 @@ class BlockLatency:
         self.constant_ms = self.base_ms - sum(self.table[b.key] for b in self.base)
         self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_ms - self.constant_ms:.3f} ms")
         return {k: t[k].median_ms for k in wholes if k != "<base>"}
+
+    def _time(self, models: dict, beside: dict[str, str]) -> dict:
+        """Each model timed beside its reference (pairs keep each in warm caches, as it runs
+        deployed: timed among hundreds of others, a block waits on memory for its weights)."""
+        return latencies(
+            models,
+            runtimes=[self.runtime],
+            threads=self.threads,
+            runs=self.runs,
+            sessions=SESSIONS,
+            beside=beside,
+        )[self.runtime]
 
     def _save(self) -> None:
         if self.cache is not None:
@@ -249,18 +270,23 @@ class BlockLatency:
         blocks = split(gm, example, self.cuts)
         new = {b.key: b for b in blocks if b.key not in self.table}
         if new:
-            ref = {b.key: b for b in self.base}
-            models = {k: (b.module, b.input) for k, b in (ref | new).items()}
+            refs = {k: r for k, r in self._references(blocks).items() if k in new}
+            models = {k: (b.module, b.input) for k, b in new.items()}
+            models |= {b.key: (b.module, b.input) for b in self.base if b.key in refs.values()}
             self.log(f"timing {len(new)} new blocks on {self.runtime}")
-            t = latencies(
-                models,
-                runtimes=[self.runtime],
-                threads=self.threads,
-                runs=self.runs,
-                sessions=SESSIONS,
-            )[self.runtime]
-            scale = statistics.median(self.table[k] / t[k].median_ms for k in ref)
-            self.table |= {k: t[k].median_ms * scale for k in new}
+            t = self._time(models, refs)
+            # scaled to the table by the base block each was timed beside
+            self.table |= {
+                k: t[k].median_ms * self.table[r] / t[r].median_ms for k, r in refs.items()
+            }
             self._save()
         rows = [{"block": b.name, "ms": self.table[b.key]} for b in blocks]
         return sum(r["ms"] for r in rows) + self.constant_ms, rows
+
+    def _references(self, blocks: Sequence[Block]) -> dict[str, str]:
+        """For each block of a network split at the cuts, the base's block it stands in for:
+        the one at its place (or ending at the same cut, should a cut have gone)."""
+        if len(blocks) == len(self.base):
+            return {b.key: r.key for b, r in zip(blocks, self.base, strict=True)}
+        ends = {r.end: r.key for r in self.base}
+        return {b.key: ends.get(b.end, self.base[-1].key) for b in blocks}

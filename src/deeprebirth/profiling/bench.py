@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ def latencies(
     runs: int = 30,
     warmup: int = 5,
     sessions: int = 1,
-    beside: str | None = None,
+    beside: str | Mapping[str, str] | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
@@ -48,10 +48,20 @@ def latencies(
     pair. Interleaving many models times each with its weights evicted from the caches by
     the others (MobileNetV2 at 64x64 in ONNX Runtime: 0.63 ms alone, 1.18 ms among 21
     others: benchmarks/results/interleave_cache.md); in pairs each runs about as it
-    would deployed, and drift still cancels in the ratio to its neighbour.
+    would deployed, and drift still cancels in the ratio to its neighbour. A mapping gives
+    each model its own reference (a block beside the block it replaces): models it does not
+    name are references, each reported as the median over its pairs (timed alone if no model
+    is beside it).
     """
-    if beside is not None and beside not in models:
-        raise DeepRebirthError(f"beside: {beside!r} is not one of the models")
+    if isinstance(beside, str):
+        beside = {k: beside for k in models if k != beside}
+    if beside is not None:
+        unknown = sorted({*beside, *beside.values()} - set(models))
+        if unknown:
+            raise DeepRebirthError(f"beside: {unknown[0]!r} is not one of the models")
+        chained = sorted(set(beside.values()) & set(beside))
+        if chained:
+            raise DeepRebirthError(f"beside: {chained[0]!r} is a reference beside another")
     if sessions < 1:
         raise DeepRebirthError(f"sessions must be at least 1, not {sessions}")
     for m, _ in models.values():
@@ -94,28 +104,35 @@ def _measure_sessions(
     calls: dict[str, list[Callable[[], object]]],
     runs: int,
     warmup: int,
-    beside: str | None = None,
+    beside: Mapping[str, str] | None = None,
 ) -> dict[str, Timing]:
     """Every session of every model interleaved; per model, the median of its sessions.
-    With ``beside``: each session of each other model interleaved with that model's session
-    of the same index alone, scaled by (its median over every pair / its own in the pair)."""
+    With ``beside`` (model -> its reference): each session of each model interleaved with
+    its reference's session of the same index alone, scaled by (the reference's median over
+    all its pairs / the reference's in the pair)."""
     if beside is None:
         flat = {(k, i): fn for k, each in calls.items() for i, fn in enumerate(each)}
         t = measure_interleaved(flat, runs, warmup)
         return {
             k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()
         }
-    pairs: dict[str, list[tuple[Timing, Timing]]] = {k: [] for k in calls if k != beside}
-    for i, ref in enumerate(calls[beside]):
-        for k in pairs:
-            t = measure_interleaved({0: ref, 1: calls[k][i]}, runs, warmup)
+    refs = [k for k in calls if k not in beside]
+    pairs: dict[str, list[tuple[Timing, Timing]]] = {k: [] for k in beside}
+    sessions = len(next(iter(calls.values())))
+    for i in range(sessions):
+        for k, ref in beside.items():
+            t = measure_interleaved({0: calls[ref][i], 1: calls[k][i]}, runs, warmup)
             pairs[k].append((t[0], t[1]))
-    refs = [r for each in pairs.values() for r, _ in each]
-    if not refs:  # nothing beside it: timed alone
-        return {beside: _measure_sessions({beside: calls[beside]}, runs, warmup)[beside]}
-    mid = statistics.median(r.median_ms for r in refs)
-    out = {beside: Timing(mid, *(statistics.median(x) for x in _spread(refs)), len(refs) * runs)}
+    out: dict[str, Timing] = {}
+    for ref in refs:
+        own = [r for k, each in pairs.items() if beside[k] == ref for r, _ in each]
+        if not own:  # nothing beside it: timed alone
+            out |= _measure_sessions({ref: calls[ref]}, runs, warmup)
+            continue
+        mid = statistics.median(r.median_ms for r in own)
+        out[ref] = Timing(mid, *(statistics.median(x) for x in _spread(own)), len(own) * runs)
     for k, each in pairs.items():
+        mid = out[beside[k]].median_ms
         out[k] = Timing.of_sessions([_scaled(t, mid / r.median_ms) for r, t in each])
     return out
 
