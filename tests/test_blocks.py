@@ -96,7 +96,9 @@ def test_predicted_latency_is_the_blocks_sum_plus_what_lies_between(monkeypatch,
     # the residual block the option removes is its own block; the rest is one block each side
     assert len(model.base) == 3
     # its new form is timed beside the block it replaces
-    form = next(b.key for b in split(other, x, model.cuts) if b.key not in {r.key for r in model.base})
+    form = next(
+        b.key for b in split(other, x, model.cuts) if b.key not in {r.key for r in model.base}
+    )
     assert pairs == [{form: model.base[1].key}]
     whole = fake_latencies({"m": (base, x)}, runtimes=["ort"])["ort"]["m"].median_ms
     assert model.base_ms == pytest.approx(whole)
