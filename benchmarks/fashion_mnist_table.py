@@ -211,12 +211,17 @@ def readme_results(readme: Path) -> str | None:
 def runs_of(speed: dict) -> str:
     """How the speed step timed each model."""
     sessions = speed.get("sessions", 1)
-    if sessions == 1:
-        return f"{speed['runs']} interleaved runs"
-    return (
-        f"{speed['runs']} interleaved runs in each of {sessions} sessions (ORT, ExecuTorch: "
-        "the median of the sessions' medians)"
+    beside = speed.get("beside")
+    runs = (
+        f"{speed['runs']} runs interleaved with the {beside}'s (each model in a pair with it, "
+        "scaled by its median over the pairs)"
+        if beside
+        else f"{speed['runs']} interleaved runs of every model (caches cold: each runs after "
+        "the others)"
     )
+    if sessions == 1:
+        return runs
+    return f"{runs}, in each of {sessions} sessions (ORT, ExecuTorch: the median of the sessions' medians)"
 
 
 def paper_table(results: dict) -> str:

@@ -568,7 +568,16 @@ def step_speed(args) -> None:
 
     # entries whose files are in an earlier commit (replaced or dropped) are not timed
     keys = [k for k, e in load_results()["models"].items() if "files_at_commit" not in e]
-    speed = {"runs": args.runs, "sessions": args.sessions, "threads": 1, "sizes": {}}
+    # each beside the teacher alone: interleaved all at once, every model would run with its
+    # weights evicted by the others' (docs/results.md, "Timing many models side by side")
+    beside = "teacher"
+    speed = {
+        "runs": args.runs,
+        "sessions": args.sessions,
+        "threads": 1,
+        "beside": beside,
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for size in SPEED_SIZES:
             print(f"--- {size}x{size}", flush=True)
@@ -578,8 +587,10 @@ def step_speed(args) -> None:
             models = {k: built[k] for k in keys}
             x = example_input(1, CHANS, size)
             eager = {k: (m, x) for k, m in models.items() if not isinstance(m, OnnxModel)}
-            t_torch = latencies(eager, runtimes=["torch"], runs=args.runs, log=print)["torch"]
-            every = {"runs": args.runs, "sessions": args.sessions, "log": print}
+            t_torch = latencies(
+                eager, runtimes=["torch"], runs=args.runs, beside=beside, log=print
+            )["torch"]
+            every = {"runs": args.runs, "sessions": args.sessions, "beside": beside, "log": print}
             t_ort = latencies({k: (m, x) for k, m in models.items()}, runtimes=["ort"], **every)[
                 "ort"
             ]
