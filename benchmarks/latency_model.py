@@ -61,7 +61,7 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
     base, _ = apply_plan(model, with_entries(plan, []), example)
     built = [apply_plan(model, with_entries(plan, o.entries), example)[0] for o in options]
     blocks = BlockLatency(runtime=runtime, runs=args.runs, use_cache=False, log=print)
-    blocks.fit(base, built, example)
+    blocks.fit(base, built, example, {"original": model})  # as the selection fits it
     table_s = time.time() - t0
     rng = random.Random(0)
     sets = random_sets(group_options(options), args.sets, rng)

@@ -295,8 +295,11 @@ def test_a_margin_aims_under_the_budget(monkeypatch):
     # a budget every option together just reaches: its margin is not, the budget is
     s = sel.select_plan(model, x, plan, budget_ms=4.0, margin=0.1, latency_model="networks")
     assert sorted(s.chosen) == ["a", "b", "c"] and s.target_ms == pytest.approx(4.0)
-    with pytest.raises(sel.BudgetError, match="out of reach"):
+    with pytest.raises(sel.BudgetError, match="out of reach") as missed:
         sel.select_plan(model, x, plan, budget_ms=3.9, margin=0.1, latency_model="networks")
+    # it says what the fastest plan would be (these options enable no entries of their own)
+    assert missed.value.fastest_ms == pytest.approx(4.0)
+    assert not any(e.enabled and not e.exact for e in missed.value.fastest.entries)
 
 
 def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):

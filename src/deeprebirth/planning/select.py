@@ -94,7 +94,13 @@ MAX_BLOCKS_OVERHEAD = 1.3
 
 
 class BudgetError(DeepRebirthError):
-    pass
+    """A latency budget no plan reaches. Where the options were timed, ``fastest`` is the
+    plan with every group's fastest option and ``fastest_ms`` what the table predicts for it
+    (else None)."""
+
+    def __init__(self, message: str, fastest: Plan | None = None, fastest_ms: float | None = None):
+        super().__init__(message)
+        self.fastest, self.fastest_ms = fastest, fastest_ms
 
 
 @dataclass
@@ -647,9 +653,12 @@ def select_plan(
         target_ms, need = base_ms - best, best
         log(f"the margin is out of reach: aiming at every option together, {target_ms:.3f} ms")
     if need > best:
+        fastest = [max(g, key=lambda o: o.saving_ms) for g in groups.values()]
         raise BudgetError(
             f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges "
-            f"give {base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms"
+            f"give {base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms",
+            fastest=with_entries(plan, [e for o in fastest if o.saving_ms > 0 for e in o.entries]),
+            fastest_ms=base_ms - best,
         )
     rounds, tried = [], []
     for _ in range(max(1, correction_rounds)):

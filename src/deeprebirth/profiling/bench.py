@@ -51,8 +51,8 @@ def latencies(
     would deployed, and drift still cancels in the ratio to its neighbour. A mapping gives
     each model its own reference (a block beside the block it replaces): models it does not
     name are references, each reported as the median over its pairs; one no model is beside
-    is timed alone, its sessions one after another (interleaved, each would run with its
-    weights evicted by the other sessions' copies: GoogLeNet at 64x64 in ONNX Runtime 4.36 ms
+    is timed alone, each of its sessions in turn among the pairs' (interleaved with each other,
+    its sessions would evict each other's weights: GoogLeNet at 64x64 in ONNX Runtime 4.36 ms
     so, 3.46 ms alone).
     """
     if isinstance(beside, str):
@@ -119,21 +119,22 @@ def _measure_sessions(
             k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()
         }
     refs = [k for k in calls if k not in beside]
+    lone = [r for r in refs if r not in beside.values()]
     pairs: dict[str, list[tuple[Timing, Timing]]] = {k: [] for k in beside}
+    alone: dict[str, list[Timing]] = {r: [] for r in lone}
     sessions = len(next(iter(calls.values())))
-    for i in range(sessions):
+    for i in range(sessions):  # session i of every pair, then session i+1: drift is shared
         for k, ref in beside.items():
             t = measure_interleaved({0: calls[ref][i], 1: calls[k][i]}, runs, warmup)
             pairs[k].append((t[0], t[1]))
-    out: dict[str, Timing] = {}
+        for r in lone:  # nothing beside it: alone (not beside its own other sessions)
+            alone[r].append(measure_interleaved({0: calls[r][i]}, runs, warmup)[0])
+    out = {r: Timing.of_sessions(each) for r, each in alone.items()}
     for ref in refs:
         own = [r for k, each in pairs.items() if beside[k] == ref for r, _ in each]
-        if not own:  # nothing beside it: each session alone, one after another
-            alone = [measure_interleaved({0: fn}, runs, warmup)[0] for fn in calls[ref]]
-            out[ref] = Timing.of_sessions(alone)
-            continue
-        mid = statistics.median(r.median_ms for r in own)
-        out[ref] = Timing(mid, *(statistics.median(x) for x in _spread(own)), len(own) * runs)
+        if own:
+            mid = statistics.median(r.median_ms for r in own)
+            out[ref] = Timing(mid, *(statistics.median(x) for x in _spread(own)), len(own) * runs)
     for k, each in pairs.items():
         mid = out[beside[k]].median_ms
         out[k] = Timing.of_sessions([_scaled(t, mid / r.median_ms) for r, t in each])

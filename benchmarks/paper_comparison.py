@@ -1,0 +1,195 @@
+"""The paper's comparison at equal speed (issue #32): BVLC GoogLeNet selected for SqueezeNet
+1.1's latency.
+
+The committed Fashion-MNIST teacher (BVLC GoogLeNet) and SqueezeNet 1.1, at their trained
+size (64x64, 1 channel) or only timed at a larger one (``--sizes 224``: the same weights, the
+same architectures). SqueezeNet 1.1 is timed beside the teacher in ONNX Runtime (1 thread,
+pairs, 3 sessions); its latency is the budget of a selection over every option the selector
+has (learned merges, depth chains, Tucker-2 at the EVBMF rank and at 1/2 and 1/4 of the
+channels), priced by their output error on validation images, as `deeprebirth slim
+--latency-budget-of` does. If the budget is out of reach, the plan with every group's fastest
+option is built instead. Then the chosen (or fastest) plan is measured beside the teacher with
+SqueezeNet 1.1 and, at the trained size, the committed slimmed + Tucker-2 student and the int8
+files of it and of SqueezeNet 1.1 (like with like: float with float, int8 with int8). Nothing is
+tuned and the test split is not read. Writes benchmarks/results/paper_comparison.{json,md}
+with the command, commit, date and machine (a run replaces the row of its size).
+
+    .venv/bin/python benchmarks/paper_comparison.py [--sizes 64]
+
+Measure on a quiet machine: nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from itertools import islice
+from pathlib import Path
+
+from provenance import provenance, record_row
+
+from deeprebirth.artifacts import open_model
+from deeprebirth.data import get_dataset, get_loader
+from deeprebirth.export import OnnxModel
+from deeprebirth.files import atomic_write_text
+from deeprebirth.graph import example_input
+from deeprebirth.planning import make_plan
+from deeprebirth.planning.blocks import SESSIONS
+from deeprebirth.planning.select import BudgetError, error_images, select_plan, tucker_plans
+from deeprebirth.profiling.bench import latencies
+from deeprebirth.profiling.stats import count_macs
+from deeprebirth.recipe import ModelConfig
+from deeprebirth.transforms import apply_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results/paper_comparison"
+WEIGHTS = ROOT / "benchmarks/weights/fashion_mnist_64"
+TRAINED_SIZE = 64
+#: The selection's margin under the budget, as a recipe's ``select.margin`` has it.
+MARGIN = 0.03
+
+
+def load(name: str, checkpoint: str | None, size: int):
+    spec = ModelConfig(
+        name if checkpoint else str(WEIGHTS / name),
+        checkpoint=str(WEIGHTS / checkpoint) if checkpoint else None,
+        num_classes=10,
+        in_chans=1,
+        input_size=size,
+    )
+    return open_model(spec).model.eval()
+
+
+def run_one(size: int, runs: int) -> dict:
+    teacher = load("bvlc_googlenet", "teacher.safetensors", size)
+    squeezenet = load("squeezenet1_1", "squeezenet1_1.safetensors", size)
+    example = example_input(1, 1, size)
+    print(f"--- {size}x{size}: SqueezeNet 1.1 beside the teacher in ONNX Runtime", flush=True)
+    t = latencies(
+        {"teacher": (teacher, example), "squeezenet": (squeezenet, example)},
+        runtimes=["ort"],
+        runs=runs,
+        sessions=SESSIONS,
+        beside="teacher",
+    )["ort"]
+    budget_ms = t["squeezenet"].median_ms
+    print(f"budget: {budget_ms:.3f} ms (the teacher {t['teacher'].median_ms:.3f} ms)", flush=True)
+    plan = make_plan(teacher, example, name="bvlc_googlenet", drop_activations=True)
+    ds = get_dataset("fashion-mnist", "val", input_size=size, in_chans=1)
+    batches = [x for x, _ in islice(get_loader(ds, 16), error_images(size, 16) // 16)]
+    t0 = time.time()
+    try:
+        selection = select_plan(
+            teacher,
+            example,
+            plan,
+            budget_ms,
+            tucker_plans=tucker_plans(teacher, example, name="bvlc_googlenet"),
+            batches=batches,
+            runtime="ort",
+            runs=runs,
+            margin=MARGIN,
+            use_cache=False,
+            log=print,
+        )
+        chosen, predicted_ms, reached = selection.plan, selection.predicted_ms, True
+        options = len(selection.options)
+    except BudgetError as missed:
+        print(f"out of reach: {missed}", flush=True)
+        chosen, predicted_ms, reached = missed.fastest, missed.fastest_ms, False
+        options = None
+    select_s = time.time() - t0
+    built, _ = apply_plan(teacher, chosen, example)
+    models = {"teacher": teacher, "squeezenet": squeezenet, "googlenet": built}
+    if size == TRAINED_SIZE:  # the committed student and int8 files run at their size only
+        models |= {
+            "slimmed_tucker": load("slimmed_tucker", None, size),
+            "slimmed_tucker_int8": OnnxModel(WEIGHTS / "slimmed_tucker_int8.onnx"),
+            "squeezenet_int8": OnnxModel(WEIGHTS / "squeezenet1_1_int8.onnx"),
+        }
+    print(f"measuring {', '.join(models)} beside the teacher", flush=True)
+    t = latencies(
+        {k: (m, example) for k, m in models.items()},
+        runtimes=["ort"],
+        runs=runs,
+        sessions=SESSIONS,
+        beside="teacher",
+    )["ort"]
+    enabled = [e for e in chosen.entries if e.enabled]
+    return {
+        "size": size,
+        "budget_ms": budget_ms,
+        "reached": reached,
+        "options": options,
+        "predicted_ms": predicted_ms,
+        "ms": {k: v.median_ms for k, v in t.items()},
+        "macs": {
+            k: count_macs(m, example) for k, m in models.items() if not isinstance(m, OnnxModel)
+        },
+        "entries": len(enabled),
+        "tucker_entries": sum(e.kind == "tucker" for e in enabled),
+        "select_seconds": round(select_s, 1),
+    }
+
+
+def write_md(data: dict) -> None:
+    lines = [
+        "# The paper's comparison at equal speed: BVLC GoogLeNet selected for SqueezeNet 1.1's "
+        "latency",
+        "",
+        "<!-- written by benchmarks/paper_comparison.py from paper_comparison.json: do not "
+        "edit -->",
+        "",
+        "The committed Fashion-MNIST teacher and SqueezeNet 1.1 (1 channel; trained at 64x64, "
+        "only timed at larger sizes). Budget: SqueezeNet 1.1's ONNX Runtime latency, timed "
+        "beside the teacher. Options: every learned merge, depth chain and Tucker-2 rank "
+        "(EVBMF, 1/2, 1/4), priced on validation images, no tuning. `GoogLeNet`: the "
+        "selected plan, or, where the budget is out of reach, the plan with every group's "
+        "fastest option, measured beside the teacher (1 thread, pairs, median of 3 sessions). "
+        "At the trained size also the committed slimmed + Tucker-2 student (EVBMF ranks, "
+        "tuned) and the int8 files.",
+        "",
+        "| input | budget (SqueezeNet 1.1) ms | reached | GoogLeNet predicted ms | GoogLeNet "
+        "measured ms | / SqueezeNet | teacher ms | slimmed + Tucker-2 ms | its int8 ms "
+        "| SqueezeNet int8 ms | GoogLeNet MMACs | SqueezeNet MMACs | selection s | run |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def ms(r: dict, k: str) -> str:
+        return f"{r['ms'][k]:.3f}" if k in r["ms"] else "—"
+
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['size']} | {r['budget_ms']:.3f} | {'yes' if r['reached'] else 'no'} "
+            f"| {r['predicted_ms']:.3f} | {ms(r, 'googlenet')} "
+            f"| {r['ms']['googlenet'] / r['budget_ms']:.2f}x | {ms(r, 'teacher')} "
+            f"| {ms(r, 'slimmed_tucker')} | {ms(r, 'slimmed_tucker_int8')} "
+            f"| {ms(r, 'squeezenet_int8')} | {r['macs']['googlenet'] / 1e6:.1f} "
+            f"| {r['macs']['squeezenet'] / 1e6:.1f} | {r['select_seconds']:.0f} "
+            f"| {r['date'][:10]}, {r['machine']['cpu']} |"
+        )
+    lines += [
+        "",
+        "`/ SqueezeNet`: GoogLeNet's measured latency over the budget (above 1: slower than "
+        "SqueezeNet 1.1 even so).",
+        "",
+        "Commands: " + ", ".join(sorted({f"`{r['command']}`" for r in data["rows"]})),
+        "",
+    ]
+    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default=str(TRAINED_SIZE), help="input sizes, comma-separated")
+    p.add_argument("--runs", type=int, default=15, help="timed runs per session")
+    args = p.parse_args()
+    run = provenance()  # of the code that runs: files edited meanwhile do not count
+    for size in map(int, args.sizes.split(",")):
+        row = run_one(size, args.runs) | run
+        data = record_row(RESULTS.with_suffix(".json"), row, ("size",))
+        write_md(data)
+
+
+if __name__ == "__main__":
+    main()
