@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -89,6 +90,19 @@ def test_measure_interleaved_returns_each():
     assert set(timings) == {"a", "b"} and all(t.runs == 5 for t in timings.values())
 
 
+def test_interleaved_runs_come_in_a_row_the_first_untimed():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "ab"}
+    timings = measure_interleaved(fns, runs=5, warmup=0, in_a_row=4)
+    assert all(t.runs == 5 for t in timings.values())
+    # rounds of 3 timed runs, then 2: each turn is one untimed run and the timed ones
+    turns = ["".join(g) for _, g in itertools.groupby(calls)]
+    assert sorted(map(len, turns)) == [3, 3, 4, 4] and len(calls) == 14
+    calls.clear()
+    measure_interleaved(fns, runs=5, warmup=0, in_a_row=1)
+    assert len(calls) == 10
+
+
 def test_several_sessions_report_the_median_of_their_medians():
     from deeprebirth.profiling.bench import latencies
     from deeprebirth.profiling.timing import Timing
@@ -112,7 +126,7 @@ def test_models_timed_beside_one_run_in_pairs_scaled_by_it(monkeypatch):
     ms = {("ref", "a"): 1.0, ("ref", "b"): 2.0, "a": 1.5, "b": 3.0}
     sizes = []
 
-    def measure_interleaved(fns, runs, warmup):
+    def measure_interleaved(fns, runs, warmup, in_a_row=1):
         sizes.append(len(fns))
         other = fns[1].__name__
         t = {0: ms["ref", other], 1: ms[other]}

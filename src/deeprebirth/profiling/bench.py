@@ -17,7 +17,7 @@ from ..machine import machine_info
 from .executorch_runtime import et_runners
 from .ort_runtime import ort_runner, ort_session
 from .stats import count_macs, count_params, peak_activation_bytes
-from .timing import Timing, measure_interleaved, pin_threads, restores_threads
+from .timing import IN_A_ROW, Timing, measure_interleaved, pin_threads, restores_threads
 
 
 @restores_threads
@@ -30,6 +30,7 @@ def latencies(
     warmup: int = 5,
     sessions: int = 1,
     beside: str | Mapping[str, str] | None = None,
+    in_a_row: int = IN_A_ROW,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
@@ -54,6 +55,9 @@ def latencies(
     is timed alone, each of its sessions in turn among the pairs' (interleaved with each other,
     its sessions would evict each other's weights: GoogLeNet at 64x64 in ONNX Runtime 4.36 ms
     so, 3.46 ms alone).
+
+    ``in_a_row``: each turn of a model is that many runs back to back, the first untimed
+    (:func:`~deeprebirth.profiling.timing.measure_interleaved`); 1: one run per turn.
     """
     if isinstance(beside, str):
         beside = {k: beside for k in models if k != beside}
@@ -78,13 +82,13 @@ def latencies(
             log(f"PyTorch eager: {runs} interleaved runs of {len(models)} models")
             fns = {k: [lambda m=m, x=x: m(x)] for k, (m, x) in models.items()}
             with torch.inference_mode():
-                out[runtime] = _measure_sessions(fns, runs, warmup, beside)
+                out[runtime] = _measure_sessions(fns, runs, warmup, beside, in_a_row)
         elif runtime == "executorch":
             set_threads(threads)
             log(f"ExecuTorch: lowering {len(models)} models to XNNPACK")
             calls = {k: et_runners(m, x, sessions) for k, (m, x) in models.items()}
             log(f"ExecuTorch: {runs} interleaved runs" + _of_sessions(sessions))
-            out[runtime] = _measure_sessions(calls, runs, warmup, beside)
+            out[runtime] = _measure_sessions(calls, runs, warmup, beside, in_a_row)
         else:
             log(f"ONNX Runtime: preparing {len(models)} models")
             calls = {}
@@ -94,7 +98,7 @@ def latencies(
                     ort_runner(ort_session(proto, threads), x.numpy()) for _ in range(sessions)
                 ]
             log(f"ONNX Runtime: {runs} interleaved runs" + _of_sessions(sessions))
-            out[runtime] = _measure_sessions(calls, runs, warmup, beside)
+            out[runtime] = _measure_sessions(calls, runs, warmup, beside, in_a_row)
     return out
 
 
@@ -107,6 +111,7 @@ def _measure_sessions(
     runs: int,
     warmup: int,
     beside: Mapping[str, str] | None = None,
+    in_a_row: int = IN_A_ROW,
 ) -> dict[str, Timing]:
     """Every session of every model interleaved; per model, the median of its sessions.
     With ``beside`` (model -> its reference): each session of each model interleaved with
@@ -114,7 +119,7 @@ def _measure_sessions(
     all its pairs / the reference's in the pair)."""
     if beside is None:
         flat = {(k, i): fn for k, each in calls.items() for i, fn in enumerate(each)}
-        t = measure_interleaved(flat, runs, warmup)
+        t = measure_interleaved(flat, runs, warmup, in_a_row)
         return {
             k: Timing.of_sessions([t[k, i] for i in range(len(each))]) for k, each in calls.items()
         }
@@ -125,10 +130,10 @@ def _measure_sessions(
     sessions = len(next(iter(calls.values())))
     for i in range(sessions):  # session i of every pair, then session i+1: drift is shared
         for k, ref in beside.items():
-            t = measure_interleaved({0: calls[ref][i], 1: calls[k][i]}, runs, warmup)
+            t = measure_interleaved({0: calls[ref][i], 1: calls[k][i]}, runs, warmup, in_a_row)
             pairs[k].append((t[0], t[1]))
         for r in lone:  # nothing beside it: alone (not beside its own other sessions)
-            alone[r].append(measure_interleaved({0: calls[r][i]}, runs, warmup)[0])
+            alone[r].append(measure_interleaved({0: calls[r][i]}, runs, warmup, in_a_row)[0])
     out = {r: Timing.of_sessions(each) for r, each in alone.items()}
     for ref in refs:
         own = [r for k, each in pairs.items() if beside[k] == ref for r, _ in each]

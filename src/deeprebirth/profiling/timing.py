@@ -77,15 +77,25 @@ def measure(fn: Callable[[], object], runs: int, warmup: int) -> Timing:
     return Timing.from_seconds(samples)
 
 
-def measure_interleaved(
-    fns: dict[Hashable, Callable[[], object]], runs: int, warmup: int
-) -> dict[Hashable, Timing]:
-    """Time several functions side by side: each round runs every one once, in an order
-    shuffled afresh each round (seeded, so reruns match).
+#: Runs of one function back to back in each turn of :func:`measure_interleaved`: the first
+#: untimed (the functions before it evicted its weights from the caches), the rest timed.
+IN_A_ROW = 4
 
-    Interleaving spreads machine noise evenly over the candidates, so their ratio is
-    meaningful even on a shared machine; shuffling keeps any one from always running
-    after the same neighbour, or first.
+
+def measure_interleaved(
+    fns: dict[Hashable, Callable[[], object]], runs: int, warmup: int, in_a_row: int = IN_A_ROW
+) -> dict[Hashable, Timing]:
+    """Time several functions side by side, ``runs`` timed runs each: each round runs every
+    one ``in_a_row`` times back to back, the first of them untimed, in an order shuffled
+    afresh each round (seeded, so reruns match).
+
+    Interleaving spreads machine noise and drift evenly over the candidates, so their ratio
+    is meaningful even on a shared machine; shuffling keeps any one from always running
+    after the same neighbour, or first. Runs in a row time each as it runs deployed, again
+    and again with its weights in the caches: run once per turn among others, a network
+    waits on memory for weights the others evicted (MobileNetV2 at 64x64 in ONNX Runtime
+    1.84x slower among 21 others: benchmarks/results/interleave_cache.md). ``in_a_row=1``:
+    one run per turn, all timed.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -93,11 +103,18 @@ def measure_interleaved(
     samples: dict[Hashable, list[float]] = {k: [] for k in fns}
     order = list(fns)
     rng = random.Random(0)
-    for _ in range(runs):
+    timed = max(1, in_a_row - 1)
+    done = 0
+    while done < runs:
         rng.shuffle(order)
+        n = min(timed, runs - done)
         for key in order:
             fn = fns[key]
-            t0 = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - t0)
+            if in_a_row > 1:
+                fn()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                samples[key].append(time.perf_counter() - t0)
+        done += n
     return {k: Timing.from_seconds(v) for k, v in samples.items()}
