@@ -12,10 +12,10 @@ form interleaved with the base's block it replaces (in pairs: among hundreds of 
 block's weights would be evicted from the caches between its runs, which they are not when
 it runs deployed; benchmarks/results/interleave_cache.md); its latency is cached by its
 structure (layers, their shapes, its input shape), the runtime, threads, CPU and library
-versions. A
-plan's predicted latency is the sum of its blocks plus a constant: the whole base network
-less the sum of its blocks, measured side by side (what lies between blocks: a runtime's
-per-call overhead, fusions across a cut). Savings of options that touch different blocks
+versions. A plan's predicted latency is the sum of its blocks plus a constant: the whole
+base network less the sum of its blocks (what lies between blocks: a runtime's per-call
+overhead, fusions across a cut; and, measured so far, what a whole network loses to the
+caches that its blocks alone do not: docs/results.md, "Blocks in pairs"). Savings of options that touch different blocks
 add up exactly in this model; options in the same block are timed together when a plan
 combines them (:meth:`BlockLatency.predict`).
 """
@@ -38,6 +38,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..files import write_json
 from ..machine import machine_info
 from ..profiling.bench import latencies
+from ..profiling.timing import IN_A_ROW
 
 #: Node kinds that compute (placeholders, weights and the output do not).
 COMPUTE = ("call_module", "call_function", "call_method")
@@ -179,7 +180,7 @@ class BlockLatency:
             "threads": threads,
             "runs": runs,
             "sessions": SESSIONS,
-            "timed": "beside the base's block",
+            "timed": f"beside the base's block, {IN_A_ROW} runs per turn",
             **{k: machine[k] for k in ("cpu", "isa", "torch", "onnxruntime", "executorch")},
         }
         self.cache = _cache_file(self.cache_key) if use_cache else None
@@ -219,9 +220,10 @@ class BlockLatency:
         todo = {b.key: b for b in self.base}
         for gm in others:
             forms = split(gm, example, self.cuts)
+            places = self._references(forms)
             for b in forms:
                 if b.key not in todo:
-                    todo[b.key], refs[b.key] = b, self._references(forms)[b.key]
+                    todo[b.key], refs[b.key] = b, places[b.key]
         # The base's blocks are always timed (references for the forms, and for the
         # constant); forms the cache holds are scaled by how the base's blocks moved since.
         fresh = {b.key: b for b in self.base} | {

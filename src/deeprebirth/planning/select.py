@@ -59,6 +59,7 @@ from ..files import write_json
 from ..machine import machine_info
 from ..plan import Plan, PlanConfig, PlanEntry
 from ..profiling.bench import latencies
+from ..profiling.timing import IN_A_ROW
 from ..transforms import MERGES, apply_plan
 from .blocks import BlockLatency
 from .discover import make_plan
@@ -509,7 +510,7 @@ def measure_options(
         "onnxruntime": machine["onnxruntime"],
         "options": sorted(o.key for o in options),
         "passes": SESSIONS,
-        "timed": "beside the base",  # tables timed all at once (cold caches) are not reused
+        "timed": f"beside the base, {IN_A_ROW} runs per turn",  # not tables timed otherwise
     }
     cache = _cache_file(key)
     table = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
