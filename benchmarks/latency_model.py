@@ -3,10 +3,12 @@
 For each network and input size: every option the latency-budget selection offers (learned
 merges, depth chains, Tucker-2 ranks; random weights, 1 channel, 10 classes as in the
 Fashion-MNIST runs), its blocks timed alone, each beside the base's block it replaces
-(``deeprebirth.planning.blocks``, cache off); then 10 random option sets (each group on with
-probability 1/2, one of its options at random), each predicted from its blocks and measured
-whole, interleaved with the base network alone (1 thread, batch 1, medians of 5 sessions),
-scaled to the base as the selection does. Records the relative error of each prediction, the median and the worst,
+(``deeprebirth.planning.blocks``, cache off), and the line from blocks to whole network
+fitted on the plans the selection fits it on (every group's fastest option and 3 random
+sets); then 10 other random option sets (each group on with probability 1/2, one of its
+options at random), each predicted from its blocks and measured whole, interleaved with the
+base network alone (1 thread, batch 1, medians of 5 sessions), scaled to the base as the
+selection does. Records the relative error of each prediction, the median and the worst,
 and the seconds the block table took. Writes benchmarks/results/latency_model.{json,md}
 with the command, commit, date and machine (the file gathers runs: a run replaces the rows
 of its networks, sizes and runtimes).
@@ -34,7 +36,14 @@ from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import BlockLatency
-from deeprebirth.planning.select import build_options, group_options, tucker_plans, with_entries
+from deeprebirth.planning.select import (
+    build_options,
+    calibration_sets,
+    group_options,
+    random_option_sets,
+    tucker_plans,
+    with_entries,
+)
 from deeprebirth.profiling.bench import latencies
 from deeprebirth.transforms import apply_plan
 
@@ -42,13 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/latency_model"
 
 
-def random_sets(groups: dict, n: int, rng: random.Random) -> list[list]:
-    sets = []
-    while len(sets) < n:
-        picked = [rng.choice(opts) for opts in groups.values() if rng.random() < 0.5]
-        if picked:
-            sets.append(picked)
-    return sets
+def net_of(model, plan, picked, example):
+    return apply_plan(model, with_entries(plan, [e for o in picked for e in o.entries]), example)[0]
 
 
 def run_one(name: str, size: int, runtime: str, args) -> dict:
@@ -62,16 +66,23 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
     built = [apply_plan(model, with_entries(plan, o.entries), example)[0] for o in options]
     blocks = BlockLatency(runtime=runtime, runs=args.runs, use_cache=False, log=print)
     blocks.fit(base, built, example, {"original": model})  # as the selection fits it
+    for o, gm in zip(options, built, strict=True):
+        o.saving_ms = blocks.base_ms - blocks.predict(gm, example)[0]
+    fitted_on = calibration_sets(options)
+    line = blocks.calibrate([net_of(model, plan, s, example) for s in fitted_on], example)
     table_s = time.time() - t0
-    rng = random.Random(0)
-    sets = random_sets(group_options(options), args.sets, rng)
+    # the sets to check: drawn apart from those the line was fitted on
+    keys = {frozenset(o.key for o in s) for s in fitted_on}
+    sets = [
+        s
+        for s in random_option_sets(group_options(options), 2 * args.sets, random.Random(0))
+        if frozenset(o.key for o in s) not in keys
+    ][: args.sets]
     nets = {}
     predicted = {}
     for i, picked in enumerate(sets):
-        entries = [e for o in picked for e in o.entries]
-        gm, _ = apply_plan(model, with_entries(plan, entries), example)
-        nets[f"set{i}"] = (gm, example)
-        predicted[f"set{i}"] = blocks.predict(gm, example)[0]
+        nets[f"set{i}"] = (net_of(model, plan, picked, example), example)
+        predicted[f"set{i}"] = blocks.predict(nets[f"set{i}"][0], example)[0]
     print(f"{name} {size} {runtime}: measuring {len(sets)} option sets whole beside the base")
     # a copy of the base measured as the sets are: what the measurement itself errs by
     nets["copy"] = (copy.deepcopy(base), example)
@@ -103,7 +114,13 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
         "blocks": len(blocks.base),
         "block_forms": len(blocks.table),
         "base_ms": blocks.base_ms,
+        "base_blocks_ms": blocks.base_blocks_ms,
         "between_blocks_ms": blocks.constant_ms,
+        "slope": blocks.slope,
+        "fitted_on": [
+            {"options": [o.key for o in s], **r}
+            for s, r in zip([[]] + fitted_on, line, strict=True)
+        ],
         "timed": "pairs",
         "table_seconds": round(table_s, 1),
         "measure_sessions": args.measure_sessions,
@@ -118,6 +135,19 @@ def _percent(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:+.1f}%"
 
 
+def _blocks_share(r: dict) -> float:
+    """The base's blocks timed alone, summed, over the whole base network."""
+    if "base_blocks_ms" in r:
+        return r["base_blocks_ms"] / r["base_ms"]
+    return 1 - r["between_blocks_ms"] / r["base_ms"]  # rows from before the fitted line
+
+
+def _line(r: dict) -> str:
+    if "slope" not in r:
+        return "sum + constant"
+    return f"{r['between_blocks_ms']:+.2f} + {r['slope']:.2f} x sum"
+
+
 def write_md(data: dict) -> None:
     lines = [
         "# The block latency model: predicted against measured",
@@ -125,23 +155,27 @@ def write_md(data: dict) -> None:
         "<!-- written by benchmarks/latency_model.py from latency_model.json: do not edit -->",
         "",
         "Random weights, 1 channel, batch 1, 1 thread. Each row: 10 random option sets "
-        "(learned merges, depth chains, Tucker-2 ranks), predicted as the sum of their "
-        "blocks timed alone (each beside the base's block it replaces) plus the constant "
-        "between blocks, measured whole beside the base network. `timed`: in pairs (each form "
-        "beside its base block, each set beside the base), or, in earlier runs, all forms and "
-        "all sets interleaved at once (caches cold). `blocks / network`: the base's blocks "
-        "timed alone, summed, over the whole base network. `copy`: a copy of the base network "
-        "measured as the sets are (its error is the measurement's own). Target (issue #32): median within 5%, worst within 10%.",
+        "(learned merges, depth chains, Tucker-2 ranks), predicted from the sum of their "
+        "blocks timed alone (each beside the base's block it replaces), measured whole beside "
+        "the base network. `predicted as`: the sum plus the constant the base has between its "
+        "blocks (earlier runs), or a line in ms fitted on the base and 4 other plans timed "
+        "whole (every group's fastest option, 3 random sets; not among the 10 checked). "
+        "`timed`: in pairs (each form beside its base block, each set beside the base), or, "
+        "in earlier runs, all forms and all sets interleaved at once (caches cold). "
+        "`blocks / network`: the base's blocks timed alone, summed, over the whole base "
+        "network. `copy`: a copy of the base network measured as the sets are (its error is "
+        "the measurement's own). `table s`: the block table and the line, from an empty "
+        "cache. Target (issue #32): median within 5%, worst within 10%.",
         "",
-        "| network | input | runtime | timed | options | blocks | base ms | blocks / network "
-        "| median error | worst error | copy | table s | run |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| network | input | runtime | timed | predicted as | options | blocks | base ms "
+        "| blocks / network | median error | worst error | copy | table s | run |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         lines.append(
             f"| {r['model']} | {r['size']} | {r['runtime']} | {r.get('timed', 'all at once')} "
-            f"| {r['options']} | {r['blocks']} | {r['base_ms']:.3f} "
-            f"| {1 - r['between_blocks_ms'] / r['base_ms']:.2f}x "
+            f"| {_line(r)} | {r['options']} | {r['blocks']} | {r['base_ms']:.3f} "
+            f"| {_blocks_share(r):.2f}x "
             f"| {100 * r['median_abs_error']:.1f}% | {100 * r['worst_abs_error']:.1f}% "
             f"| {_percent(r.get('copy_error'))} "
             f"| {r['table_seconds']:.0f} | {r['date'][:10]}, {r['machine']['cpu']} |"

@@ -405,7 +405,8 @@ def test_blocks_that_take_far_longer_alone_than_the_network_are_not_trusted(monk
     import deeprebirth.planning.select as sel
 
     class Blocks:  # the blocks alone take 1.5x the whole base network
-        base_ms, constant_ms = 10.0, -5.0
+        base_ms, base_blocks_ms = 10.0, 15.0
+        constant_ms, slope = -5.0, 1.0
 
         def predict(self, gm, example):
             return 7.0, []
@@ -454,7 +455,7 @@ def test_a_cost_function_prices_each_option_once(monkeypatch):
     import deeprebirth.planning.select as sel
 
     class Blocks:  # blocks not trusted: the options are built twice (blocks, then networks)
-        base_ms, constant_ms = 10.0, -5.0
+        base_ms, base_blocks_ms = 10.0, 15.0
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     plan = make_plan(model, x, name="user_models:tiny_cnn")

@@ -12,12 +12,15 @@ form interleaved with the base's block it replaces (in pairs: among hundreds of 
 block's weights would be evicted from the caches between its runs, which they are not when
 it runs deployed; benchmarks/results/interleave_cache.md); its latency is cached by its
 structure (layers, their shapes, its input shape), the runtime, threads, CPU and library
-versions. A plan's predicted latency is the sum of its blocks plus a constant: the whole
-base network less the sum of its blocks (what lies between blocks: a runtime's per-call
-overhead, fusions across a cut; and, measured so far, what a whole network loses to the
-caches that its blocks alone do not: docs/results.md, "Blocks in pairs"). Savings of options that touch different blocks
-add up exactly in this model; options in the same block are timed together when a plan
-combines them (:meth:`BlockLatency.predict`).
+versions. A plan's predicted latency is a line through the sum of its blocks: the
+constant and the slope are fitted (least squares) on whole networks, the base and a few
+plans timed whole beside it (:meth:`BlockLatency.calibrate`). A constant alone (the
+whole base less its blocks: a runtime's per-call overhead, fusions across a cut) did not
+shrink with the plan where a whole network loses more to the caches than its blocks alone
+(GoogLeNet at 64x64 in ONNX Runtime: every prediction too slow, by up to 40%;
+docs/results.md, "Blocks in pairs"); the slope carries that share. Options that touch
+different blocks add up in this model; options in the same block are timed together when a
+plan combines them (:meth:`BlockLatency.predict`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ from ..profiling.timing import IN_A_ROW
 COMPUTE = ("call_module", "call_function", "call_method")
 #: Sessions each block and the base network run in (see ``select.SESSIONS``).
 SESSIONS = 3
+#: A fitted slope outside these bounds is not believed (too few or too alike networks to
+#: fit it): the prediction falls back to the blocks' sum plus the base's constant.
+SLOPES = (0.5, 2.0)
 
 
 def cut_nodes(gm: fx.GraphModule) -> list[str]:
@@ -160,8 +166,10 @@ class BlockLatency:
     """Block latencies of one network on one runtime; predicts a plan's latency.
 
     ``fit`` chooses the cuts and times the base network with its blocks and every option's
-    blocks; ``predict`` sums a network's blocks, timing the ones not seen yet (scaled by
-    the base blocks timed beside them, so that a later run's drift does not enter).
+    blocks; ``calibrate`` fits the line from a network's blocks to its whole latency on
+    whole networks; ``predict`` sums a network's blocks, timing the ones not seen yet
+    (scaled by the base blocks timed beside them, so that a later run's drift does not
+    enter), and reads the line: ``constant_ms + slope * sum``.
     """
 
     def __init__(
@@ -190,7 +198,10 @@ class BlockLatency:
         self.cuts: list[str] = []
         self.base: list[Block] = []
         self.constant_ms = 0.0
+        self.slope = 1.0
         self.base_ms = 0.0
+        self.base_blocks_ms = 0.0
+        self.base_net: fx.GraphModule | None = None
 
     def fit(
         self,
@@ -245,9 +256,10 @@ class BlockLatency:
         self.table |= {k: self.table[k] * drift for k in todo if k not in fresh}
         self.table |= {k: t[k].median_ms for k in fresh}
         self._save()
-        self.base_ms = t["<base>"].median_ms
-        self.constant_ms = self.base_ms - sum(self.table[b.key] for b in self.base)
-        self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_ms - self.constant_ms:.3f} ms")
+        self.base_net, self.base_ms = base, t["<base>"].median_ms
+        self.base_blocks_ms = sum(self.table[b.key] for b in self.base)
+        self.slope, self.constant_ms = 1.0, self.base_ms - self.base_blocks_ms
+        self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_blocks_ms:.3f} ms")
         return {k: t[k].median_ms for k in wholes if k != "<base>"}
 
     def _time(self, models: dict, beside: dict[str, str]) -> dict:
@@ -266,9 +278,9 @@ class BlockLatency:
         if self.cache is not None:
             write_json(self.cache, {"key": self.cache_key, "blocks": self.table})
 
-    def predict(self, gm: fx.GraphModule, example: torch.Tensor) -> tuple[float, list[dict]]:
-        """Predicted latency of ``gm`` (ms) and its blocks; blocks not timed yet are timed
-        beside the base's blocks and scaled to the table by them."""
+    def blocks_ms(self, gm: fx.GraphModule, example: torch.Tensor) -> list[dict]:
+        """``gm``'s blocks with their latencies (ms) as timed alone; blocks not timed yet
+        are timed beside the base's blocks and scaled to the table by them."""
         blocks = split(gm, example, self.cuts)
         new = {b.key: b for b in blocks if b.key not in self.table}
         if new:
@@ -282,8 +294,47 @@ class BlockLatency:
                 k: t[k].median_ms * self.table[r] / t[r].median_ms for k, r in refs.items()
             }
             self._save()
-        rows = [{"block": b.name, "ms": self.table[b.key]} for b in blocks]
-        return sum(r["ms"] for r in rows) + self.constant_ms, rows
+        return [{"block": b.name, "ms": self.table[b.key]} for b in blocks]
+
+    def predict(self, gm: fx.GraphModule, example: torch.Tensor) -> tuple[float, list[dict]]:
+        """Predicted latency of ``gm`` (ms) and its blocks (as timed alone)."""
+        rows = self.blocks_ms(gm, example)
+        return self.constant_ms + self.slope * sum(r["ms"] for r in rows), rows
+
+    def calibrate(self, networks: Sequence[fx.GraphModule], example: torch.Tensor) -> list[dict]:
+        """Fit the line from a network's blocks to its whole latency: ``networks`` (plans
+        of the base, as far apart as the options go) are timed whole beside the base in
+        :data:`SESSIONS` sessions, scaled to the base's latency from :meth:`fit`, and the
+        line fitted by least squares through them and the base. Returns each network's
+        blocks' sum, measured and predicted latency (ms), the base's first."""
+        if self.base_net is None:
+            raise RuntimeError("fit the block model before calibrating it")
+        sums = [self.base_blocks_ms]
+        sums += [sum(r["ms"] for r in self.blocks_ms(gm, example)) for gm in networks]
+        models = {"<base>": (self.base_net, example)}
+        models |= {f"<plan {i}>": (gm, example) for i, gm in enumerate(networks)}
+        self.log(f"timing {len(networks)} plans whole on {self.runtime}, beside the base")
+        t = self._time(models, {k: "<base>" for k in models if k != "<base>"})
+        measured = [self.base_ms]
+        measured += [
+            self.base_ms * t[k].median_ms / t["<base>"].median_ms for k in models if k != "<base>"
+        ]
+        slope, constant = 1.0, self.base_ms - self.base_blocks_ms
+        if len(set(sums)) > 1:
+            fitted = statistics.linear_regression(sums, measured)
+            if SLOPES[0] <= fitted.slope <= SLOPES[1]:
+                slope, constant = fitted.slope, fitted.intercept
+            else:
+                self.log(
+                    f"a slope of {fitted.slope:.2f} from blocks to whole networks is not "
+                    "believed: the blocks' sum plus the base's constant it is"
+                )
+        self.slope, self.constant_ms = slope, constant
+        self.log(f"whole network = {constant:+.3f} ms + {slope:.3f} x its blocks")
+        return [
+            {"blocks_ms": x, "measured_ms": y, "predicted_ms": constant + slope * x}
+            for x, y in zip(sums, measured, strict=True)
+        ]
 
     def _references(self, blocks: Sequence[Block]) -> dict[str, str]:
         """For each block of a network split at the cuts, the base's block it stands in for:

@@ -46,6 +46,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,9 @@ DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "ne
 #: 224; 1.57x in ExecuTorch at 64). ResNet-50 in ExecuTorch held at 1.54x: the rule errs on
 #: the safe side.
 MAX_BLOCKS_OVERHEAD = 1.3
+#: Plans timed whole to fit the block model's line (``BlockLatency.calibrate``): every
+#: group's fastest option, and this many random option sets besides.
+CALIBRATION_SETS = 3
 
 
 class BudgetError(DeepRebirthError):
@@ -538,6 +542,35 @@ def measure_options(
     return {"base": table["base"], "original": table["original"]}
 
 
+def fastest_options(groups: dict[str, list[Option]]) -> list[Option]:
+    """Every group's option that saves most, where it saves anything."""
+    picked = [max(g, key=lambda o: o.saving_ms) for g in groups.values()]
+    return [o for o in picked if o.saving_ms > 0]
+
+
+def random_option_sets(
+    groups: dict[str, list[Option]], n: int, rng: random.Random
+) -> list[list[Option]]:
+    """``n`` random option sets: each group on with probability 1/2, one of its options at
+    random (none empty)."""
+    sets: list[list[Option]] = []
+    while len(sets) < n:
+        picked = [rng.choice(opts) for opts in groups.values() if rng.random() < 0.5]
+        if picked:
+            sets.append(picked)
+    return sets
+
+
+def calibration_sets(options: Sequence[Option]) -> list[list[Option]]:
+    """The option sets a block model is calibrated on: every group's fastest option (the
+    far end from the base) and :data:`CALIBRATION_SETS` random sets (seeded: the same
+    options give the same sets)."""
+    groups = group_options(options)
+    fastest = fastest_options(groups)
+    sets = [fastest] if fastest else []
+    return sets + random_option_sets(groups, CALIBRATION_SETS, random.Random("calibration"))
+
+
 def measure_blocks(
     model: nn.Module,
     example: torch.Tensor,
@@ -558,8 +591,19 @@ def measure_blocks(
     base, built = _build_options(model, example, plan, options, batches, log, cost)
     blocks = BlockLatency(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
     wholes = blocks.fit(base, list(built.values()), example, {"original": model})
-    for o in options:
-        o.saving_ms = blocks.base_ms - blocks.predict(built[o.key], example)[0]
+
+    def savings() -> None:
+        for o in options:
+            o.saving_ms = blocks.base_ms - blocks.predict(built[o.key], example)[0]
+
+    savings()  # the blocks' own, to find each group's fastest option
+    if options:
+        plans = [
+            apply_plan(model, with_entries(plan, [e for o in s for e in o.entries]), example)[0]
+            for s in calibration_sets(options)
+        ]
+        blocks.calibrate(plans, example)
+        savings()
     return {"base": blocks.base_ms, "original": wholes["original"]}, blocks
 
 
@@ -617,7 +661,7 @@ def select_plan(
     blocks = None
     if latency_model == "blocks":
         table, blocks = measure_blocks(model, example, plan, options, batches, **timing)
-        overhead = (blocks.base_ms - blocks.constant_ms) / blocks.base_ms
+        overhead = blocks.base_blocks_ms / blocks.base_ms
         if asked is None and overhead > MAX_BLOCKS_OVERHEAD:
             log(
                 f"the blocks alone take {overhead:.2f}x the whole network on {runtime} (more "
@@ -654,11 +698,11 @@ def select_plan(
         target_ms, need = base_ms - best, best
         log(f"the margin is out of reach: aiming at every option together, {target_ms:.3f} ms")
     if need > best:
-        fastest = [max(g, key=lambda o: o.saving_ms) for g in groups.values()]
+        fastest = fastest_options(groups)
         raise BudgetError(
             f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges "
             f"give {base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms",
-            fastest=with_entries(plan, [e for o in fastest if o.saving_ms > 0 for e in o.entries]),
+            fastest=with_entries(plan, [e for o in fastest for e in o.entries]),
             fastest_ms=base_ms - best,
         )
     rounds, tried = [], []
@@ -671,8 +715,7 @@ def select_plan(
                 # they reach together: only everything might do.
                 need = best
         if need >= best:  # the fastest option of every group
-            picked = [max(g, key=lambda o: o.saving_ms) for g in groups.values()]
-            picked = [o for o in picked if o.saving_ms > 0]
+            picked = fastest_options(groups)
             cost = sum(o.cost for o in picked)
         predicted = sum(o.saving_ms for o in picked)
         measured = judge(picked)
@@ -698,7 +741,7 @@ def select_plan(
     if blocks is not None:  # what the blocks predict, block by block (the caller measures)
         chosen, _ = apply_plan(model, with_entries(plan, chosen_entries), example)
         extra["blocks_ms"], extra["blocks"] = blocks.predict(chosen, example)
-        extra["between_blocks_ms"] = blocks.constant_ms
+        extra["between_blocks_ms"], extra["blocks_slope"] = blocks.constant_ms, blocks.slope
     return Selection(
         plan=record_savings(with_entries(plan, chosen_entries), options),
         chosen=[o.key for o in picked],

@@ -155,8 +155,8 @@ def _selection_lines(sel: dict) -> list[str]:
     blocks = x.get("latency_model") == "blocks"
     how = (
         "Each option's latency is the sum of the network's blocks (between cuts every option "
-        "keeps) as the option leaves them, each block timed alone on the runtime, plus what "
-        "lies between blocks (the base network timed whole less its blocks)"
+        "keeps) as the option leaves them, each block timed alone on the runtime, read "
+        "through a line fitted on whole networks (the base and a few plans timed whole)"
         if blocks
         else "Each option was applied alone to the exact-only model and measured on the runtime"
     )
@@ -195,7 +195,13 @@ def _selection_lines(sel: dict) -> list[str]:
     if blocks:
         lines += ["", "| block of the selected plan | ms (timed alone) |", "|---|---:|"]
         lines += [f"| {b['block']} | {b['ms']:.3f} |" for b in x["blocks"]]
-        lines.append(f"| between blocks | {x['between_blocks_ms']:+.3f} |")
+        total = sum(b["ms"] for b in x["blocks"])
+        slope = x.get("blocks_slope", 1.0)  # selections before the line was fitted: 1
+        lines.append(f"| sum | {total:.3f} |")
+        lines.append(
+            f"| whole network: {x['between_blocks_ms']:+.3f} + {slope:.3f} x sum "
+            f"(fitted on plans timed whole) | {x['between_blocks_ms'] + slope * total:.3f} |"
+        )
     lines += [
         "",
         "| option | saves (ms) | error | chosen |",
