@@ -134,3 +134,49 @@ def test_a_block_reads_a_weight_that_lies_in_a_submodule():
     for b in parts:
         y = b.module(y)
     torch.testing.assert_close(y, gm(x))
+
+
+def test_the_line_from_blocks_to_whole_networks_is_fitted_on_plans_timed_whole(
+    monkeypatch, tmp_path
+):
+    """A whole network that runs 1.5x slower than its blocks alone (its weights fight for the
+    caches, say): a constant alone would predict every plan too slow; the fitted line not."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def whole_slower(factor):
+        def timed(models, **kwargs):
+            t = fake_latencies(models, **kwargs)
+            for k, v in t[kwargs["runtimes"][0]].items():
+                if k.startswith("<"):  # the base and the plans: whole networks
+                    ms = factor * (v.median_ms - 0.05) + 0.2
+                    t[kwargs["runtimes"][0]][k] = Timing(ms, ms, ms, 1)
+            return t
+
+        return timed
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    base = capture(tiny_resnet())
+    slim = tiny_resnet()
+    slim[3] = nn.Identity()
+    other = capture(slim)
+    monkeypatch.setattr(blocks_module, "latencies", whole_slower(1.5))
+    model = BlockLatency(runtime="ort", use_cache=False)
+    model.fit(base, [other], x)
+    whole_other = 1.5 * sum(p.numel() for p in slim.parameters()) / 1000 + 0.2
+    before, _ = model.predict(other, x)  # the base's constant: too slow
+    assert before > 1.05 * whole_other
+    rows = model.calibrate([other], x)
+    assert model.slope == pytest.approx(1.5)
+    assert model.predict(other, x)[0] == pytest.approx(whole_other)
+    assert [r["measured_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
+    # a slope no network should have (too few, too alike plans): the constant is kept
+    monkeypatch.setattr(blocks_module, "latencies", whole_slower(5.0))
+    logged = []
+    model = BlockLatency(runtime="ort", use_cache=False, log=logged.append)
+    model.fit(base, [other], x)
+    model.calibrate([other], x)
+    assert model.slope == 1.0 and model.predict(base, x)[0] == pytest.approx(model.base_ms)
+    assert any("not believed" in m for m in logged)
+    with pytest.raises(RuntimeError, match="fit"):
+        BlockLatency(runtime="ort", use_cache=False).calibrate([other], x)

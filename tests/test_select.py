@@ -14,6 +14,7 @@ from deeprebirth.planning.select import (
     BudgetError,
     Option,
     build_options,
+    calibration_sets,
     choose,
     error_images,
     reconstruction_error,
@@ -505,3 +506,16 @@ def test_a_tuned_cost_is_the_error_after_a_short_tuning():
     assert cost(option.entries) == pytest.approx(after)  # the same batches every time
     no_cost = recipe.replace(select=dataclasses.replace(recipe.select, cost_batches=0))
     assert pipeline.tuned_cost(no_cost, model, spec, plan, batches, pipeline.Hooks()) is None
+
+
+def test_the_block_line_is_fitted_on_the_fastest_plan_and_seeded_random_sets():
+    options = [
+        opt("a1", "a", 2.0, 1.0),
+        opt("a2", "a", 3.0, 2.0),
+        opt("b", "b", 1.0, 1.0),
+        opt("c", "c", -0.5, 1.0),  # saves nothing: not in the fastest plan
+    ]
+    sets = calibration_sets(options)
+    assert [o.key for o in sets[0]] == ["a2", "b"]
+    assert len(sets) == 4 and all(sets)
+    assert [[o.key for o in s] for s in sets] == [[o.key for o in s] for s in calibration_sets(options)]

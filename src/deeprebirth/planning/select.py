@@ -10,9 +10,9 @@
    always applied: they cost no accuracy.
 2. **Lookup table.** Each option is applied alone to the exact-only model (the base). By
    default in ONNX Runtime (``latency_model="blocks"``) the network is cut into blocks and each block is
-   timed alone, once per form the options give it; an option's latency is the sum of its
-   blocks plus what lies between them (``deeprebirth.planning.blocks``), so the savings of
-   options in different blocks add up. With ``"networks"`` each option's whole network is
+   timed alone, once per form the options give it; an option's latency is read from the
+   sum of its blocks through a line fitted on plans timed whole
+   (``deeprebirth.planning.blocks``), so the savings of options in different blocks add up. With ``"networks"`` each option's whole network is
    timed interleaved with the base alone (not among all the others, which evicts its
    weights from the caches), in :data:`SESSIONS` passes with new sessions each (a session,
    and a whole run, can be a few percent off: as much as a small option saves); the saving
