@@ -3,9 +3,9 @@
 For each network and input size: every option the latency-budget selection offers (learned
 merges, depth chains, Tucker-2 ranks; random weights, 1 channel, 10 classes as in the
 Fashion-MNIST runs), its blocks timed alone, each beside the base's block it replaces
-(``deeprebirth.planning.blocks``, cache off), and the line from blocks to whole network
-fitted on the plans the selection fits it on (every group's fastest option and 3 random
-sets); then 10 other random option sets (each group on with probability 1/2, one of its
+(``deeprebirth.planning.blocks``, cache off), and the constant and price per MB of weights
+fitted on the plans the selection fits them on (every group's fastest option and 3 random
+sets, timed whole); then 10 other random option sets (each group on with probability 1/2, one of its
 options at random), each predicted from its blocks and measured whole, interleaved with the
 base network alone (1 thread, batch 1, medians of 5 sessions), scaled to the base as the
 selection does. Records the relative error of each prediction, the median and the worst,
@@ -116,7 +116,7 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
         "base_ms": blocks.base_ms,
         "base_blocks_ms": blocks.base_blocks_ms,
         "between_blocks_ms": blocks.constant_ms,
-        "slope": blocks.slope,
+        "ms_per_mb": blocks.ms_per_mb,
         "fitted_on": [
             {"options": [o.key for o in s], **r}
             for s, r in zip([[]] + fitted_on, line, strict=True)
@@ -143,9 +143,11 @@ def _blocks_share(r: dict) -> float:
 
 
 def _line(r: dict) -> str:
-    if "slope" not in r:
-        return "sum + constant"
-    return f"{r['between_blocks_ms']:+.2f} + {r['slope']:.2f} x sum"
+    if "ms_per_mb" in r:
+        return f"sum {r['between_blocks_ms']:+.2f} + {r['ms_per_mb']:.3f}/MB"
+    if "slope" in r:
+        return f"{r['between_blocks_ms']:+.2f} + {r['slope']:.2f} x sum"
+    return "sum + constant"
 
 
 def write_md(data: dict) -> None:
@@ -158,8 +160,10 @@ def write_md(data: dict) -> None:
         "(learned merges, depth chains, Tucker-2 ranks), predicted from the sum of their "
         "blocks timed alone (each beside the base's block it replaces), measured whole beside "
         "the base network. `predicted as`: the sum plus the constant the base has between its "
-        "blocks (earlier runs), or a line in ms fitted on the base and 4 other plans timed "
-        "whole (every group's fastest option, 3 random sets; not among the 10 checked). "
+        "blocks (`sum + constant`, earlier runs); a line in ms fitted on the base and 4 other "
+        "plans timed whole (every group's fastest option, 3 random sets; not among the 10 "
+        "checked; one run); or the sum plus a constant and a price per MB of the network's "
+        "weights, both fitted on those plans (`sum +c + ms/MB`). "
         "`timed`: in pairs (each form beside its base block, each set beside the base), or, "
         "in earlier runs, all forms and all sets interleaved at once (caches cold). "
         "`blocks / network`: the base's blocks timed alone, summed, over the whole base "

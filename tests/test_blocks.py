@@ -136,14 +136,15 @@ def test_a_block_reads_a_weight_that_lies_in_a_submodule():
     torch.testing.assert_close(y, gm(x))
 
 
-def test_the_line_from_blocks_to_whole_networks_is_fitted_on_plans_timed_whole(
+def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
     monkeypatch, tmp_path
 ):
-    """A whole network that runs 1.5x slower than its blocks alone (its weights fight for the
-    caches, say): a constant alone would predict every plan too slow; the fitted line not."""
+    """A whole network whose weights cost more than in its blocks alone (evicted by the
+    other blocks', they come from farther away): a constant alone would predict a plan with
+    fewer weights too slow; the constant and price per MB fitted on whole networks not."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
-    def whole_slower(factor):
+    def whole_slower(factor):  # a whole network: factor x its weights' share, + 0.2 ms
         def timed(models, **kwargs):
             t = fake_latencies(models, **kwargs)
             for k, v in t[kwargs["runtimes"][0]].items():
@@ -167,16 +168,19 @@ def test_the_line_from_blocks_to_whole_networks_is_fitted_on_plans_timed_whole(
     before, _ = model.predict(other, x)  # the base's constant: too slow
     assert before > 1.05 * whole_other
     rows = model.calibrate([other], x)
-    assert model.slope == pytest.approx(1.5)
+    # 0.5 ms more per 1000 float weights: 125 ms per MB
+    assert model.ms_per_mb == pytest.approx(125.0)
     assert model.predict(other, x)[0] == pytest.approx(whole_other)
     assert [r["measured_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
-    # a slope no network should have (too few, too alike plans): the constant is kept
-    monkeypatch.setattr(blocks_module, "latencies", whole_slower(5.0))
+    assert [r["predicted_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
+    # weights that make a network faster are noise: priced at 0, the mean constant kept
+    monkeypatch.setattr(blocks_module, "latencies", whole_slower(0.5))
     logged = []
     model = BlockLatency(runtime="ort", use_cache=False, log=logged.append)
     model.fit(base, [other], x)
-    model.calibrate([other], x)
-    assert model.slope == 1.0 and model.predict(base, x)[0] == pytest.approx(model.base_ms)
-    assert any("not believed" in m for m in logged)
+    rows = model.calibrate([other], x)
+    assert model.ms_per_mb == 0.0 and any("taken as 0" in m for m in logged)
+    misses = [r["predicted_ms"] - r["measured_ms"] for r in rows]
+    assert sum(misses) == pytest.approx(0.0, abs=1e-9) and misses[0] != 0
     with pytest.raises(RuntimeError, match="fit"):
         BlockLatency(runtime="ort", use_cache=False).calibrate([other], x)

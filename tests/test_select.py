@@ -378,7 +378,8 @@ def test_a_selection_by_blocks_predicts_the_plan_and_reports_its_blocks(
     # weights add up: what the blocks predict is what the whole selected network "measures"
     assert x["blocks_ms"] == pytest.approx(x["measured_ms"], abs=0.05)
     assert x["measured_ms"] <= 0.8 * x["original_ms"]
-    assert sum(b["ms"] for b in x["blocks"]) + x["between_blocks_ms"] == pytest.approx(
+    weights = x["ms_per_weight_mb"] * x["weights_mb"]
+    assert sum(b["ms"] for b in x["blocks"]) + x["between_blocks_ms"] + weights == pytest.approx(
         x["blocks_ms"]
     )
     report = (tmp_path / "s" / "report.md").read_text()
@@ -407,7 +408,7 @@ def test_blocks_that_take_far_longer_alone_than_the_network_are_not_trusted(monk
 
     class Blocks:  # the blocks alone take 1.5x the whole base network
         base_ms, base_blocks_ms = 10.0, 15.0
-        constant_ms, slope = -5.0, 1.0
+        constant_ms, ms_per_mb = -5.0, 0.0
 
         def predict(self, gm, example):
             return 7.0, []
@@ -518,4 +519,6 @@ def test_the_block_line_is_fitted_on_the_fastest_plan_and_seeded_random_sets():
     sets = calibration_sets(options)
     assert [o.key for o in sets[0]] == ["a2", "b"]
     assert len(sets) == 4 and all(sets)
-    assert [[o.key for o in s] for s in sets] == [[o.key for o in s] for s in calibration_sets(options)]
+    assert [[o.key for o in s] for s in sets] == [
+        [o.key for o in s] for s in calibration_sets(options)
+    ]

@@ -12,21 +12,25 @@ form interleaved with the base's block it replaces (in pairs: among hundreds of 
 block's weights would be evicted from the caches between its runs, which they are not when
 it runs deployed; benchmarks/results/interleave_cache.md); its latency is cached by its
 structure (layers, their shapes, its input shape), the runtime, threads, CPU and library
-versions. A plan's predicted latency is a line through the sum of its blocks: the
-constant and the slope are fitted (least squares) on whole networks, the base and a few
-plans timed whole beside it (:meth:`BlockLatency.calibrate`). A constant alone (the
-whole base less its blocks: a runtime's per-call overhead, fusions across a cut) did not
-shrink with the plan where a whole network loses more to the caches than its blocks alone
-(GoogLeNet at 64x64 in ONNX Runtime: every prediction too slow, by up to 40%;
-docs/results.md, "Blocks in pairs"); the slope carries that share. Options that touch
-different blocks add up in this model; options in the same block are timed together when a
-plan combines them (:meth:`BlockLatency.predict`).
+versions. A plan's predicted latency is the sum of its blocks plus a constant plus a term
+in its weights: ``constant + sum + ms_per_mb * weight MB``. Timed alone in pairs, a small
+block's weights stay in the core's own cache between runs; in a whole network every
+block's weights are evicted by the others' and come from farther away. The constant (a
+runtime's per-call overhead, fusions across a cut) and the price per MB of weights are
+fitted by least squares on whole networks: the base and a few plans timed whole beside it
+(:meth:`BlockLatency.calibrate`). With a constant alone (the whole base less its blocks),
+GoogLeNet at 64x64 in ONNX Runtime was predicted too slow for every plan, by up to 40%:
+the constant held the base's 24 MB of weights fetched from farther away and did not shrink
+with a plan's weights (docs/results.md, "Blocks in pairs"). Options that touch different
+blocks add up in this model; options in the same block are timed together when a plan
+combines them (:meth:`BlockLatency.predict`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -47,9 +51,6 @@ from ..profiling.timing import IN_A_ROW
 COMPUTE = ("call_module", "call_function", "call_method")
 #: Sessions each block and the base network run in (see ``select.SESSIONS``).
 SESSIONS = 3
-#: A fitted slope outside these bounds is not believed (too few or too alike networks to
-#: fit it): the prediction falls back to the blocks' sum plus the base's constant.
-SLOPES = (0.5, 2.0)
 
 
 def cut_nodes(gm: fx.GraphModule) -> list[str]:
@@ -156,6 +157,12 @@ def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> lis
     return blocks
 
 
+def weights_mb(module: nn.Module) -> float:
+    """The weights a network reads each run (parameters and buffers), in MB (10^6 bytes)."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
 def _cache_file(key: dict) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deeprebirth"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -169,7 +176,7 @@ class BlockLatency:
     blocks; ``calibrate`` fits the line from a network's blocks to its whole latency on
     whole networks; ``predict`` sums a network's blocks, timing the ones not seen yet
     (scaled by the base blocks timed beside them, so that a later run's drift does not
-    enter), and reads the line: ``constant_ms + slope * sum``.
+    enter), plus ``constant_ms`` plus ``ms_per_mb`` times the network's weights (MB).
     """
 
     def __init__(
@@ -198,7 +205,7 @@ class BlockLatency:
         self.cuts: list[str] = []
         self.base: list[Block] = []
         self.constant_ms = 0.0
-        self.slope = 1.0
+        self.ms_per_mb = 0.0
         self.base_ms = 0.0
         self.base_blocks_ms = 0.0
         self.base_net: fx.GraphModule | None = None
@@ -258,7 +265,7 @@ class BlockLatency:
         self._save()
         self.base_net, self.base_ms = base, t["<base>"].median_ms
         self.base_blocks_ms = sum(self.table[b.key] for b in self.base)
-        self.slope, self.constant_ms = 1.0, self.base_ms - self.base_blocks_ms
+        self.ms_per_mb, self.constant_ms = 0.0, self.base_ms - self.base_blocks_ms
         self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_blocks_ms:.3f} ms")
         return {k: t[k].median_ms for k in wholes if k != "<base>"}
 
@@ -299,16 +306,19 @@ class BlockLatency:
     def predict(self, gm: fx.GraphModule, example: torch.Tensor) -> tuple[float, list[dict]]:
         """Predicted latency of ``gm`` (ms) and its blocks (as timed alone)."""
         rows = self.blocks_ms(gm, example)
-        return self.constant_ms + self.slope * sum(r["ms"] for r in rows), rows
+        total = sum(r["ms"] for r in rows)
+        return self.constant_ms + total + self.ms_per_mb * weights_mb(gm), rows
 
     def calibrate(self, networks: Sequence[fx.GraphModule], example: torch.Tensor) -> list[dict]:
-        """Fit the line from a network's blocks to its whole latency: ``networks`` (plans
-        of the base, as far apart as the options go) are timed whole beside the base in
-        :data:`SESSIONS` sessions, scaled to the base's latency from :meth:`fit`, and the
-        line fitted by least squares through them and the base. Returns each network's
-        blocks' sum, measured and predicted latency (ms), the base's first."""
+        """Fit the constant and the price of weights: ``networks`` (plans of the base, as
+        far apart as the options go) are timed whole beside the base in :data:`SESSIONS`
+        sessions, scaled to the base's latency from :meth:`fit`; what each whole network
+        takes beyond its blocks is fitted as ``constant + ms_per_mb * weight MB`` by least
+        squares through them and the base. Returns each network's weights (MB), blocks'
+        sum, measured and predicted latency (ms), the base's first."""
         if self.base_net is None:
             raise RuntimeError("fit the block model before calibrating it")
+        mbs = [weights_mb(gm) for gm in (self.base_net, *networks)]
         sums = [self.base_blocks_ms]
         sums += [sum(r["ms"] for r in self.blocks_ms(gm, example)) for gm in networks]
         models = {"<base>": (self.base_net, example)}
@@ -319,21 +329,27 @@ class BlockLatency:
         measured += [
             self.base_ms * t[k].median_ms / t["<base>"].median_ms for k in models if k != "<base>"
         ]
-        slope, constant = 1.0, self.base_ms - self.base_blocks_ms
-        if len(set(sums)) > 1:
-            fitted = statistics.linear_regression(sums, measured)
-            if SLOPES[0] <= fitted.slope <= SLOPES[1]:
-                slope, constant = fitted.slope, fitted.intercept
-            else:
-                self.log(
-                    f"a slope of {fitted.slope:.2f} from blocks to whole networks is not "
-                    "believed: the blocks' sum plus the base's constant it is"
-                )
-        self.slope, self.constant_ms = slope, constant
-        self.log(f"whole network = {constant:+.3f} ms + {slope:.3f} x its blocks")
+        beyond = [y - x for x, y in zip(sums, measured, strict=True)]
+        per_mb, constant = 0.0, self.base_ms - self.base_blocks_ms
+        if len(set(mbs)) > 1:
+            fitted = statistics.linear_regression(mbs, beyond)
+            if fitted.slope >= 0:
+                per_mb, constant = fitted.slope, fitted.intercept
+            else:  # weights cannot make a network faster: noise; the mean beyond the blocks
+                self.log(f"weights priced at {fitted.slope:.3f} ms per MB: taken as 0")
+                constant = statistics.fmean(beyond)
+        self.ms_per_mb, self.constant_ms = per_mb, constant
+        self.log(
+            f"whole network = its blocks {constant:+.3f} ms + {per_mb:.4f} ms per MB of weights"
+        )
         return [
-            {"blocks_ms": x, "measured_ms": y, "predicted_ms": constant + slope * x}
-            for x, y in zip(sums, measured, strict=True)
+            {
+                "weights_mb": w,
+                "blocks_ms": x,
+                "measured_ms": y,
+                "predicted_ms": constant + x + per_mb * w,
+            }
+            for w, x, y in zip(mbs, sums, measured, strict=True)
         ]
 
     def _references(self, blocks: Sequence[Block]) -> dict[str, str]:

@@ -62,7 +62,7 @@ from ..plan import Plan, PlanConfig, PlanEntry
 from ..profiling.bench import latencies
 from ..profiling.timing import IN_A_ROW
 from ..transforms import MERGES, apply_plan
-from .blocks import BlockLatency
+from .blocks import BlockLatency, weights_mb
 from .discover import make_plan
 
 #: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
@@ -741,7 +741,8 @@ def select_plan(
     if blocks is not None:  # what the blocks predict, block by block (the caller measures)
         chosen, _ = apply_plan(model, with_entries(plan, chosen_entries), example)
         extra["blocks_ms"], extra["blocks"] = blocks.predict(chosen, example)
-        extra["between_blocks_ms"], extra["blocks_slope"] = blocks.constant_ms, blocks.slope
+        extra["between_blocks_ms"], extra["ms_per_weight_mb"] = blocks.constant_ms, blocks.ms_per_mb
+        extra["weights_mb"] = weights_mb(chosen)
     return Selection(
         plan=record_savings(with_entries(plan, chosen_entries), options),
         chosen=[o.key for o in picked],

@@ -155,8 +155,9 @@ def _selection_lines(sel: dict) -> list[str]:
     blocks = x.get("latency_model") == "blocks"
     how = (
         "Each option's latency is the sum of the network's blocks (between cuts every option "
-        "keeps) as the option leaves them, each block timed alone on the runtime, read "
-        "through a line fitted on whole networks (the base and a few plans timed whole)"
+        "keeps) as the option leaves them, each block timed alone on the runtime, plus a "
+        "constant and a price per MB of its weights, both fitted on whole networks (the base "
+        "and a few plans timed whole)"
         if blocks
         else "Each option was applied alone to the exact-only model and measured on the runtime"
     )
@@ -196,12 +197,10 @@ def _selection_lines(sel: dict) -> list[str]:
         lines += ["", "| block of the selected plan | ms (timed alone) |", "|---|---:|"]
         lines += [f"| {b['block']} | {b['ms']:.3f} |" for b in x["blocks"]]
         total = sum(b["ms"] for b in x["blocks"])
-        slope = x.get("blocks_slope", 1.0)  # selections before the line was fitted: 1
+        per_mb, mb = x.get("ms_per_weight_mb", 0.0), x.get("weights_mb", 0.0)  # 0: older runs
         lines.append(f"| sum | {total:.3f} |")
-        lines.append(
-            f"| whole network: {x['between_blocks_ms']:+.3f} + {slope:.3f} x sum "
-            f"(fitted on plans timed whole) | {x['between_blocks_ms'] + slope * total:.3f} |"
-        )
+        lines.append(f"| constant (fitted on plans timed whole) | {x['between_blocks_ms']:+.3f} |")
+        lines.append(f"| {mb:.2f} MB of weights at {per_mb:.4f} ms per MB | {per_mb * mb:+.3f} |")
     lines += [
         "",
         "| option | saves (ms) | error | chosen |",
