@@ -38,13 +38,12 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from provenance import provenance, record_row
+from provenance import provenance, record_row, write_page
 from scipy.stats import spearmanr
 
 from deeprebirth.artifacts import open_model
 from deeprebirth.data import get_dataset, get_loader
 from deeprebirth.evaluation import evaluate
-from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.select import build_options, reconstruction_error, with_entries
@@ -205,9 +204,7 @@ def write_md(data: dict) -> None:
             + f" | {o['tuned']:.4f} | {100 * o['tuned_top1']:.2f} |"
             for o in r["rows"]
         ]
-    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
-    lines += ["", "Commands: " + ", ".join(commands), ""]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

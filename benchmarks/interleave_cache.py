@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 
 import torch
-from provenance import provenance, record_row
+from provenance import provenance, record_row, write_page
 
-from deeprebirth.files import atomic_write_text, write_json
+from deeprebirth.files import write_json
 from deeprebirth.graph import example_input
 from deeprebirth.profiling.bench import latencies
 from deeprebirth.zoo import get_model
@@ -81,9 +81,7 @@ def write_md(data: dict) -> None:
             + f" | {ms[str(OTHERS[-1])] / ms['0']:.2f}x | {r['date'][:10]}, "
             f"{r['machine']['cpu']} |"
         )
-    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
-    lines += ["", "Commands: " + ", ".join(commands), ""]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import provenance, record_row
+from provenance import provenance, record_row, write_page
 
 from deeprebirth import get_model
-from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import BlockLatency
@@ -184,12 +183,7 @@ def write_md(data: dict) -> None:
             f"| {_percent(r.get('copy_error'))} "
             f"| {r['table_seconds']:.0f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
-    lines += [
-        "",
-        "Commands: " + ", ".join(sorted({f"`{r['command']}`" for r in data["rows"]})),
-        "",
-    ]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

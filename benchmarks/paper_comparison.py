@@ -26,12 +26,11 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from provenance import provenance, record_row
+from provenance import provenance, record_row, write_page
 
 from deeprebirth.artifacts import open_model
 from deeprebirth.data import get_dataset, get_loader
 from deeprebirth.export import OnnxModel
-from deeprebirth.files import atomic_write_text
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import SESSIONS
@@ -179,11 +178,8 @@ def write_md(data: dict) -> None:
         "with every group's fastest option is measured). `met`: measured within the budget. "
         "`/ SqueezeNet`: GoogLeNet's measured latency over the budget (above 1: slower than "
         "SqueezeNet 1.1 even so).",
-        "",
-        "Commands: " + ", ".join(sorted({f"`{r['command']}`" for r in data["rows"]})),
-        "",
     ]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

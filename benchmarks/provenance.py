@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deeprebirth.files import write_json
+from deeprebirth.files import atomic_write_text, write_json
 from deeprebirth.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +43,9 @@ def record_row(path: Path, row: dict, keys: tuple[str, ...]) -> dict:
     data["rows"] = [r for r in data["rows"] if tuple(r[k] for k in keys) != same] + [row]
     write_json(path, data)
     return data
+
+
+def write_page(path: Path, lines: list[str], rows: list[dict]) -> None:
+    """Write a results page: ``lines``, then the commands its ``rows`` were measured with."""
+    commands = sorted({f"`{r['command']}`" for r in rows})
+    atomic_write_text(path, "\n".join([*lines, "", "Commands: " + ", ".join(commands), ""]))

@@ -30,9 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import provenance, record_row
-
-from deeprebirth.files import atomic_write_text
+from provenance import provenance, record_row, write_page
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/select_cost"
@@ -129,9 +127,7 @@ def write_md(data: dict) -> None:
             f"| {r['latency_model']} | {r['rounds']} "
             f"| {r['minutes']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
-    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
-    lines += ["", "Commands: " + ", ".join(commands), ""]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

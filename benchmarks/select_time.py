@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import provenance, record_row
-
-from deeprebirth.files import atomic_write_text
+from provenance import provenance, record_row, write_page
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/select_time"
@@ -94,9 +92,7 @@ def write_md(data: dict) -> None:
             f"| {r['rounds']} | {r['seconds'] / 60:.1f} "
             f"| {r['peak_rss_gib']:.1f} | {r['date'][:10]}, {r['machine']['cpu']} |"
         )
-    commands = sorted({f"`{r['command']}`" for r in data["rows"]})
-    lines += ["", "Commands: " + ", ".join(commands), ""]
-    atomic_write_text(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_page(RESULTS.with_suffix(".md"), lines, data["rows"])
 
 
 def main() -> None:

@@ -173,6 +173,7 @@ def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
     assert model.predict(other, x)[0] == pytest.approx(whole_other)
     assert [r["measured_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
     assert [r["predicted_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
+    assert model.calibration == rows and model.calibration_miss == pytest.approx(0.0, abs=1e-9)
     # weights that make a network faster are noise: priced at 0, the mean constant kept
     monkeypatch.setattr(blocks_module, "latencies", whole_slower(0.5))
     logged = []
@@ -182,5 +183,8 @@ def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
     assert model.ms_per_mb == 0.0 and any("taken as 0" in m for m in logged)
     misses = [r["predicted_ms"] - r["measured_ms"] for r in rows]
     assert sum(misses) == pytest.approx(0.0, abs=1e-9) and misses[0] != 0
+    assert model.calibration_miss > 0
+    model.fit(base, [other], x)  # fitted again: calibrated on nothing yet
+    assert model.calibration == [] and model.calibration_miss == 0.0
     with pytest.raises(RuntimeError, match="fit"):
         BlockLatency(runtime="ort", use_cache=False).calibrate([other], x)

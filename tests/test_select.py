@@ -384,6 +384,7 @@ def test_a_selection_by_blocks_predicts_the_plan_and_reports_its_blocks(
     )
     report = (tmp_path / "s" / "report.md").read_text()
     assert "| block of the selected plan |" in report and "its blocks predicted" in report
+    assert len(x["calibration"]) == 5 and "| plan 4 |" in report
 
 
 def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
@@ -403,12 +404,12 @@ def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
     assert sel.DEFAULT_LATENCY_MODEL["ort"] == "blocks"
 
 
-def test_blocks_that_take_far_longer_alone_than_the_network_are_not_trusted(monkeypatch):
+def test_a_block_model_that_misses_the_plans_it_was_fitted_on_is_not_trusted(monkeypatch):
     import deeprebirth.planning.select as sel
 
-    class Blocks:  # the blocks alone take 1.5x the whole base network
-        base_ms, base_blocks_ms = 10.0, 15.0
-        constant_ms, ms_per_mb = -5.0, 0.0
+    class Blocks:  # one plan timed whole 15% off what the fitted model says
+        base_ms, calibration_miss = 10.0, 0.15
+        constant_ms, ms_per_mb, calibration = -5.0, 0.0, []
 
         def predict(self, gm, example):
             return 7.0, []
@@ -423,7 +424,7 @@ def test_blocks_that_take_far_longer_alone_than_the_network_are_not_trusted(monk
     plan, logged = make_plan(model, x), []
     s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", log=logged.append)
     assert s.extra["latency_model"] == "networks" and s.rounds[0]["measured_ms"] == 8.0
-    assert any("1.50x the whole network" in m for m in logged)
+    assert any("misses a plan timed whole on ort by 15%" in m for m in logged)
     # asked for by name, the blocks are used as they are
     s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", latency_model="blocks")
     assert s.extra["latency_model"] == "blocks" and s.extra["blocks_ms"] == 7.0
@@ -457,7 +458,7 @@ def test_a_cost_function_prices_each_option_once(monkeypatch):
     import deeprebirth.planning.select as sel
 
     class Blocks:  # blocks not trusted: the options are built twice (blocks, then networks)
-        base_ms, base_blocks_ms = 10.0, 15.0
+        base_ms, calibration_miss = 10.0, 0.15
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     plan = make_plan(model, x, name="user_models:tiny_cnn")

@@ -115,10 +115,10 @@ class SelectConfig:
     latency_model: str | None = option(
         None,
         "blocks: each block (between cuts every option keeps) timed alone once per form the "
-        "options give it, a plan's latency predicted as their sum; networks: each option "
-        "timed on the whole network, the choice measured (none: blocks in ort, unless the "
-        "blocks alone take over 1.3x the whole network, as MobileNetV2's do, where their sums "
-        "missed by up to 21-75%; networks in executorch and in torch)",
+        "options give it, a plan's latency predicted as their sum plus a constant and a price "
+        "per MB of weights fitted on plans timed whole; networks: each option timed on the "
+        "whole network, the choice measured (none: blocks in ort, unless the fit misses one "
+        "of the plans it was fitted on by more than 10%; networks in executorch and in torch)",
     )
 
     def selects(self) -> bool:

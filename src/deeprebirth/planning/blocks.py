@@ -206,6 +206,8 @@ class BlockLatency:
         self.base: list[Block] = []
         self.constant_ms = 0.0
         self.ms_per_mb = 0.0
+        #: each plan the model was calibrated on: its weights, blocks, measured, predicted
+        self.calibration: list[dict] = []
         self.base_ms = 0.0
         self.base_blocks_ms = 0.0
         self.base_net: fx.GraphModule | None = None
@@ -266,6 +268,7 @@ class BlockLatency:
         self.base_net, self.base_ms = base, t["<base>"].median_ms
         self.base_blocks_ms = sum(self.table[b.key] for b in self.base)
         self.ms_per_mb, self.constant_ms = 0.0, self.base_ms - self.base_blocks_ms
+        self.calibration = []
         self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_blocks_ms:.3f} ms")
         return {k: t[k].median_ms for k in wholes if k != "<base>"}
 
@@ -342,7 +345,7 @@ class BlockLatency:
         self.log(
             f"whole network = its blocks {constant:+.3f} ms + {per_mb:.4f} ms per MB of weights"
         )
-        return [
+        self.calibration = [
             {
                 "weights_mb": w,
                 "blocks_ms": x,
@@ -351,6 +354,15 @@ class BlockLatency:
             }
             for w, x, y in zip(mbs, sums, measured, strict=True)
         ]
+        return self.calibration
+
+    @property
+    def calibration_miss(self) -> float:
+        """The largest relative error of the model on the plans it was calibrated on (0 before
+        :meth:`calibrate`)."""
+        return max(
+            (abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in self.calibration), default=0.0
+        )
 
     def _references(self, blocks: Sequence[Block]) -> dict[str, str]:
         """For each block of a network split at the cuts, the base's block it stands in for:

@@ -201,6 +201,22 @@ def _selection_lines(sel: dict) -> list[str]:
         lines.append(f"| sum | {total:.3f} |")
         lines.append(f"| constant (fitted on plans timed whole) | {x['between_blocks_ms']:+.3f} |")
         lines.append(f"| {mb:.2f} MB of weights at {per_mb:.4f} ms per MB | {per_mb * mb:+.3f} |")
+        fitted = x.get("calibration", [])
+        if fitted:
+            lines += [
+                "",
+                "The constant and the price of weights were fitted on these networks, timed "
+                "whole beside the base (the base first; then every group's fastest option "
+                "and random option sets):",
+                "",
+                "| network | weights MB | blocks ms | measured ms | predicted ms |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {'base' if i == 0 else f'plan {i}'} | {r['weights_mb']:.2f} "
+                f"| {r['blocks_ms']:.3f} | {r['measured_ms']:.3f} | {r['predicted_ms']:.3f} |"
+                for i, r in enumerate(fitted)
+            ]
     lines += [
         "",
         "| option | saves (ms) | error | chosen |",
