@@ -80,10 +80,10 @@ SESSIONS = 3
 LATENCY_MODELS = ("blocks", "networks")
 #: Where a selection can time its options (batch 1).
 SELECT_RUNTIMES = ("ort", "executorch", "torch")
-#: The latency model a runtime gets unless one is asked for: blocks where their sums were
-#: checked against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
-#: ExecuTorch, block sums predicted 15-48% below the measured latency (MobileNetV2 at
-#: 64x64), so whole networks.
+#: The latency model a runtime gets unless one is asked for: blocks where they were checked
+#: against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
+#: ExecuTorch whole networks: MobileNetV2's plans at 64x64 missed the block model by up to
+#: 19% (GoogLeNet's and ResNet-50's came within 4.4%; the sizes of 224 not all measured).
 DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "networks"}
 #: Where the block model misses one of the plans it was fitted on (timed whole) by more than
 #: this share, a selection by the default model times whole networks instead. With the
