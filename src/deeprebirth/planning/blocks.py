@@ -173,8 +173,8 @@ class BlockLatency:
     """Block latencies of one network on one runtime; predicts a plan's latency.
 
     ``fit`` chooses the cuts and times the base network with its blocks and every option's
-    blocks; ``calibrate`` fits the line from a network's blocks to its whole latency on
-    whole networks; ``predict`` sums a network's blocks, timing the ones not seen yet
+    blocks; ``calibrate`` fits what a whole network takes beyond its blocks (a constant and
+    a price per MB of weights) on plans timed whole; ``predict`` sums a network's blocks, timing the ones not seen yet
     (scaled by the base blocks timed beside them, so that a later run's drift does not
     enter), plus ``constant_ms`` plus ``ms_per_mb`` times the network's weights (MB).
     """
