@@ -83,8 +83,8 @@ LATENCY_MODELS = ("blocks", "networks")
 SELECT_RUNTIMES = ("ort", "executorch", "torch")
 #: The latency model a runtime gets unless one is asked for: blocks where they were checked
 #: against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
-#: ExecuTorch whole networks: MobileNetV2's plans at 64x64 missed the block model by up to
-#: 19% (GoogLeNet's and ResNet-50's came within 4.4%; the sizes of 224 not all measured).
+#: ExecuTorch whole networks: MobileNetV2's plans missed the block model by up to 19% at
+#: 64x64 and 40% at 224 (GoogLeNet's at 64 and ResNet-50's came within 4.4%).
 DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "networks"}
 #: Where the block model misses one of the plans it was fitted on (timed whole) by more than
 #: this share, a selection by the default model times whole networks instead. Measured
