@@ -37,7 +37,7 @@ from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import BlockLatency, weights_mb
 from deeprebirth.planning.select import (
     build_options,
-    calibration_sets,
+    calibrate_blocks,
     group_options,
     random_option_sets,
     tucker_plans,
@@ -62,13 +62,12 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
     plan = make_plan(model, example, name=name, drop_activations=True)
     options = build_options(model, example, plan, tucker_plans(model, example, name=name))
     base, _ = apply_plan(model, with_entries(plan, []), example)
-    built = [apply_plan(model, with_entries(plan, o.entries), example)[0] for o in options]
+    built = {o.key: apply_plan(model, with_entries(plan, o.entries), example)[0] for o in options}
     blocks = BlockLatency(runtime=runtime, runs=args.runs, use_cache=False, log=print)
-    blocks.fit(base, built, example, {"original": model})  # as the selection fits it
-    for o, gm in zip(options, built, strict=True):
-        o.saving_ms = blocks.base_ms - blocks.predict(gm, example)[0]
-    fitted_on = calibration_sets(options)
-    line = blocks.calibrate([net_of(model, plan, s, example) for s in fitted_on], example)
+    # as the selection fits and calibrates it
+    blocks.fit(base, list(built.values()), example, {"original": model})
+    fitted_on = calibrate_blocks(blocks, model, example, plan, options, built)
+    line = blocks.calibration
     table_s = time.time() - t0
     # the sets to check: drawn apart from those the line was fitted on
     keys = {frozenset(o.key for o in s) for s in fitted_on}

@@ -593,20 +593,35 @@ def measure_blocks(
     base, built = _build_options(model, example, plan, options, batches, log, cost)
     blocks = BlockLatency(runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log)
     wholes = blocks.fit(base, list(built.values()), example, {"original": model})
+    calibrate_blocks(blocks, model, example, plan, options, built)
+    return {"base": blocks.base_ms, "original": wholes["original"]}, blocks
+
+
+def calibrate_blocks(
+    blocks: BlockLatency,
+    model: nn.Module,
+    example: torch.Tensor,
+    plan: Plan,
+    options: Sequence[Option],
+    built: dict[str, nn.Module],
+) -> list[list[Option]]:
+    """Calibrate a fitted block model on :func:`calibration_sets` and fill in each option's
+    saving from it (``built``: each option applied alone, by key); returns the sets."""
 
     def savings() -> None:
         for o in options:
             o.saving_ms = blocks.base_ms - blocks.predict(built[o.key], example)[0]
 
     savings()  # the blocks' own, to find each group's fastest option
-    if options:
+    sets = calibration_sets(options) if options else []
+    if sets:
         plans = [
             apply_plan(model, with_entries(plan, [e for o in s for e in o.entries]), example)[0]
-            for s in calibration_sets(options)
+            for s in sets
         ]
         blocks.calibrate(plans, example)
         savings()
-    return {"base": blocks.base_ms, "original": wholes["original"]}, blocks
+    return sets
 
 
 def select_plan(
