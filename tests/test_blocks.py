@@ -56,6 +56,40 @@ def test_blocks_run_one_after_another_are_the_network(name):
         torch.testing.assert_close(y, gm(x))
 
 
+class InPlace(nn.Module):
+    """Layers that work in place on what the layer before them made."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.act = nn.Conv2d(3, 4, 1), nn.ReLU6(inplace=True)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.act(self.conv1(x))
+        x = torch.nn.functional.relu(self.conv2(x), inplace=True)
+        x = self.conv3(x)
+        x += 1.0
+        return x.relu_()
+
+
+def test_a_block_does_not_write_into_its_input():
+    torch.manual_seed(0)
+    gm = capture(InPlace().eval())
+    x = torch.randn(1, 3, 8, 8)
+    parts = split(gm, x, cut_nodes(gm))
+    assert len(parts) == len(cut_nodes(gm)) >= 6  # a cut after every layer
+    y = x
+    with torch.no_grad():
+        for b in parts:
+            given = torch.randn_like(y) if b.start else y  # (the first reads the net's own)
+            kept = given.clone()
+            b.module(given)
+            torch.testing.assert_close(given, kept)  # the block's input is as it was
+            y = b.module(y)
+        torch.testing.assert_close(y, gm(x))
+    assert gm.get_submodule("act").inplace  # the network's own layer is untouched
+
+
 def test_a_blocks_key_is_its_structure_not_its_names_or_weights():
     torch.manual_seed(0)
     a, b = capture(tiny_resnet()), capture(tiny_resnet())
