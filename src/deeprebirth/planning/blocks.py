@@ -48,6 +48,7 @@ from ..files import write_json
 from ..machine import machine_info
 from ..profiling.bench import latencies
 from ..profiling.timing import IN_A_ROW
+from ..transforms.depth import activation_node
 
 #: Node kinds that compute (placeholders, weights and the output do not).
 COMPUTE = ("call_module", "call_function", "call_method")
@@ -56,12 +57,18 @@ SESSIONS = 3
 
 
 def cut_nodes(gm: fx.GraphModule) -> list[str]:
-    """Names of the nodes after which only their own output is live, in graph order."""
+    """Names of the nodes after which only their own output is live, in graph order; not
+    a layer whose one reader is an activation (runtimes fuse it into the layer: cut apart,
+    each block would run it on its own, a pass over the whole tensor the network never
+    makes)."""
     nodes = list(gm.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
+    modules = dict(gm.named_modules())
     cuts, reach = [], -1  # reach: the furthest node any earlier node's output feeds
     for i, n in enumerate(nodes):
-        if n.op in COMPUTE and reach <= i and n.users:
+        users = list(n.users)
+        fused = len(users) == 1 and activation_node(users[0], modules)
+        if n.op in COMPUTE and reach <= i and users and not fused:
             cuts.append(n.name)
         if n.op != "get_attr":
             reach = max([reach, *(pos[u] for u in n.users)])
@@ -204,6 +211,31 @@ def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> lis
     return blocks
 
 
+def _cut_keys(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, set[tuple]]:
+    """``gm``'s cuts (in graph order), each with the keys it is found by in another form
+    of the network: its own name and its first reader's, each with its tensor's shape. A
+    merge may give its node the name of a layer it replaced (a depth chain its first
+    conv's: in the base that node is the chain's wide expansion, in the option its narrow
+    output), or take away the node a cut was (a residual sum folded into the chain's conv):
+    the same name at another shape is not the same cut; the same reader at the same shape
+    is."""
+    ShapeProp(gm).propagate(example)
+    nodes = list(gm.graph.nodes)
+    pos, by_name = {n: i for i, n in enumerate(nodes)}, {n.name: n for n in nodes}
+    keys = {}
+    for c in cut_nodes(gm):
+        node = by_name[c]
+        shape = tuple(getattr(node.meta.get("tensor_meta"), "shape", ()))
+        reader = min(node.users, key=pos.__getitem__)
+        keys[c] = {("node", c, shape), ("reader", reader.name, shape)}
+    return keys
+
+
+def _find(keys: set[tuple], cuts: dict[str, set[tuple]]) -> str | None:
+    """The cut of ``cuts`` known by one of ``keys``."""
+    return next((c for c, k in cuts.items() if k & keys), None)
+
+
 def weights_mb(module: nn.Module) -> float:
     """The weights a network reads each run (parameters and buffers), in MB (10^6 bytes)."""
     tensors = itertools.chain(module.parameters(), module.buffers())
@@ -249,7 +281,9 @@ class BlockLatency:
         self.table: dict[str, float] = {}
         if self.cache is not None and self.cache.is_file():
             self.table = json.loads(self.cache.read_text())["blocks"]
+        #: the base's cuts the blocks end at, and the keys each cut is found by in a plan
         self.cuts: list[str] = []
+        self.cut_keys: dict[str, set[tuple]] = {}
         self.base: list[Block] = []
         self.constant_ms = 0.0
         self.ms_per_mb = 0.0
@@ -269,14 +303,14 @@ class BlockLatency:
         """Cuts that ``base`` and every one of ``others`` (the options applied alone) have,
         coarsened; every block form timed; the constant from ``base`` timed whole. Returns
         the latencies (ms) of ``wholes``, networks timed whole in the same run."""
-        cuts = set(cut_nodes(base))
-        for gm in others:
-            cuts &= set(cut_nodes(gm))
-        finest = split(base, example, [c for c in cut_nodes(base) if c in cuts])
+        self.cut_keys = _cut_keys(base, example)
+        found = [_cut_keys(gm, example) for gm in others]
+        shared = [c for c, k in self.cut_keys.items() if all(_find(k, f) for f in found)]
+        finest = split(base, example, shared)
         fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
         touched: list[set[int]] = [set() for _ in base_keys]
         for i, gm in enumerate(others):
-            for j, b in enumerate(split(gm, example, fine)):
+            for j, b in enumerate(self._split(gm, example, fine, found[i])[0]):
                 if j < len(base_keys) and b.key != base_keys[j]:
                     touched[j].add(i)
         # a cut is kept where the options touching the blocks on its two sides differ
@@ -285,9 +319,8 @@ class BlockLatency:
         # each form beside the base's block it replaces (the first it is found at)
         refs: dict[str, str] = {}
         todo = {b.key: b for b in self.base}
-        for gm in others:
-            forms = split(gm, example, self.cuts)
-            places = self._references(forms)
+        for gm, keys in zip(others, found, strict=True):
+            forms, places = self._split(gm, example, self.cuts, keys)
             for b in forms:
                 if b.key not in todo:
                     todo[b.key], refs[b.key] = b, places[b.key]
@@ -338,10 +371,10 @@ class BlockLatency:
     def blocks_ms(self, gm: fx.GraphModule, example: torch.Tensor) -> list[dict]:
         """``gm``'s blocks with their latencies (ms) as timed alone; blocks not timed yet
         are timed beside the base's blocks and scaled to the table by them."""
-        blocks = split(gm, example, self.cuts)
+        blocks, places = self._split(gm, example, self.cuts)
         new = {b.key: b for b in blocks if b.key not in self.table}
         if new:
-            refs = {k: r for k, r in self._references(blocks).items() if k in new}
+            refs = {k: r for k, r in places.items() if k in new}
             models = {k: (b.module, b.input) for k, b in new.items()}
             models |= {b.key: (b.module, b.input) for b in self.base if b.key in refs.values()}
             self.log(f"timing {len(new)} new blocks on {self.runtime}")
@@ -411,10 +444,28 @@ class BlockLatency:
             (abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in self.calibration), default=0.0
         )
 
-    def _references(self, blocks: Sequence[Block]) -> dict[str, str]:
-        """For each block of a network split at the cuts, the base's block it stands in for:
-        the one at its place (or ending at the same cut, should a cut have gone)."""
+    def split(self, gm: fx.GraphModule, example: torch.Tensor) -> list[Block]:
+        """``gm`` as blocks at the model's cuts (found in ``gm`` by name or by what reads
+        them, at the same shape)."""
+        return self._split(gm, example, self.cuts)[0]
+
+    def _split(
+        self,
+        gm: fx.GraphModule,
+        example: torch.Tensor,
+        cuts: Sequence[str],
+        keys: dict[str, set[tuple]] | None = None,
+    ) -> tuple[list[Block], dict[str, str]]:
+        """``gm`` as blocks at the base's ``cuts`` (``keys``: ``gm``'s cut keys, found if not
+        given), and for each block the base's block it stands in for: the one ending at the
+        same cut (the last where a cut has gone)."""
+        keys = _cut_keys(gm, example) if keys is None else keys
+        at = {_find(self.cut_keys[c], keys): c for c in cuts}
+        at.pop(None, None)
+        blocks = split(gm, example, list(at))
+        if not self.base:
+            return blocks, {}
         if len(blocks) == len(self.base):
-            return {b.key: r.key for b, r in zip(blocks, self.base, strict=True)}
+            return blocks, {b.key: r.key for b, r in zip(blocks, self.base, strict=True)}
         ends = {r.end: r.key for r in self.base}
-        return {b.key: ends.get(b.end, self.base[-1].key) for b in blocks}
+        return blocks, {b.key: ends.get(at.get(b.end, b.end), self.base[-1].key) for b in blocks}
