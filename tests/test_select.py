@@ -396,12 +396,12 @@ def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
     monkeypatch.setattr(sel, "measure_options", lambda *a, **k: {"base": 10.0, "original": 11.0})
     monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 8.0)
     plan = make_plan(model, x)
-    # ExecuTorch: whole networks (block sums did not add up there)
-    s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="executorch")
+    # PyTorch eager: whole networks (blocks were not checked there)
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="torch")
     assert s.extra["latency_model"] == "networks" and s.rounds[0]["measured_ms"] == 8.0
     with pytest.raises(ValueError, match="latency_model"):
         sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="guess")
-    assert sel.DEFAULT_LATENCY_MODEL["ort"] == "blocks"
+    assert sel.DEFAULT_LATENCY_MODEL["ort"] == sel.DEFAULT_LATENCY_MODEL["executorch"] == "blocks"
 
 
 def test_a_block_model_that_misses_the_plans_it_was_fitted_on_is_not_trusted(monkeypatch):

@@ -117,8 +117,8 @@ class SelectConfig:
         "blocks: each block (between cuts every option keeps) timed alone once per form the "
         "options give it, a plan's latency predicted as their sum plus a constant and a price "
         "per MB of weights fitted on plans timed whole; networks: each option timed on the "
-        "whole network, the choice measured (none: blocks in ort, unless the fit misses one "
-        "of the plans it was fitted on by more than 10%; networks in executorch and in torch)",
+        "whole network, the choice measured (none: blocks in ort and executorch, unless the fit "
+        "misses one of the plans it was fitted on by more than 10%; networks in torch)",
     )
 
     def selects(self) -> bool:

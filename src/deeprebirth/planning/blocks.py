@@ -1,11 +1,12 @@
 """Latency that adds up: a network timed in blocks, a plan's latency predicted as their sum.
 
 A *cut* is a node after which nothing but its own output is live: every later node reads
-only it (and weights). Between two cuts lies a *block* (an inception module, a residual
-block, a run of layers) that runs alone from a tensor of the cut's shape. The cuts used are
-those of the base network (its exact merges applied) that every option keeps, coarsened so
-that a block is split only where options touch its parts differently (a block no option
-touches is one block, however many layers it has).
+only it (and weights), and not a layer whose one reader is an activation. Between two cuts
+lies a *block* (an inception module, a residual block, a run of layers) that runs alone
+from a tensor of the cut's shape. The cuts used are those of the base network (its exact
+merges applied) that every option keeps (found by name or by their reader, at the same
+shape), coarsened so that a block is split only where options touch its parts differently
+(a block no option touches is one block, however many layers it has).
 
 Each block is timed alone in the target runtime, once per form the options give it, each
 form interleaved with the base's block it replaces (in pairs: among hundreds of others a
@@ -142,8 +143,8 @@ def _not_in_place(block: fx.GraphModule, x: fx.Node) -> None:
     A layer may work in place on what the layer before it made (a ReLU6 after a conv); first
     in a block, it would write into the block's input, which ``torch.export`` keeps as a
     copy back into the caller's tensor, a cost the network never pays (ExecuTorch: two
-    portable copies of the activation; MobileNetV2's base blocks at 224x224 summed to 1.8x
-    the network with them, 1.3x without). The network's own modules are left as they are."""
+    portable copies of the activation; docs/results.md, "Blocks that mean the same place").
+    The network's own modules are left as they are."""
     for n in list(x.users):
         if n.args[:1] != (x,):
             continue

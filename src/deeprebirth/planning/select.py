@@ -82,15 +82,16 @@ LATENCY_MODELS = ("blocks", "networks")
 #: Where a selection can time its options (batch 1).
 SELECT_RUNTIMES = ("ort", "executorch", "torch")
 #: The latency model a runtime gets unless one is asked for: blocks where they were checked
-#: against whole networks (ONNX Runtime: benchmarks/results/latency_model.md); in
-#: ExecuTorch whole networks: MobileNetV2's plans missed the block model by up to 19% at
-#: 64x64 and 40% at 224 (GoogLeNet's at 64 and ResNet-50's came within 4.4%).
-DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "networks", "torch": "networks"}
+#: against whole networks (benchmarks/results/latency_model.md: ONNX Runtime and ExecuTorch,
+#: GoogLeNet, MobileNetV2 and ResNet-50 at 64 and 224), guarded by
+#: :data:`MAX_CALIBRATION_MISS`; whole networks in PyTorch eager (blocks not checked there).
+DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "blocks", "torch": "networks"}
 #: Where the block model misses one of the plans it was fitted on (timed whole) by more than
 #: this share, a selection by the default model times whole networks instead. Measured
 #: (benchmarks/results/latency_model.md): in ORT the fitted plans were missed by 1.5-8.8%
-#: and the worst of 10 other sets by 1.1-11.1%; MobileNetV2 in ExecuTorch at 64 missed one
-#: fitted plan by 23% and other sets by up to 19%. It replaces a rule on the blocks' sum over
+#: and the worst of 10 other sets by 1.1-11.1%; MobileNetV2 in ExecuTorch at 64, before its
+#: blocks were cut at its inverted residuals' outputs, missed one fitted plan by 23% and
+#: other sets by up to 19% (the rule would have fallen back). It replaces a rule on the blocks' sum over
 #: the whole network (above 1.3x, from block forms timed all at once: in pairs every
 #: network's blocks came within 0.7-1.1x of it in ORT).
 MAX_CALIBRATION_MISS = 0.10
