@@ -91,9 +91,9 @@ DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "blocks", "torch": "netw
 #: (benchmarks/results/latency_model.md): in ORT the fitted plans were missed by 1.5-8.8%
 #: and the worst of 10 other sets by 1.1-11.1%; MobileNetV2 in ExecuTorch at 64, before its
 #: blocks were cut at its inverted residuals' outputs, missed one fitted plan by 23% and
-#: other sets by up to 19% (the rule would have fallen back). It replaces a rule on the blocks' sum over
-#: the whole network (above 1.3x, from block forms timed all at once: in pairs every
-#: network's blocks came within 0.7-1.1x of it in ORT).
+#: other sets by up to 19% (the rule would have fallen back). It replaces a rule on the
+#: blocks' sum over the whole network (above 1.3x, from block forms timed all at once: in
+#: pairs every network's blocks came within 0.7-1.1x of it in ORT).
 MAX_CALIBRATION_MISS = 0.10
 #: Plans timed whole to fit the block model's constant and price of weights
 #: (``BlockLatency.calibrate``): every
