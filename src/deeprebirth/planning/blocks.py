@@ -191,10 +191,14 @@ def _structure(block: fx.GraphModule, shape: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
 
 
-def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> list[Block]:
+def split(
+    gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str], *, propagated: bool = False
+) -> list[Block]:
     """``gm`` as blocks between the ``cuts`` it has (in graph order), the last ending at
-    its output."""
-    ShapeProp(gm).propagate(example)
+    its output. ``propagated``: ``gm``'s shapes were just propagated from ``example``
+    (by :func:`_cut_keys`), not to be run again."""
+    if not propagated:
+        ShapeProp(gm).propagate(example)
     nodes = {n.name: n for n in gm.graph.nodes}
     output = next(n for n in gm.graph.nodes if n.op == "output")
     last = output.args[0]
@@ -213,8 +217,9 @@ def split(gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str]) -> lis
 
 
 def _cut_keys(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, set[tuple]]:
-    """``gm``'s cuts (in graph order), each with the keys it is found by in another form
-    of the network: its own name and its first reader's, each with its tensor's shape. A
+    """``gm``'s cuts (in graph order; its shapes propagated from ``example``), each with the
+    keys it is found by in another form of the network: its own name and its first
+    reader's, each with its tensor's shape. A
     merge may give its node the name of a layer it replaced (a depth chain its first
     conv's: in the base that node is the chain's wide expansion, in the option its narrow
     output), or take away the node a cut was (a residual sum folded into the chain's conv):
@@ -307,7 +312,7 @@ class BlockLatency:
         self.cut_keys = _cut_keys(base, example)
         found = [_cut_keys(gm, example) for gm in others]
         shared = [c for c, k in self.cut_keys.items() if all(_find(k, f) for f in found)]
-        finest = split(base, example, shared)
+        finest = split(base, example, shared, propagated=True)
         fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
         touched: list[set[int]] = [set() for _ in base_keys]
         for i, gm in enumerate(others):
@@ -316,7 +321,7 @@ class BlockLatency:
                     touched[j].add(i)
         # a cut is kept where the options touching the blocks on its two sides differ
         self.cuts = [c for j, c in enumerate(fine) if touched[j] != touched[j + 1]]
-        self.base = split(base, example, self.cuts)
+        self.base = split(base, example, self.cuts, propagated=True)
         # each form beside the base's block it replaces (the first it is found at)
         refs: dict[str, str] = {}
         todo = {b.key: b for b in self.base}
@@ -457,13 +462,13 @@ class BlockLatency:
         cuts: Sequence[str],
         keys: dict[str, set[tuple]] | None = None,
     ) -> tuple[list[Block], dict[str, str]]:
-        """``gm`` as blocks at the base's ``cuts`` (``keys``: ``gm``'s cut keys, found if not
-        given), and for each block the base's block it stands in for: the one ending at the
+        """``gm`` as blocks at the base's ``cuts`` (``keys``: ``gm``'s :func:`_cut_keys` at
+        ``example``, which propagated its shapes; found if not given), and for each block the base's block it stands in for: the one ending at the
         same cut (the last where a cut has gone)."""
         keys = _cut_keys(gm, example) if keys is None else keys
         at = {_find(self.cut_keys[c], keys): c for c in cuts}
         at.pop(None, None)
-        blocks = split(gm, example, list(at))
+        blocks = split(gm, example, list(at), propagated=True)
         if not self.base:
             return blocks, {}
         if len(blocks) == len(self.base):
