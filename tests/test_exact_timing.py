@@ -87,6 +87,23 @@ def test_an_exact_merge_that_saves_time_is_kept_with_its_saving(fake_timing):
     assert plan_table(result.plan).caption is None
 
 
+def test_only_the_blocks_an_entry_changes_are_timed(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    timed = []
+
+    def latencies(models, **kw):
+        timed.append(dict(models))
+        return timed_by(0.05)(models, **kw)
+
+    monkeypatch.setattr(blocks_module, "latencies", latencies)
+    slim(net(), input_size=8, exact_only=True, runtime="ort")
+    (models,) = timed
+    # the Rep block merged and without the merge (the two Reps are alike: one block, timed
+    # once); not the stem, the head or the network whole
+    assert len(models) == 2
+    assert [tuple(x.shape) for _, x in models.values()] == [(1, 4, 8, 8)] * 2
+
+
 def test_without_a_runtime_nothing_is_timed(monkeypatch):
     monkeypatch.setattr(blocks_module, "latencies", None)  # would fail if called
     result = slim(net(), input_size=8, exact_only=True)

@@ -305,10 +305,16 @@ class BlockLatency:
         others: Sequence[fx.GraphModule],
         example: torch.Tensor,
         wholes: dict[str, nn.Module] | None = None,
+        *,
+        changed_only: bool = False,
     ) -> dict[str, float]:
         """Cuts that ``base`` and every one of ``others`` (the options applied alone) have,
         coarsened; every block form timed; the constant from ``base`` timed whole. Returns
-        the latencies (ms) of ``wholes``, networks timed whole in the same run."""
+        the latencies (ms) of ``wholes``, networks timed whole in the same run.
+
+        ``changed_only``: time only the blocks some option changes and the base's blocks
+        they replace, no network whole (to compare forms of a block, not to predict a
+        network: ``base_ms`` and the constant stay unset)."""
         self.cut_keys = _cut_keys(base, example)
         found = [_cut_keys(gm, example) for gm in others]
         shared = [c for c, k in self.cut_keys.items() if all(_find(k, f) for f in found)]
@@ -332,25 +338,30 @@ class BlockLatency:
                     todo[b.key], refs[b.key] = b, places[b.key]
         # The base's blocks are always timed (references for the forms, and for the
         # constant); forms the cache holds are scaled by how the base's blocks moved since.
-        fresh = {b.key: b for b in self.base} | {
-            k: b for k, b in todo.items() if k not in self.table
-        }
-        wholes = {"<base>": base, **(wholes or {})}
+        replaced = set(refs.values())
+        fresh = {b.key: b for b in self.base if not changed_only or b.key in replaced}
+        fresh |= {k: b for k, b in todo.items() if k not in self.table and k in refs}
+        if changed_only and wholes:
+            raise ValueError("changed_only times no network whole")
+        wholes = {} if changed_only else {"<base>": base, **(wholes or {})}
         models = {k: (m, example) for k, m in wholes.items()}
         models |= {k: (b.module, b.input) for k, b in fresh.items()}
         beside = {k: "<base>" for k in wholes if k != "<base>"}
         beside |= {k: refs[k] for k in fresh if k in refs}
+        networks = f"{len(wholes)} networks and " if wholes else ""
         self.log(
-            f"timing {len(wholes)} networks and {len(fresh)} block forms on {self.runtime}, "
-            f"each beside the base's ({len(self.base)} blocks in the base network, "
-            f"{len(todo) - len(fresh)} forms from the cache)"
+            f"timing {networks}{len(fresh)} block forms on {self.runtime}, each beside the "
+            f"base's ({len(self.base)} blocks in the base network, "
+            f"{sum(k in refs and k not in fresh for k in todo)} forms from the cache)"
         )
         t = self._time(models, beside)
         seen = [t[k].median_ms / self.table[k] for k in fresh if k in self.table]
         drift = statistics.median(seen) if seen else 1.0
-        self.table |= {k: self.table[k] * drift for k in todo if k not in fresh}
+        self.table |= {k: self.table[k] * drift for k in todo if k not in fresh and k in self.table}
         self.table |= {k: t[k].median_ms for k in fresh}
         self._save()
+        if changed_only:
+            return {}
         self.base_net, self.base_ms = base, t["<base>"].median_ms
         self.base_blocks_ms = sum(self.table[b.key] for b in self.base)
         self.ms_per_mb, self.constant_ms = 0.0, self.base_ms - self.base_blocks_ms

@@ -14,6 +14,7 @@ its note; ``plan.enable`` keeps it anyway.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
@@ -65,24 +66,26 @@ def _time(applied, without, example, runtime, log, use_cache: bool) -> dict[str,
         runtime=runtime, threads=THREADS, runs=RUNS, use_cache=use_cache, log=log
     )
     try:
-        latency.fit(applied, list(without.values()), example)
+        latency.fit(applied, list(without.values()), example, changed_only=True)
     except ValueError:  # no blocks (several outputs): whole networks, side by side
         models = {k: (m, example) for k, m in {"<applied>": applied, **without}.items()}
         t = latencies(models, runtimes=[runtime], threads=THREADS, runs=RUNS, sessions=SESSIONS)
         ms = {k: v.median_ms for k, v in t[runtime].items()}
         return {k: {"with_ms": ms["<applied>"], "without_ms": ms[k]} for k in without}
-    _, base_rows = latency.predict(applied, example)
+    applied_blocks = Counter(b.key for b in latency.split(applied, example))
     out = {}
     for entry_id, gm in without.items():
-        _, rows = latency.predict(gm, example)
-        changed = [
-            i for i, (a, b) in enumerate(zip(base_rows, rows, strict=True)) if a["ms"] != b["ms"]
-        ]
+        blocks = Counter(b.key for b in latency.split(gm, example))
+        # the blocks that differ (a block may occur more than once: multisets)
         out[entry_id] = {
-            "with_ms": sum(base_rows[i]["ms"] for i in changed),
-            "without_ms": sum(rows[i]["ms"] for i in changed),
+            "with_ms": _ms(latency, applied_blocks - blocks),
+            "without_ms": _ms(latency, blocks - applied_blocks),
         }
     return out
+
+
+def _ms(latency: BlockLatency, blocks: Counter) -> float:
+    return sum(latency.table[k] * n for k, n in blocks.items())
 
 
 def leave_off_slower(

@@ -11,7 +11,7 @@ from torch import fx, nn
 from ..graph.capture import capture
 from ..parity import PARITY_TOLERANCE, relative_error
 from ..plan.plan import Plan, PlanEntry, PlanError
-from .base import Merge, propagate_shapes
+from .base import Merge, finished_once, propagate_shapes
 from .branch import BlockPool, BranchPool
 from .depth import DropActivation, MergeConvs
 from .exact import AvgPoolConv, DropLayer, FoldBatchNorm, FuseParallel, SumParallel
@@ -139,6 +139,11 @@ def _apply(
     gm: fx.GraphModule, entries: list[PlanEntry], example: torch.Tensor, report: SlimReport
 ) -> list[PlanEntry]:
     """Apply ``entries`` in order; returns those applied (also listed in ``report``)."""
+    with finished_once(gm):
+        return _apply_each(gm, entries, example, report)
+
+
+def _apply_each(gm, entries, example, report) -> list[PlanEntry]:
     applied, stale = [], True
     for entry in entries:
         merge = MERGES[entry.kind]

@@ -113,12 +113,30 @@ def _factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor
         return _FACTORS[key]
     tl.set_backend("pytorch")
     (core, (u_out, u_in)), _ = partial_tucker(
-        weight.double(), rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=50
+        weight.double(), rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=50, svd=_gram_svd
     )
     _FACTORS[key] = factors = (core, u_out, u_in)
     while sum(t.nbytes for f in _FACTORS.values() for t in f) > FACTORS_KEPT_BYTES:
         _FACTORS.popitem(last=False)
     return factors
+
+
+def _gram_svd(matrix: torch.Tensor, n_eigenvecs: int | None = None, **kwargs):
+    """A truncated SVD (tensorly's ``svd`` interface: U, S, V) from the eigendecomposition
+    of the smaller Gram matrix. A channel mode's unfolding is short and wide (512 x 4608
+    for a 3x3 conv of 512 channels): its full SVD took 0.67 s in float64 on 2 cores, the
+    eigendecomposition of its 512 x 512 Gram matrix 0.07 s (tensorly's ``symeig_svd`` takes
+    the larger one). In float64 the leading singular vectors it gives are the SVD's; the
+    signs are made deterministic by tensorly (``flip_sign``)."""
+    wide = matrix.shape[0] <= matrix.shape[1]
+    m = matrix if wide else matrix.T
+    s2, u = torch.linalg.eigh(m @ m.T)  # ascending
+    s = s2.flip(0).clamp_min(0).sqrt()
+    u = u.flip(1)
+    k = min(n_eigenvecs or len(s), len(s))
+    u, s = u[:, :k], s[:k]
+    v = (u.T @ m) / s.clamp_min(torch.finfo(m.dtype).tiny)[:, None]
+    return (u, s, v) if wide else (v.T, s, u.T)
 
 
 def tucker2_layers(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
