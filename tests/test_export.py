@@ -25,6 +25,19 @@ def test_bvlc_googlenet_exports_native_lrn():
         np.testing.assert_allclose(_run(proto, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_the_registry_built_once_exports_as_torch_onnx_export_does(monkeypatch):
+    from deeprebirth.export import onnx as onnx_export
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LocalResponseNorm(5, 1e-4, 0.75)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    assert onnx_export._registry() is not None  # this torch has the exporter's own export
+    fast = to_onnx(model, x)
+    monkeypatch.setattr(onnx_export, "_registry", lambda: None)  # the public call
+    public = to_onnx(model, x)
+    assert fast.graph.SerializeToString() == public.graph.SerializeToString()
+    assert fast.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
 def test_plain_torch_lrn_is_exported_natively_too(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LocalResponseNorm(5, 1e-4, 0.75)).eval()
     x = torch.randn(1, 3, 12, 12)

@@ -77,6 +77,22 @@ def test_options_cover_learned_merges_and_tucker_ranks():
     } | {one.key}
 
 
+def test_a_tucker_option_is_built_on_the_base_as_the_whole_plan_builds_it():
+    from deeprebirth.planning.select import _build_options
+    from deeprebirth.transforms import apply_plan
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    plan = make_plan(model, x)
+    options = build_options(model, x, plan, [make_plan(model, x, tucker=True, rank_ratio=0.5)])
+    tuckers = [o for o in options if o.key.startswith("tucker:")]
+    assert tuckers
+    _, built = _build_options(model, x, plan, tuckers, [x], log=lambda msg: None)
+    for o in tuckers:
+        whole, _ = apply_plan(model, with_entries(plan, o.entries), x)
+        assert built[o.key].code == whole.code
+        torch.testing.assert_close(built[o.key](x), whole(x), rtol=0, atol=0)
+
+
 def test_the_table_is_measured_in_passes_scaled_to_one_base(monkeypatch, tmp_path):
     import types
 

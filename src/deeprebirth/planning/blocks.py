@@ -37,6 +37,7 @@ import json
 import operator
 import os
 import statistics
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +299,7 @@ class BlockLatency:
         self.base_ms = 0.0
         self.base_blocks_ms = 0.0
         self.base_net: fx.GraphModule | None = None
+        self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def fit(
         self,
@@ -315,8 +317,8 @@ class BlockLatency:
         ``changed_only``: time only the blocks some option changes and the base's blocks
         they replace, no network whole (to compare forms of a block, not to predict a
         network: ``base_ms`` and the constant stay unset)."""
-        self.cut_keys = _cut_keys(base, example)
-        found = [_cut_keys(gm, example) for gm in others]
+        self.cut_keys = self._cut_keys(base, example)
+        found = [self._cut_keys(gm, example) for gm in others]
         shared = [c for c, k in self.cut_keys.items() if all(_find(k, f) for f in found)]
         finest = split(base, example, shared, propagated=True)
         fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
@@ -461,6 +463,17 @@ class BlockLatency:
             (abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in self.calibration), default=0.0
         )
 
+    def _cut_keys(self, gm: fx.GraphModule, example: torch.Tensor) -> dict[str, set[tuple]]:
+        """:func:`_cut_keys`, once per network and input shape: a selection splits each
+        option's network several times (fitting, its saving, calibrating), and propagating
+        shapes through a ResNet-50 at 224x224 takes about as long as running it. The
+        networks are not changed once split."""
+        shape = tuple(example.shape)
+        known = self._keys.get(gm)
+        if known is None or known[0] != shape:
+            self._keys[gm] = known = (shape, _cut_keys(gm, example))
+        return known[1]
+
     def split(self, gm: fx.GraphModule, example: torch.Tensor) -> list[Block]:
         """``gm`` as blocks at the model's cuts (found in ``gm`` by name or by what reads
         them, at the same shape)."""
@@ -476,7 +489,7 @@ class BlockLatency:
         """``gm`` as blocks at the base's ``cuts`` (``keys``: ``gm``'s :func:`_cut_keys` at
         ``example``, which propagated its shapes; found if not given), and for each block the base's block it stands in for: the one ending at the
         same cut (the last where a cut has gone)."""
-        keys = _cut_keys(gm, example) if keys is None else keys
+        keys = self._cut_keys(gm, example) if keys is None else keys
         at = {_find(self.cut_keys[c], keys): c for c in cuts}
         at.pop(None, None)
         blocks = split(gm, example, list(at), propagated=True)

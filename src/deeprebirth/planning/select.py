@@ -63,6 +63,7 @@ from ..plan import Plan, PlanConfig, PlanEntry
 from ..profiling.bench import latencies
 from ..profiling.timing import IN_A_ROW
 from ..transforms import MERGES, apply_plan
+from ..transforms.runner import apply_entries
 from .blocks import BlockLatency, weights_mb
 from .discover import make_plan
 
@@ -471,7 +472,12 @@ def _build_options(
     built = {}
     for i, o in enumerate(options):
         log(f"option {i + 1}/{len(options)}: {o.key}")
-        built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
+        if all(e.kind == "tucker" for e in o.entries):
+            # Tucker entries come after every other (with_entries): the base with them
+            built[o.key] = copy.deepcopy(base)
+            apply_entries(built[o.key], [copy.copy(e) for e in o.entries], example)
+        else:
+            built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
         if cost is None:
             o.cost = reconstruction_error(built[o.key], reference, batches)
         else:
