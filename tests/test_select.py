@@ -460,6 +460,38 @@ def test_option_errors_use_the_reference_outputs_once_computed():
     assert reconstruction_error(other, outputs, batches) == pytest.approx(from_model)
 
 
+def test_an_option_runs_from_the_last_cut_it_shares_with_the_base():
+    from torch import nn
+
+    from deeprebirth.graph import capture
+    from deeprebirth.planning.from_cuts import BaseOutputs
+
+    class AddInPlace(nn.Module):  # writes into the cut's value it reads
+        def forward(self, x):
+            x += 1
+            return x
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), AddInPlace()]
+    layers += [nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1)]
+    base = capture(nn.Sequential(*layers).eval())
+    batches = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)]
+    shared = BaseOutputs(base, batches)
+    option = copy.deepcopy(base)
+    with torch.no_grad():
+        option.get_submodule("5").weight.mul_(2)  # the last conv changed
+    assert shared.start(option) == "_4"  # the last cut before it, not the start
+    for _ in range(2):  # the kept values are not written into
+        for got, x in zip(shared.outputs(option), batches, strict=True):
+            torch.testing.assert_close(got, option(x), rtol=0, atol=0)
+    # a network that differs from its first layer runs whole
+    first = copy.deepcopy(base)
+    with torch.no_grad():
+        first.get_submodule("0").bias.add_(1)
+    assert shared.start(first) is None
+    torch.testing.assert_close(shared.outputs(first)[0], first(batches[0]), rtol=0, atol=0)
+
+
 def test_errors_on_random_inputs_are_measured_on_different_images():
     recipe = Recipe(model=ModelConfig("bvlc_googlenet"))
     spec = ModelConfig("bvlc_googlenet", in_chans=1, input_size=64)

@@ -66,6 +66,7 @@ from ..transforms import MERGES, apply_plan
 from ..transforms.runner import apply_entries
 from .blocks import BlockLatency, weights_mb
 from .discover import make_plan
+from .from_cuts import BaseOutputs
 
 #: Rank ratios tried for each Tucker decomposition, besides the EVBMF rank.
 RANK_RATIOS = (0.25, 0.5)
@@ -417,11 +418,16 @@ def reconstruction_error(
     """``||model(x) - reference(x)||^2 / ||reference(x)||^2`` summed over ``batches``;
     ``reference`` is a model or its outputs on ``batches`` (computed once when many models
     are measured against it)."""
-    num = den = 0.0
-    for i, x in enumerate(batches):
-        ref = reference(x) if callable(reference) else reference[i]
-        num += (model(x) - ref).pow(2).sum().item()
-        den += ref.pow(2).sum().item()
+    outputs = [model(x) for x in batches]
+    if callable(reference):
+        reference = [reference(x) for x in batches]
+    return output_error(outputs, reference)
+
+
+def output_error(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """``||output - reference||^2 / ||reference||^2``, each summed over the batches."""
+    num = sum((y - r).pow(2).sum().item() for y, r in zip(outputs, reference, strict=True))
+    den = sum(r.pow(2).sum().item() for r in reference)
     return num / max(den, 1e-12)
 
 
@@ -469,6 +475,7 @@ def _build_options(
     base, _ = apply_plan(model, with_entries(plan, []), example)
     with torch.no_grad():
         reference = [model(x) for x in batches]
+    shared = BaseOutputs(base, batches) if cost is None else None
     built = {}
     for i, o in enumerate(options):
         log(f"option {i + 1}/{len(options)}: {o.key}")
@@ -479,7 +486,7 @@ def _build_options(
         else:
             built[o.key], _ = apply_plan(model, with_entries(plan, o.entries), example)
         if cost is None:
-            o.cost = reconstruction_error(built[o.key], reference, batches)
+            o.cost = output_error(shared.outputs(built[o.key]), reference)
         else:
             o.cost = cost(o.entries)
     return base, built
