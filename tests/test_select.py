@@ -290,6 +290,42 @@ def test_a_raised_need_the_grid_falls_short_of_tries_everything(monkeypatch):
     assert s.rounds[-1]["measured_ms"] <= 8.0
 
 
+def test_what_every_option_reaches_together_is_judged_by_its_blocks(monkeypatch):
+    import deeprebirth.planning.select as sel
+
+    model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
+    # alone each saves 1 ms of the base's 10; together, by their blocks, 4 ms
+    options = [Option("a", "a", ["a"], 1.0, 1.0), Option("b", "b", ["b"], 1.0, 2.0)]
+    together = {("a",): 9.0, ("b",): 9.0, ("a", "b"): 6.0}
+
+    class Blocks:  # a block model predicting by the entries a network was built with
+        calibration_miss = constant_ms = ms_per_mb = 0.0
+        calibration: list = []
+
+        def predict(self, gm, example):
+            return together[tuple(sorted(gm))], []
+
+    monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
+    table = {"base": 10.0, "original": 10.0}
+    monkeypatch.setattr(sel, "measure_blocks", lambda *a, **k: (table, Blocks()))
+    monkeypatch.setattr(sel, "with_entries", lambda plan, entries: list(entries))
+    monkeypatch.setattr(sel, "apply_plan", lambda model, plan, example: (plan, None))
+    monkeypatch.setattr(sel, "weights_mb", lambda m: 0.0)
+    monkeypatch.setattr(sel, "record_savings", lambda plan, options: plan)
+    plan = make_plan(model, x)
+    # 7 ms: beyond what the savings add up to (8 ms), in reach of both together (6 ms)
+    s = sel.select_plan(model, x, plan, budget_ms=7.0, latency_model="blocks")
+    assert sorted(s.chosen) == ["a", "b"] and s.extra["blocks_ms"] == 6.0
+    # 9 ms: the savings are asked for as much less as they understate, so one will do
+    s = sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="blocks")
+    assert s.chosen == ["a"] and len(s.rounds) == 1
+    # Where together they save less than the sum says, the blocks decide what is in reach.
+    together[("a", "b")] = 9.5
+    with pytest.raises(BudgetError, match="all options together about 9.500 ms") as e:
+        sel.select_plan(model, x, plan, budget_ms=8.5, latency_model="blocks")
+    assert e.value.fastest_ms == 9.5
+
+
 def test_a_margin_aims_under_the_budget(monkeypatch):
     import deeprebirth.planning.select as sel
 

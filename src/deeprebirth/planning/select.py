@@ -724,18 +724,26 @@ def select_plan(
     best = sum(
         max((o.saving_ms for o in g if o.saving_ms > 0), default=0.0) for g in groups.values()
     )
-    need = base_ms - target_ms
-    if need > best >= base_ms - budget_ms:  # the budget is in reach, its margin is not
-        target_ms, need = base_ms - best, best
+    fastest = fastest_options(groups)
+    # What every option together reaches: by its blocks where there are blocks (options in
+    # one block save more or less together than their savings alone add up to: ResNet-50 at
+    # 224, 44 ms by its blocks where the savings summed to 54-60 ms), else by the savings.
+    reach_ms = judge(fastest) if blocks is not None and fastest else base_ms - best
+    if target_ms < reach_ms <= budget_ms:  # the budget is in reach, its margin is not
+        target_ms = reach_ms
         log(f"the margin is out of reach: aiming at every option together, {target_ms:.3f} ms")
-    if need > best:
-        fastest = fastest_options(groups)
+    if reach_ms > budget_ms:
         raise BudgetError(
             f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges "
-            f"give {base_ms:.3f} ms and all options together about {base_ms - best:.3f} ms",
+            f"give {base_ms:.3f} ms and all options together about {reach_ms:.3f} ms",
             fastest=with_entries(plan, [e for o in fastest for e in o.entries]),
-            fastest_ms=base_ms - best,
+            fastest_ms=reach_ms,
         )
+    need = base_ms - target_ms
+    if base_ms - reach_ms > best > 0:
+        # together the options save more than their savings alone add up to: ask the
+        # savings for as much less (the rounds below ask for more if that falls short)
+        need *= best / (base_ms - reach_ms)
     rounds, tried = [], []
     for _ in range(max(1, correction_rounds)):
         if need < best:
