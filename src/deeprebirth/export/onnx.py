@@ -14,6 +14,11 @@ import onnx
 import torch
 from torch import nn
 
+try:  # the exporter's own export, to give it a registry built once (see _export)
+    from torch.onnx._internal.exporter import _core, _dynamic_shapes, _registration
+except ImportError:  # another torch: the public call
+    _core = _dynamic_shapes = _registration = None
+
 from ..errors import DeepRebirthError
 from ..zoo.layers import ONNX_TRANSLATIONS, LocalResponseNorm
 
@@ -24,9 +29,7 @@ OPSET = 18
 def _registry():
     """torchlib's ONNX functions and ours (:data:`ONNX_TRANSLATIONS`), built once per
     process; None where torch's exporter does not have this internal API."""
-    try:
-        from torch.onnx._internal.exporter import _core, _dynamic_shapes, _registration
-    except ImportError:
+    if _core is None:
         return None
     needed = (
         (_core, "export"),
@@ -59,8 +62,6 @@ def _export(model: nn.Module, args: tuple, *, dynamic_shapes, **kwargs):
             dynamic_shapes=dynamic_shapes,
             **kwargs,
         )
-    from torch.onnx._internal.exporter import _core, _dynamic_shapes
-
     # as torch.onnx.export does it: named dims exported as dynamic, then renamed
     shapes, rename = _dynamic_shapes.convert_str_to_export_dim(dynamic_shapes)
     program = _core.export(
