@@ -344,7 +344,7 @@ class BlockLatency:
         fresh = {b.key: b for b in self.base if not changed_only or b.key in replaced}
         fresh |= {k: b for k, b in todo.items() if k not in self.table and k in refs}
         if changed_only and wholes:
-            raise ValueError("changed_only times no network whole")
+            raise TypeError("changed_only times no network whole")
         wholes = {} if changed_only else {"<base>": base, **(wholes or {})}
         models = {k: (m, example) for k, m in wholes.items()}
         models |= {k: (b.module, b.input) for k, b in fresh.items()}
