@@ -103,6 +103,31 @@ def test_interleaved_runs_come_in_a_row_the_first_untimed():
     assert len(calls) == 10
 
 
+def test_no_turn_comes_straight_after_its_own():
+    # a turn after its own finds its weights in the caches: it would time fast
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "ab"}
+    measure_interleaved(fns, runs=30, warmup=0, in_a_row=4)
+    turns = ["".join(g) for _, g in itertools.groupby(calls)]
+    assert len(turns) == 20 and all(len(t) == 4 for t in turns)
+
+
+def test_the_reference_leads_every_other_session(monkeypatch):
+    import deeprebirth.profiling.bench as bench
+    from deeprebirth.profiling.timing import Timing
+
+    leaders = []
+
+    def measure_interleaved(fns, runs, warmup, in_a_row=1):
+        leaders.append(next(iter(fns)))
+        return {k: Timing(1.0, 1.0, 1.0, runs) for k in fns}
+
+    monkeypatch.setattr(bench, "measure_interleaved", measure_interleaved)
+    calls = {"ref": [lambda: None] * 4, "a": [lambda: None] * 4}
+    bench._measure_sessions(calls, runs=3, warmup=0, beside={"a": "ref"})
+    assert leaders == ["ref", "model", "ref", "model"]
+
+
 def test_several_sessions_report_the_median_of_their_medians():
     from deeprebirth.profiling.bench import latencies
     from deeprebirth.profiling.timing import Timing
@@ -128,8 +153,8 @@ def test_models_timed_beside_one_run_in_pairs_scaled_by_it(monkeypatch):
 
     def measure_interleaved(fns, runs, warmup, in_a_row=1):
         sizes.append(len(fns))
-        other = fns[1].__name__
-        t = {0: ms["ref", other], 1: ms[other]}
+        other = fns["model"].__name__
+        t = {"ref": ms["ref", other], "model": ms[other]}
         return {k: Timing(v, v, v, runs) for k, v in t.items()}
 
     def call(name):

@@ -130,8 +130,11 @@ def _measure_sessions(
     sessions = len(next(iter(calls.values())))
     for i in range(sessions):  # session i of every pair, then session i+1: drift is shared
         for k, ref in beside.items():
-            t = measure_interleaved({0: calls[ref][i], 1: calls[k][i]}, runs, warmup, in_a_row)
-            pairs[k].append((t[0], t[1]))
+            pair = [("ref", calls[ref][i]), ("model", calls[k][i])]
+            if i % 2:  # the reference leads every other session: the one that leads runs slow
+                pair.reverse()
+            t = measure_interleaved(dict(pair), runs, warmup, in_a_row)
+            pairs[k].append((t["ref"], t["model"]))
         for r in lone:  # nothing beside it: alone (not beside its own other sessions)
             alone[r].append(measure_interleaved({0: calls[r][i]}, runs, warmup, in_a_row)[0])
     out = {r: Timing.of_sessions(each) for r, each in alone.items()}

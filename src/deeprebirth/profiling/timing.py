@@ -87,15 +87,19 @@ def measure_interleaved(
 ) -> dict[Hashable, Timing]:
     """Time several functions side by side, ``runs`` timed runs each: each round runs every
     one ``in_a_row`` times back to back, the first of them untimed, in an order shuffled
-    afresh each round (seeded, so reruns match).
+    afresh each round (seeded, so reruns match), never one's turn straight after its own.
 
     Interleaving spreads machine noise and drift evenly over the candidates, so their ratio
     is meaningful even on a shared machine; shuffling keeps any one from always running
     after the same neighbour, or first. Runs in a row time each as it runs deployed, again
     and again with its weights in the caches: run once per turn among others, a network
     waits on memory for weights the others evicted (MobileNetV2 at 64x64 in ONNX Runtime
-    1.84x slower among 21 others: benchmarks/results/interleave_cache.md). ``in_a_row=1``:
-    one run per turn, all timed.
+    1.84x slower among 21 others: benchmarks/results/interleave_cache.md). A turn straight
+    after its own runs fast: with two functions, the seeded shuffles gave the second such
+    turns, and copies of one network measured 4-5% faster than the network beside them
+    (MobileNetV2 at 64x64 in ONNX Runtime; 1-2% with no turn after its own, where what is
+    left is the one that leads each round: ``latencies(beside=...)`` alternates it).
+    ``in_a_row=1``: one run per turn, all timed.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -105,8 +109,12 @@ def measure_interleaved(
     rng = random.Random(0)
     timed = max(1, in_a_row - 1)
     done = 0
+    last = None
     while done < runs:
         rng.shuffle(order)
+        if order[0] == last and len(order) > 1:  # no two turns back to back
+            order[0], order[-1] = order[-1], order[0]
+        last = order[-1]
         n = min(timed, runs - done)
         for key in order:
             fn = fns[key]
