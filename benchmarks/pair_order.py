@@ -46,8 +46,14 @@ COPIES = 8
 REPEATS = 3
 
 
+def _reference_first(fns: dict) -> dict:
+    return dict(sorted(fns.items(), key=lambda kv: kv[0] != "ref"))
+
+
 def seeded_shuffle(fns, runs, warmup, in_a_row=IN_A_ROW):
-    """``measure_interleaved`` as it was until 2026-12-07 (a turn may follow its own)."""
+    """Pairs timed as until 2026-12-07: the reference inserted first, a turn may follow
+    its own."""
+    fns = _reference_first(fns)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -70,9 +76,7 @@ def seeded_shuffle(fns, runs, warmup, in_a_row=IN_A_ROW):
 
 def reference_always_leads(fns, runs, warmup, in_a_row=IN_A_ROW):
     """No turn after its own, the reference (inserted first in the pair) leading each time."""
-    return measure_interleaved(
-        dict(sorted(fns.items(), key=lambda kv: kv[0] != "ref")), runs, warmup, in_a_row
-    )
+    return measure_interleaved(_reference_first(fns), runs, warmup, in_a_row)
 
 
 ORDERS = {
