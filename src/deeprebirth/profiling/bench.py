@@ -46,8 +46,8 @@ def latencies(
 
     ``beside``: a key of ``models``; each other model is timed interleaved with that one
     alone (in each session), not with all of them, and scaled by how that one moved in its
-    pair. Interleaving many models times each with its weights evicted from the caches by
-    the others (MobileNetV2 at 64x64 in ONNX Runtime: 0.63 ms alone, 1.18 ms among 21
+    pair, which leads every other session. Interleaving many models times each with its
+    weights evicted from the caches by the others (MobileNetV2 at 64x64 in ONNX Runtime: 0.63 ms alone, 1.18 ms among 21
     others: benchmarks/results/interleave_cache.md); in pairs each runs about as it
     would deployed, and drift still cancels in the ratio to its neighbour. A mapping gives
     each model its own reference (a block beside the block it replaces): models it does not
@@ -131,7 +131,7 @@ def _measure_sessions(
     for i in range(sessions):  # session i of every pair, then session i+1: drift is shared
         for k, ref in beside.items():
             pair = [("ref", calls[ref][i]), ("model", calls[k][i])]
-            if i % 2:  # the reference leads every other session: the one that leads runs slow
+            if i % 2:  # the reference leads every other session: neither always goes first
                 pair.reverse()
             t = measure_interleaved(dict(pair), runs, warmup, in_a_row)
             pairs[k].append((t["ref"], t["model"]))

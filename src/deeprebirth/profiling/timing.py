@@ -95,10 +95,10 @@ def measure_interleaved(
     and again with its weights in the caches: run once per turn among others, a network
     waits on memory for weights the others evicted (MobileNetV2 at 64x64 in ONNX Runtime
     1.84x slower among 21 others: benchmarks/results/interleave_cache.md). A turn straight
-    after its own runs fast: with two functions, the seeded shuffles gave the second such
-    turns, and copies of one network measured 4-5% faster than the network beside them
-    (MobileNetV2 at 64x64 in ONNX Runtime; 1-2% with no turn after its own, where what is
-    left is the one that leads each round: ``latencies(beside=...)`` alternates it).
+    after its own runs fast: with two functions the seeded shuffles gave such turns to the
+    second, and copies of MobileNetV2 timed beside it at 64x64 in ONNX Runtime came out
+    1-7% faster than it (2-4% with no turn after its own; ``latencies(beside=...)`` also
+    alternates which of a pair leads: benchmarks/results/pair_order.md).
     ``in_a_row=1``: one run per turn, all timed.
     """
     for _ in range(warmup):
