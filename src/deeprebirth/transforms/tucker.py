@@ -99,6 +99,10 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
 #: decomposition is most of the time applying it takes. Computed on the CPU.
 _FACTORS: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 FACTORS_KEPT_BYTES = 512 * 2**20
+#: HOOI iterations after the HOSVD start, at most. Each runs a full SVD per channel mode;
+#: past three the factors barely move (benchmarks/results/tucker_iterations.md: trained
+#: GoogLeNet converges in about five, random ResNet-50 in ten, 3x slower than three).
+HOOI_ITERATIONS = 3
 
 
 def _factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor, ...]:
@@ -114,7 +118,12 @@ def _factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor
         return _FACTORS[key]
     tl.set_backend("pytorch")
     (core, (u_out, u_in)), _ = partial_tucker(
-        weight.float(), rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=50, svd=_gram_svd
+        weight.float(),
+        rank=list(ranks),
+        modes=[0, 1],
+        init="svd",
+        n_iter_max=HOOI_ITERATIONS,
+        svd=_gram_svd,
     )
     _FACTORS[key] = factors = (core, u_out, u_in)
     while sum(t.nbytes for f in _FACTORS.values() for t in f) > FACTORS_KEPT_BYTES:
