@@ -100,8 +100,9 @@ def tucker_ranks(weight: torch.Tensor, rank_ratio: float | None = None) -> tuple
 _FACTORS: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 FACTORS_KEPT_BYTES = 512 * 2**20
 #: HOOI iterations after the HOSVD start, at most. Each runs a full SVD per channel mode;
-#: past three the factors barely move (benchmarks/results/tucker_iterations.md: trained
-#: GoogLeNet converges in about five, random ResNet-50 in ten, 3x slower than three).
+#: past three the factors barely move (benchmarks/results/tucker_iterations.md: the trained
+#: GoogLeNet's error 0.01% above its converged value; ResNet-50's random weights 0.3% above
+#: it, in 0.42 of the time).
 HOOI_ITERATIONS = 3
 
 
