@@ -47,9 +47,9 @@ def latencies(
     ``beside``: a key of ``models``; each other model is timed interleaved with that one
     alone (in each session), not with all of them, and scaled by how that one moved in its
     pair, which leads every other session. Interleaving many models times each with its
-    weights evicted from the caches by the others (MobileNetV2 at 64x64 in ONNX Runtime: 0.63 ms alone, 1.18 ms among 21
-    others: benchmarks/results/interleave_cache.md); in pairs each runs about as it
-    would deployed, and drift still cancels in the ratio to its neighbour. A mapping gives
+    weights evicted from the caches by the others (MobileNetV2 at 64x64 in ONNX Runtime:
+    0.63 ms alone, 1.18 ms among 21 others: benchmarks/results/interleave_cache.md); in
+    pairs each runs about as it would deployed, and drift still cancels in the ratio to its neighbour. A mapping gives
     each model its own reference (a block beside the block it replaces): models it does not
     name are references, each reported as the median over its pairs; one no model is beside
     is timed alone, each of its sessions in turn among the pairs' (interleaved with each other,
