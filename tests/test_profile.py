@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from deeprebirth.errors import DeepRebirthError
 from deeprebirth.graph import capture
 from deeprebirth.profiling import (
+    bench,
     count_macs,
     count_params,
     measure_interleaved,
@@ -200,6 +202,33 @@ def test_timing_beside_a_model_runs_every_runtime():
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="unknown runtime"):
         profile(nn.Conv2d(3, 3, 1), runtimes=["tflite"])
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(DeepRebirthError, match="unknown runtime 'tflite'; choose from"):
+        bench.latencies({"a": (nn.Conv2d(3, 3, 1), x)}, runtimes=["tflite"])
+
+
+def test_int8_timing_runs_each_model_quantized_its_output_too(monkeypatch):
+    quantized = []
+
+    def int8_to_time(proto, example):
+        quantized.append(real(proto, example))
+        return quantized[-1]
+
+    real = bench.int8_to_time
+    monkeypatch.setattr(bench, "int8_to_time", int8_to_time)
+    x = torch.randn(1, 3, 16, 16)
+    models = {"a": (nn.Conv2d(3, 4, 3), x), "b": (nn.Conv2d(3, 8, 3), x)}
+    out = bench.latencies(models, runtimes=["ort-int8"], runs=3, beside="a")["ort-int8"]
+    assert set(out) == {"a", "b"} and all(t.median_ms > 0 for t in out.values())
+    assert len(quantized) == 2
+    for proto in quantized:
+        made = {o: n for n in proto.graph.node for o in n.output}
+        conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+        assert made[conv.input[0]].op_type == "DequantizeLinear"  # it reads int8
+        # ... and writes int8: the output stays quantized, as a block's does in a network
+        dq = made[proto.graph.output[0].name]
+        assert dq.op_type == "DequantizeLinear" and made[dq.input[0]].op_type == "QuantizeLinear"
+        assert made[dq.input[0]].input[0] == conv.output[0]
 
 
 def test_profiling_gives_the_caller_its_threads_back():

@@ -454,6 +454,8 @@ def test_the_latency_model_follows_the_runtime_unless_asked(monkeypatch):
     with pytest.raises(ValueError, match="latency_model"):
         sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="guess")
     assert sel.DEFAULT_LATENCY_MODEL["ort"] == sel.DEFAULT_LATENCY_MODEL["executorch"] == "blocks"
+    assert set(sel.DEFAULT_LATENCY_MODEL) == set(sel.SELECT_RUNTIMES)
+    assert sel.DEFAULT_LATENCY_MODEL["ort-int8"] == "blocks"
 
 
 def test_a_block_model_that_misses_the_plans_it_was_fitted_on_is_not_trusted(monkeypatch):

@@ -199,6 +199,11 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     share = s.latency_budget_share
     if s.latency_budget_of is not None:
         share, reference_ms, original_ms = budget_of(recipe, model, spec, hooks)
+    if s.runtime == "ort-int8" and not recipe.export.int8:
+        hooks.log(
+            "the budget is for the model in int8 (select.runtime ort-int8): export.int8 "
+            "writes that model"
+        )
     hooks.log("finding every merge and Tucker rank to choose from")
     # every merge but Tucker-2, whose ranks are options of their own (tucker_plans)
     # ... and the exact merges that can cost time timed on the selection's runtime

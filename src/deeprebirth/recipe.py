@@ -109,7 +109,11 @@ class SelectConfig:
         "benchmarks/results/cost_proxy.md; needs data.spec; a short tuning per option; 0: the "
         "error before tuning)",
     )
-    runtime: str = option("ort", "where latency is measured: ort, executorch or torch")
+    runtime: str = option(
+        "ort",
+        "where latency is measured: ort, ort-int8 (ONNX Runtime, every model int8 as "
+        "export.int8 writes it: a budget for the int8 model), executorch or torch",
+    )
     threads: int = option(1, "threads")
     runs: int = option(15, "interleaved timed runs per option, in each of three passes")
     latency_model: str | None = option(
@@ -117,8 +121,9 @@ class SelectConfig:
         "blocks: each block (between cuts every option keeps) timed alone once per form the "
         "options give it, a plan's latency predicted as their sum plus a constant and a price "
         "per MB of weights fitted on plans timed whole; networks: each option timed on the "
-        "whole network, the choice measured (none: blocks in ort and executorch, unless the fit "
-        "misses one of the plans it was fitted on by more than 10%; networks in torch)",
+        "whole network, the choice measured (none: blocks in ort, ort-int8 and executorch, "
+        "unless the fit misses one of the plans it was fitted on by more than 10%; networks "
+        "in torch)",
     )
 
     def selects(self) -> bool:

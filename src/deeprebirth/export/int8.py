@@ -124,6 +124,7 @@ def quantize_int8(
     per_channel: bool = True,
     reduce_range: bool | None = None,
     calibration_method: str = "minmax",
+    float_output: bool = True,
     **options,
 ) -> Path:
     """Quantize a float ONNX model to int8 (weights per channel, activations per tensor).
@@ -141,6 +142,8 @@ def quantize_int8(
             :data:`CALIBRATION_METHODS`. ``percentile`` and ``entropy`` build histograms;
             they are fed one batch at a time (ORT's ``CalibStridedMinMax``) so that memory
             does not grow with the number of images.
+        float_output: in QDQ, the output is the last layer's float result
+            (:func:`float_outputs`); False keeps it quantized and dequantized.
         options: passed to ``onnxruntime.quantization.quantize_static``, overriding the
             settings above (``extra_options`` are merged key by key).
     """
@@ -189,7 +192,7 @@ def quantize_int8(
                     **options,
                 },
             )
-        if fmt == "qdq":
+        if fmt == "qdq" and float_output:
             onnx.save(float_outputs(onnx.load(str(result))), str(result))
         onnx.checker.check_model(str(result))
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +200,19 @@ def quantize_int8(
         staged.write_bytes(result.read_bytes())
         publish(staged, out)
     return out
+
+
+def int8_to_time(model: onnx.ModelProto, example: np.ndarray) -> onnx.ModelProto:
+    """``model`` quantized as :func:`quantize_int8` does by default, its ranges calibrated on
+    one random input of ``example``'s shape: a model to time, not to compute with (int8
+    kernels take as long whatever the scales are). Its output stays quantized, as a block's
+    does inside a network: made float (:func:`float_outputs`), a block's last layer would
+    run in float; a whole network so timed runs its classifier in int8, a few thousand
+    MACs."""
+    x = np.random.default_rng(0).standard_normal(example.shape, dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = quantize_int8(model, Path(tmp) / "int8.onnx", [x], float_output=False)
+        return onnx.load(str(out))
 
 
 def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:

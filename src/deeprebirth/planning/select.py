@@ -81,13 +81,20 @@ SESSIONS = 3
 #: alone, a plan's latency their sum: ``deeprebirth.planning.blocks``) or ``networks``
 #: (each option applied alone to the whole network, timed whole).
 LATENCY_MODELS = ("blocks", "networks")
-#: Where a selection can time its options (batch 1).
-SELECT_RUNTIMES = ("ort", "executorch", "torch")
+#: Where a selection can time its options (batch 1): ``ort-int8`` is ONNX Runtime with every
+#: network and block quantized to int8 as ``export --int8`` writes it (the budget is for the
+#: int8 model: merges and Tucker ranks save other shares of its time than of the float one's).
+SELECT_RUNTIMES = ("ort", "ort-int8", "executorch", "torch")
 #: The latency model a runtime gets unless one is asked for: blocks where they were checked
 #: against whole networks (benchmarks/results/latency_model.md: ONNX Runtime and ExecuTorch,
 #: GoogLeNet, MobileNetV2 and ResNet-50 at 64 and 224), guarded by
 #: :data:`MAX_CALIBRATION_MISS`; whole networks in PyTorch eager (blocks not checked there).
-DEFAULT_LATENCY_MODEL = {"ort": "blocks", "executorch": "blocks", "torch": "networks"}
+DEFAULT_LATENCY_MODEL = {
+    "ort": "blocks",
+    "ort-int8": "blocks",
+    "executorch": "blocks",
+    "torch": "networks",
+}
 #: Where the block model misses one of the plans it was fitted on (timed whole) by more than
 #: this share, a selection by the default model times whole networks instead. Measured
 #: (benchmarks/results/latency_model.md): in ORT the fitted plans were missed by 1.5-8.8%

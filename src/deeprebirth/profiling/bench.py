@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..export.executorch import PteModel, set_threads
+from ..export.int8 import int8_to_time
 from ..export.onnx import to_onnx
 from ..export.onnx_file import OnnxModel
 from ..graph.capture import capture, example_input
@@ -18,6 +19,9 @@ from .executorch_runtime import et_runners
 from .ort_runtime import ort_runner, ort_session
 from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import IN_A_ROW, Timing, measure_interleaved, pin_threads, restores_threads
+
+#: Where :func:`latencies` times models.
+TIMED_RUNTIMES = ("torch", "ort", "ort-int8", "executorch")
 
 
 @restores_threads
@@ -35,8 +39,10 @@ def latencies(
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
 
-    Runtimes: ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime), ``executorch`` (ExecuTorch
-    with XNNPACK, batch 1). An exported file runs as it is in its own runtime only: an
+    Runtimes (:data:`TIMED_RUNTIMES`): ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime),
+    ``ort-int8`` (ONNX Runtime, each model quantized to int8 as ``export --int8`` does, its
+    ranges calibrated on a random input: :func:`~deeprebirth.export.int8.int8_to_time`),
+    ``executorch`` (ExecuTorch with XNNPACK, batch 1). An exported file runs as it is in its own runtime only: an
     :class:`OnnxModel` in ONNX Runtime, a ``PteModel`` in ExecuTorch.
 
     ``sessions``: in ONNX Runtime and ExecuTorch, each model runs in that many separate
@@ -70,6 +76,11 @@ def latencies(
             raise DeepRebirthError(f"beside: {chained[0]!r} is a reference beside another")
     if sessions < 1:
         raise DeepRebirthError(f"sessions must be at least 1, not {sessions}")
+    unknown = [r for r in runtimes if r not in TIMED_RUNTIMES]
+    if unknown:
+        raise DeepRebirthError(
+            f"unknown runtime {unknown[0]!r}; choose from {', '.join(TIMED_RUNTIMES)}"
+        )
     for m, _ in models.values():
         own = {OnnxModel: "ort", PteModel: "executorch"}.get(type(m))
         if own is not None and any(r != own for r in runtimes):
@@ -90,10 +101,14 @@ def latencies(
             log(f"ExecuTorch: {runs} interleaved runs" + _of_sessions(sessions))
             out[runtime] = _measure_sessions(calls, runs, warmup, beside, in_a_row)
         else:
-            log(f"ONNX Runtime: preparing {len(models)} models")
+            int8 = runtime == "ort-int8"
+            how = " in int8 (QDQ, ranges from a random input)" if int8 else ""
+            log(f"ONNX Runtime: preparing {len(models)} models{how}")
             calls = {}
             for k, (m, x) in models.items():
                 proto = m.proto if isinstance(m, OnnxModel) else to_onnx(m, x)
+                if int8:
+                    proto = int8_to_time(proto, x.numpy())
                 calls[k] = [
                     ort_runner(ort_session(proto, threads), x.numpy()) for _ in range(sessions)
                 ]
