@@ -10,11 +10,15 @@ channels), priced by their output error on validation images, as `deeprebirth sl
 --latency-budget-of` does. If the budget is out of reach, the plan with every group's fastest
 option is built instead. Then the chosen (or fastest) plan is measured beside the teacher with
 SqueezeNet 1.1 and, at the trained size, the committed slimmed + Tucker-2 student and the int8
-files of it and of SqueezeNet 1.1 (like with like: float with float, int8 with int8). Nothing is
+files of it and of SqueezeNet 1.1 (like with like: float with float, int8 with int8). With
+``--runtime ort-int8`` everything is timed in int8 instead (each network quantized as the
+int8 export is, ranges from a random input: ``deeprebirth.export.int8.int8_to_time``): the
+budget is SqueezeNet 1.1's int8 latency, the selection times its options in int8, and the
+student is timed quantized so (its int8 file is not: an ONNX file runs as it is). Nothing is
 tuned and the test split is not read. Writes benchmarks/results/paper_comparison.{json,md}
-with the command, commit, date and machine (a run replaces the row of its size).
+with the command, commit, date and machine (a run replaces the row of its size and runtime).
 
-    .venv/bin/python benchmarks/paper_comparison.py [--sizes 64]
+    .venv/bin/python benchmarks/paper_comparison.py [--sizes 64] [--runtime ort|ort-int8]
 
 Measure on a quiet machine: nothing else running.
 """
@@ -59,18 +63,18 @@ def load(name: str, checkpoint: str | None, size: int):
     return open_model(spec).model.eval()
 
 
-def run_one(size: int, runs: int) -> dict:
+def run_one(size: int, runs: int, runtime: str) -> dict:
     teacher = load("bvlc_googlenet", "teacher.safetensors", size)
     squeezenet = load("squeezenet1_1", "squeezenet1_1.safetensors", size)
     example = example_input(1, 1, size)
-    print(f"--- {size}x{size}: SqueezeNet 1.1 beside the teacher in ONNX Runtime", flush=True)
+    print(f"--- {size}x{size}: SqueezeNet 1.1 beside the teacher on {runtime}", flush=True)
     t = latencies(
         {"teacher": (teacher, example), "squeezenet": (squeezenet, example)},
-        runtimes=["ort"],
+        runtimes=[runtime],
         runs=runs,
         sessions=SESSIONS,
         beside="teacher",
-    )["ort"]
+    )[runtime]
     budget_ms = t["squeezenet"].median_ms
     print(f"budget: {budget_ms:.3f} ms (the teacher {t['teacher'].median_ms:.3f} ms)", flush=True)
     plan = make_plan(teacher, example, name="bvlc_googlenet", drop_activations=True)
@@ -85,7 +89,7 @@ def run_one(size: int, runs: int) -> dict:
             budget_ms,
             tucker_plans=tucker_plans(teacher, example, name="bvlc_googlenet"),
             batches=batches,
-            runtime="ort",
+            runtime=runtime,
             runs=runs,
             margin=MARGIN,
             use_cache=False,
@@ -102,22 +106,24 @@ def run_one(size: int, runs: int) -> dict:
     built, _ = apply_plan(teacher, chosen, example)
     models = {"teacher": teacher, "squeezenet": squeezenet, "googlenet": built}
     if size == TRAINED_SIZE:  # the committed student and int8 files run at their size only
-        models |= {
-            "slimmed_tucker": load("slimmed_tucker", None, size),
-            "slimmed_tucker_int8": OnnxModel(WEIGHTS / "slimmed_tucker_int8.onnx"),
-            "squeezenet_int8": OnnxModel(WEIGHTS / "squeezenet1_1_int8.onnx"),
-        }
-    print(f"measuring {', '.join(models)} beside the teacher", flush=True)
+        models["slimmed_tucker"] = load("slimmed_tucker", None, size)
+        if runtime == "ort":  # the int8 files beside them (ort-int8 quantizes the others)
+            models |= {
+                "slimmed_tucker_int8": OnnxModel(WEIGHTS / "slimmed_tucker_int8.onnx"),
+                "squeezenet_int8": OnnxModel(WEIGHTS / "squeezenet1_1_int8.onnx"),
+            }
+    print(f"measuring {', '.join(models)} beside the teacher on {runtime}", flush=True)
     t = latencies(
         {k: (m, example) for k, m in models.items()},
-        runtimes=["ort"],
+        runtimes=[runtime],
         runs=runs,
         sessions=SESSIONS,
         beside="teacher",
-    )["ort"]
+    )[runtime]
     enabled = [e for e in chosen.entries if e.enabled]
     return {
         "size": size,
+        "runtime": runtime,
         "budget_ms": budget_ms,
         "reached": reached,
         "options": options,
@@ -142,19 +148,19 @@ def write_md(data: dict) -> None:
         "edit -->",
         "",
         "The committed Fashion-MNIST teacher and SqueezeNet 1.1 (1 channel; trained at 64x64, "
-        "only timed at larger sizes). Budget: SqueezeNet 1.1's ONNX Runtime latency, timed "
-        "beside the teacher. Options: every learned merge, depth chain and Tucker-2 rank "
+        "only timed at larger sizes). Budget: SqueezeNet 1.1's latency in ONNX Runtime, float "
+        "(`ort`) or every network quantized to int8 (`ort-int8`), timed beside the teacher. Options: every learned merge, depth chain and Tucker-2 rank "
         "(EVBMF, 1/2, 1/4), priced on validation images, no tuning. `GoogLeNet`: the "
         "selected plan, or, where the budget is out of reach, the plan with every group's "
         "fastest option, measured beside the teacher (1 thread, pairs, median of 3 sessions). "
         "At the trained size also the committed slimmed + Tucker-2 student (EVBMF ranks, "
-        "tuned) and the int8 files.",
+        "tuned); in float also the int8 files.",
         "",
-        "| input | budget (SqueezeNet 1.1) ms | in reach by the table | met | GoogLeNet: "
+        "| input | runtime | budget (SqueezeNet 1.1) ms | in reach by the table | met | GoogLeNet: "
         "table's sum ms | GoogLeNet measured ms | / SqueezeNet | teacher ms | slimmed + "
         "Tucker-2 ms | its int8 ms | SqueezeNet int8 ms | GoogLeNet MMACs | SqueezeNet MMACs "
         "| selection s | run |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
     def ms(r: dict, k: str) -> str:
@@ -162,7 +168,7 @@ def write_md(data: dict) -> None:
 
     for r in data["rows"]:
         lines.append(
-            f"| {r['size']} | {r['budget_ms']:.3f} | {'yes' if r['reached'] else 'no'} "
+            f"| {r['size']} | {r.get('runtime', 'ort')} | {r['budget_ms']:.3f} | {'yes' if r['reached'] else 'no'} "
             f"| {'yes' if r['ms']['googlenet'] <= r['budget_ms'] else 'no'} "
             f"| {r['predicted_ms']:.3f} | {ms(r, 'googlenet')} "
             f"| {r['ms']['googlenet'] / r['budget_ms']:.2f}x | {ms(r, 'teacher')} "
@@ -186,11 +192,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default=str(TRAINED_SIZE), help="input sizes, comma-separated")
     p.add_argument("--runs", type=int, default=15, help="timed runs per session")
+    p.add_argument("--runtime", default="ort", choices=("ort", "ort-int8"), help="float or int8")
     args = p.parse_args()
     run = provenance()  # of the code that runs: files edited meanwhile do not count
     for size in map(int, args.sizes.split(",")):
-        row = run_one(size, args.runs) | run
-        data = record_row(RESULTS.with_suffix(".json"), row, ("size",))
+        row = run_one(size, args.runs, args.runtime) | run
+        data = record_row(RESULTS.with_suffix(".json"), row, ("size", "runtime"))
         write_md(data)
 
 

@@ -37,10 +37,11 @@ def provenance() -> dict:
 
 def record_row(path: Path, row: dict, keys: tuple[str, ...]) -> dict:
     """Add ``row`` to the results file ``path`` (``{"rows": [...]}``), replacing the row
-    that has the same values at ``keys``; returns the file's data, written."""
+    that has the same values at ``keys`` (a key an older row lacks counts as None);
+    returns the file's data, written."""
     data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     same = tuple(row[k] for k in keys)
-    data["rows"] = [r for r in data["rows"] if tuple(r[k] for k in keys) != same] + [row]
+    data["rows"] = [r for r in data["rows"] if tuple(r.get(k) for k in keys) != same] + [row]
     write_json(path, data)
     return data
 

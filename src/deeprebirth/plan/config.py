@@ -15,11 +15,11 @@ class PlanConfig:
     exact_only: bool = option(False, "apply only the merges that keep the function")
     runtime: str | None = option(
         None,
-        "the runtime the plan is for (ort, executorch or torch): the exact merges that can "
-        "cost time there (average pools as convs, summed or parallel branches as one conv) "
-        "are timed in it, 1 thread, block by block, and left off when they make the model "
-        "slower, the reason in the plan (plan.enable keeps one anyway; a plan.file is taken "
-        "as it is); none: kept untimed (a latency budget's selection times them on "
+        "the runtime the plan is for (ort, ort-int8, executorch or torch): the exact merges "
+        "that can cost time there (average pools as convs, summed or parallel branches as "
+        "one conv) are timed in it, 1 thread, block by block, and left off when they make the "
+        "model slower, the reason in the plan (plan.enable keeps one anyway; a plan.file is "
+        "taken as it is); none: kept untimed (a latency budget's selection times them on "
         "select.runtime)",
     )
     drop_activations: bool = option(
