@@ -41,6 +41,20 @@ def test_cuts_are_where_only_one_tensor_is_live():
     assert "_0" not in cuts and "_1" in cuts and cuts[-1] == names[-2]
 
 
+def test_int8_blocks_are_not_cut_after_a_max_pool_and_run_from_random_tensors():
+    gm = capture(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 1)))
+    pool = next(n.name for n in gm.graph.nodes if n.target == "2")
+    assert pool in cut_nodes(gm) and pool not in cut_nodes(gm, after_max_pools=False)
+    latency = BlockLatency(runtime="ort-int8", use_cache=False)
+    assert latency.quantized and not BlockLatency(runtime="ort", use_cache=False).quantized
+    x = torch.randn(1, 3, 16, 16)
+    assert latency._cut_keys(gm, x).keys() == {"_1", "_3"}  # the ReLU and the last conv
+    zeros, noise = split(gm, x, [pool]), split(gm, x, [pool], random_inputs=True)
+    assert not zeros[1].input.any() and noise[1].input.std() > 0.5
+    torch.testing.assert_close(noise[1].input, split(gm, x, [pool], random_inputs=True)[1].input)
+    assert noise[0].input is x
+
+
 @pytest.mark.parametrize("name", ["tiny", "bvlc_googlenet"])
 def test_blocks_run_one_after_another_are_the_network(name):
     torch.manual_seed(0)

@@ -1,10 +1,12 @@
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from deeprebirth.export import to_onnx
+from deeprebirth.export.int8 import int8_to_time
 from deeprebirth.zoo import get_model
 
 
@@ -364,3 +366,20 @@ def test_smoothing_conv_pairs_keeps_the_function_and_evens_out_ranges():
             return (peak.max() / peak.min()).item()
 
         assert spread(smoothed) < spread(model) / 5
+
+
+def test_a_model_to_time_in_int8_is_quantized_at_its_input_and_output():
+    # the block starts with a pool reading its input and ends with one: each runs between
+    # quantized tensors, as inside an int8 network
+    block = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(3, 4, 1), nn.MaxPool2d(2)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    proto = int8_to_time(to_onnx(block, x), x.numpy())
+    made = {o: n for n in proto.graph.node for o in n.output}
+    for pool in (n for n in proto.graph.node if n.op_type == "MaxPool"):
+        assert made[pool.input[0]].op_type == "DequantizeLinear"
+    out = made[proto.graph.output[0].name]
+    assert out.op_type == "DequantizeLinear" and made[out.input[0]].op_type == "QuantizeLinear"
+    onnx.checker.check_model(proto)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert y.shape == (1, 4, 4, 4)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
@@ -58,11 +59,31 @@ COMPUTE = ("call_module", "call_function", "call_method")
 SESSIONS = 3
 
 
-def cut_nodes(gm: fx.GraphModule) -> list[str]:
+#: Runtimes that run int8 models: their networks are not cut right after a max-pool
+#: (:func:`cut_nodes`), and their blocks run from random tensors, not zeros (:func:`split`).
+QUANTIZED_RUNTIMES = ("ort-int8",)
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+_MAX_POOL_FUNCTIONS = (F.max_pool2d, F.adaptive_max_pool2d, torch.max_pool2d)
+
+
+def _max_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _MAX_POOLS)
+    return node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS
+
+
+def cut_nodes(gm: fx.GraphModule, *, after_max_pools: bool = True) -> list[str]:
     """Names of the nodes after which only their own output is live, in graph order; not
     a layer whose one reader is an activation (runtimes fuse it into the layer: cut apart,
     each block would run it on its own, a pass over the whole tensor the network never
-    makes)."""
+    makes).
+
+    ``after_max_pools=False``: not a max-pool either. In int8 ONNX Runtime a max-pool runs
+    on uint8 or in float depending on the layers on both sides of it: in GoogLeNet at 64x64
+    the one that reads the stem's pool2 ran on uint8 in the network (0.2 ms) and in float
+    in its block alone (0.006 ms), and every plan that kept the stem's LRNs was predicted
+    about 5% fast, every plan without them up to 14% slow (docs/results.md, "A latency
+    budget in int8")."""
     nodes = list(gm.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     modules = dict(gm.named_modules())
@@ -70,7 +91,8 @@ def cut_nodes(gm: fx.GraphModule) -> list[str]:
     for i, n in enumerate(nodes):
         users = list(n.users)
         fused = len(users) == 1 and activation_node(users[0], modules)
-        if n.op in COMPUTE and reach <= i and users and not fused:
+        pool = not after_max_pools and _max_pool(n, modules)
+        if n.op in COMPUTE and reach <= i and users and not fused and not pool:
             cuts.append(n.name)
         if n.op != "get_attr":
             reach = max([reach, *(pos[u] for u in n.users)])
@@ -193,11 +215,20 @@ def _structure(block: fx.GraphModule, shape: Sequence[int]) -> str:
 
 
 def split(
-    gm: fx.GraphModule, example: torch.Tensor, cuts: Sequence[str], *, propagated: bool = False
+    gm: fx.GraphModule,
+    example: torch.Tensor,
+    cuts: Sequence[str],
+    *,
+    propagated: bool = False,
+    random_inputs: bool = False,
 ) -> list[Block]:
     """``gm`` as blocks between the ``cuts`` it has (in graph order), the last ending at
-    its output. ``propagated``: ``gm``'s shapes were just propagated from ``example``
-    (by :func:`_cut_keys`), not to be run again."""
+    its output; the first runs from ``example``, the others from zeros of their input's
+    shape, or with ``random_inputs`` from a seeded normal tensor (the same for every form of
+    a block). Float kernels take as long on zeros; ONNX Runtime's uint8 max-pool does not
+    (GoogLeNet's pool2 at 64x64: 0.09 ms on the zeros' constant activations, 0.25 ms in the
+    network). ``propagated``: ``gm``'s shapes were just propagated from ``example`` (by
+    :func:`_cut_keys`), not to be run again."""
     if not propagated:
         ShapeProp(gm).propagate(example)
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -211,13 +242,21 @@ def split(
     blocks, start = [], None
     for end in ends:
         module = _segment(gm, start, end)
-        x = example if start is None else torch.zeros(nodes[start].meta["tensor_meta"].shape)
+        shape = None if start is None else nodes[start].meta["tensor_meta"].shape
+        if shape is None:
+            x = example
+        elif random_inputs:
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        else:
+            x = torch.zeros(shape)
         blocks.append(Block(start, end, module, x, _structure(module, x.shape)))
         start = end
     return blocks
 
 
-def _cut_keys(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, set[tuple]]:
+def _cut_keys(
+    gm: fx.GraphModule, example: torch.Tensor, *, after_max_pools: bool = True
+) -> dict[str, set[tuple]]:
     """``gm``'s cuts (in graph order; its shapes propagated from ``example``), each with the
     keys it is found by in another form of the network: its own name and its first
     reader's, each with its tensor's shape. A
@@ -230,7 +269,7 @@ def _cut_keys(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, set[tuple]
     nodes = list(gm.graph.nodes)
     pos, by_name = {n: i for i, n in enumerate(nodes)}, {n.name: n for n in nodes}
     keys = {}
-    for c in cut_nodes(gm):
+    for c in cut_nodes(gm, after_max_pools=after_max_pools):
         node = by_name[c]
         shape = tuple(getattr(node.meta.get("tensor_meta"), "shape", ()))
         reader = min(node.users, key=pos.__getitem__)
@@ -275,6 +314,8 @@ class BlockLatency:
         log: Callable[[str], None] = lambda msg: None,
     ):
         self.runtime, self.threads, self.runs, self.log = runtime, threads, runs, log
+        #: an int8 runtime: no cut after a max-pool, blocks run from random tensors
+        self.quantized = runtime in QUANTIZED_RUNTIMES
         machine = machine_info()
         self.cache_key = {
             "runtime": runtime,
@@ -282,6 +323,8 @@ class BlockLatency:
             "runs": runs,
             "sessions": SESSIONS,
             "timed": f"beside the base's block, {IN_A_ROW} runs per turn",
+            # int8 blocks: cut and run as :data:`QUANTIZED_RUNTIMES` says, in and out quantized
+            **({"blocks": "random inputs, no cut after max-pools"} if self.quantized else {}),
             **{k: machine[k] for k in ("cpu", "isa", "torch", "onnxruntime", "executorch")},
         }
         self.cache = _cache_file(self.cache_key) if use_cache else None
@@ -320,7 +363,7 @@ class BlockLatency:
         self.cut_keys = self._cut_keys(base, example)
         found = [self._cut_keys(gm, example) for gm in others]
         shared = [c for c, k in self.cut_keys.items() if all(_find(k, f) for f in found)]
-        finest = split(base, example, shared, propagated=True)
+        finest = split(base, example, shared, propagated=True, random_inputs=self.quantized)
         fine, base_keys = [b.end for b in finest[:-1]], [b.key for b in finest]
         touched: list[set[int]] = [set() for _ in base_keys]
         for i, gm in enumerate(others):
@@ -329,7 +372,7 @@ class BlockLatency:
                     touched[j].add(i)
         # a cut is kept where the options touching the blocks on its two sides differ
         self.cuts = [c for j, c in enumerate(fine) if touched[j] != touched[j + 1]]
-        self.base = split(base, example, self.cuts, propagated=True)
+        self.base = split(base, example, self.cuts, propagated=True, random_inputs=self.quantized)
         # each form beside the base's block it replaces (the first it is found at)
         refs: dict[str, str] = {}
         todo = {b.key: b for b in self.base}
@@ -471,7 +514,10 @@ class BlockLatency:
         shape = tuple(example.shape)
         known = self._keys.get(gm)
         if known is None or known[0] != shape:
-            self._keys[gm] = known = (shape, _cut_keys(gm, example))
+            self._keys[gm] = known = (
+                shape,
+                _cut_keys(gm, example, after_max_pools=not self.quantized),
+            )
         return known[1]
 
     def split(self, gm: fx.GraphModule, example: torch.Tensor) -> list[Block]:
@@ -492,7 +538,7 @@ class BlockLatency:
         keys = self._cut_keys(gm, example) if keys is None else keys
         at = {_find(self.cut_keys[c], keys): c for c in cuts}
         at.pop(None, None)
-        blocks = split(gm, example, list(at), propagated=True)
+        blocks = split(gm, example, list(at), propagated=True, random_inputs=self.quantized)
         if not self.base:
             return blocks, {}
         if len(blocks) == len(self.base):
