@@ -207,6 +207,20 @@ def test_unknown_runtime():
         bench.latencies({"a": (nn.Conv2d(3, 3, 1), x)}, runtimes=["tflite"])
 
 
+def test_an_int8_profile_counts_int8_kernels_by_layer_kind():
+    r = profile(
+        get_model("user_models:tiny_cnn"),
+        runtimes=["ort-int8"],
+        input_size=16,
+        runs=2,
+        warmup=1,
+        layer_runs=2,
+    )["runtimes"]["ort-int8"]
+    ops = {row["op"]: row["kind"] for row in r["layers"]}
+    assert ops["QLinearConv"] == "conv" and ops["QuantizeLinear"] == "quantize"
+    assert "other" not in r["by_kind"] and r["latency_ms"] > 0
+
+
 def test_int8_timing_runs_each_model_quantized_its_output_too(monkeypatch):
     quantized = []
 

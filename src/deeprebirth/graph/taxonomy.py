@@ -30,6 +30,7 @@ KINDS = (
     "activation",
     "eltwise",
     "reshape",
+    "quantize",
     "other",
 )
 
@@ -137,9 +138,14 @@ ONNX_KINDS: dict[str, str] = {
     "ConvInteger": "conv",
     "Gemm": "fc",
     "FusedGemm": "fc",
+    "QGemm": "fc",
     "MatMul": "fc",
     "QLinearMatMul": "fc",
+    "MatMulInteger": "fc",
     "MaxPool": "pool",
+    "NhwcMaxPool": "pool",  # uint8, after ORT's int8 layout pass
+    "QLinearAveragePool": "pool",
+    "QLinearGlobalAveragePool": "pool",
     "AveragePool": "pool",
     "GlobalAveragePool": "pool",
     "GlobalMaxPool": "pool",
@@ -148,6 +154,7 @@ ONNX_KINDS: dict[str, str] = {
     "BatchNormalization": "batchnorm",
     "LayerNormalization": "batchnorm",
     "Concat": "concat",
+    "QLinearConcat": "concat",
     "Dropout": "dropout",
     "Relu": "activation",
     "Clip": "activation",
@@ -156,7 +163,9 @@ ONNX_KINDS: dict[str, str] = {
     "HardSwish": "activation",
     "Softmax": "activation",
     "Add": "eltwise",
+    "QLinearAdd": "eltwise",
     "Mul": "eltwise",
+    "QLinearMul": "eltwise",
     "Sum": "eltwise",
     "Flatten": "reshape",
     "Reshape": "reshape",
@@ -168,6 +177,10 @@ ONNX_KINDS: dict[str, str] = {
     "ReorderOutput": "reshape",
     "Squeeze": "reshape",
     "Unsqueeze": "reshape",
+    # int8: converting between float and int8 (no layer of the network's own)
+    "QuantizeLinear": "quantize",
+    "DequantizeLinear": "quantize",
+    "DynamicQuantizeLinear": "quantize",
 }
 
 

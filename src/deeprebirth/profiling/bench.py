@@ -17,11 +17,9 @@ from ..graph.capture import capture, example_input
 from ..machine import machine_info
 from .executorch_runtime import et_runners
 from .ort_runtime import ort_runner, ort_session
+from .profile import RUNTIMES
 from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import IN_A_ROW, Timing, measure_interleaved, pin_threads, restores_threads
-
-#: Where :func:`latencies` times models.
-TIMED_RUNTIMES = ("torch", "ort", "ort-int8", "executorch")
 
 
 @restores_threads
@@ -39,7 +37,7 @@ def latencies(
 ) -> dict[str, dict[str, Timing]]:
     """Latency of several models, each with its input, measured interleaved per runtime.
 
-    Runtimes (:data:`TIMED_RUNTIMES`): ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime),
+    Runtimes (:data:`RUNTIMES`): ``torch`` (PyTorch eager), ``ort`` (ONNX Runtime),
     ``ort-int8`` (ONNX Runtime, each model quantized to int8 as ``export --int8`` does, its
     ranges calibrated on a random input: :func:`~deeprebirth.export.int8.int8_to_time`),
     ``executorch`` (ExecuTorch with XNNPACK, batch 1). An exported file runs as it is in its own runtime only: an
@@ -76,11 +74,9 @@ def latencies(
             raise DeepRebirthError(f"beside: {chained[0]!r} is a reference beside another")
     if sessions < 1:
         raise DeepRebirthError(f"sessions must be at least 1, not {sessions}")
-    unknown = [r for r in runtimes if r not in TIMED_RUNTIMES]
+    unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
-        raise DeepRebirthError(
-            f"unknown runtime {unknown[0]!r}; choose from {', '.join(TIMED_RUNTIMES)}"
-        )
+        raise DeepRebirthError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
     for m, _ in models.values():
         own = {OnnxModel: "ort", PteModel: "executorch"}.get(type(m))
         if own is not None and any(r != own for r in runtimes):

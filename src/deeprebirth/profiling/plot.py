@@ -14,6 +14,7 @@ from ..graph.taxonomy import KINDS, is_tensor_kind  # noqa: E402
 RUNTIME_LABELS = {
     "torch": "PyTorch eager",
     "ort": "ONNX Runtime",
+    "ort-int8": "ONNX Runtime int8",
     "executorch": "ExecuTorch (XNNPACK)",
 }
 

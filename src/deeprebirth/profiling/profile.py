@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..export.executorch import set_threads
+from ..export.int8 import int8_to_time
 from ..export.onnx import to_onnx
 from ..graph.capture import capture, example_input
 from ..graph.taxonomy import KINDS, is_tensor_kind
@@ -21,9 +22,11 @@ from .stats import count_macs, count_params, peak_activation_bytes
 from .timing import pin_threads, restores_threads
 from .torch_runtime import torch_latency, torch_layer_times
 
-#: Runtimes with per-layer profiles and timing: PyTorch eager, ONNX Runtime, ExecuTorch with
-#: XNNPACK (the ``mobile`` extra). ``profile`` defaults to the first two.
-RUNTIMES = ("torch", "ort", "executorch")
+#: Runtimes with per-layer profiles and timing: PyTorch eager, ONNX Runtime in float and in
+#: int8 (the model quantized as ``export --int8`` writes it, ranges from a random input:
+#: :func:`~deeprebirth.export.int8.int8_to_time`), ExecuTorch with XNNPACK (the ``mobile``
+#: extra). ``profile`` defaults to the first two.
+RUNTIMES = ("torch", "ort", "ort-int8", "executorch")
 DEFAULT_RUNTIMES = ("torch", "ort")
 
 
@@ -107,8 +110,13 @@ def profile(
             latency = et_latency(model, x, runs, warmup)
             rows = et_layer_times(model, x, layer_runs, warmup=2)
         else:
-            log("ONNX Runtime: exporting")
+            log(
+                "ONNX Runtime: exporting"
+                + (", quantizing to int8" if runtime == "ort-int8" else "")
+            )
             proto = to_onnx(model, x)
+            if runtime == "ort-int8":
+                proto = int8_to_time(proto, x.numpy())
             log(f"ONNX Runtime: {runs} timed runs, then {layer_runs} profiled runs")
             latency = ort_latency(proto, x.numpy(), threads, runs, warmup)
             rows = ort_layer_times(proto, x.numpy(), threads, layer_runs, warmup=2)
