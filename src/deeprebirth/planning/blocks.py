@@ -225,10 +225,11 @@ def split(
     """``gm`` as blocks between the ``cuts`` it has (in graph order), the last ending at
     its output; the first runs from ``example``, the others from zeros of their input's
     shape, or with ``random_inputs`` from a seeded normal tensor (the same for every form of
-    a block). Float kernels take as long on zeros; ONNX Runtime's uint8 max-pool does not
-    (GoogLeNet's pool2 at 64x64: 0.09 ms on the zeros' constant activations, 0.25 ms in the
-    network). ``propagated``: ``gm``'s shapes were just propagated from ``example`` (by
-    :func:`_cut_keys`), not to be run again."""
+    a block). ONNX Runtime's uint8 max-pool is faster on the constant activations zeros
+    give (GoogLeNet's pool2 at 64x64: 0.09 ms, 0.25 ms in the network); the float runtimes'
+    blocks were measured from zeros (in ExecuTorch GoogLeNet's blocks summed the same from
+    either at 64x64). ``propagated``: ``gm``'s shapes were just propagated from ``example``
+    (by :func:`_cut_keys`), not to be run again."""
     if not propagated:
         ShapeProp(gm).propagate(example)
     nodes = {n.name: n for n in gm.graph.nodes}
