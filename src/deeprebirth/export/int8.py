@@ -204,8 +204,9 @@ def quantize_int8(
 
 def int8_to_time(model: onnx.ModelProto, example: np.ndarray) -> onnx.ModelProto:
     """``model`` quantized as :func:`quantize_int8` does by default, its ranges calibrated on
-    one random input of ``example``'s shape: a model to time, not to compute with (int8
-    kernels take as long whatever the scales are).
+    one random input of ``example``'s shape: a model to time, not to compute with (the
+    scales change what int8 kernels compute, hardly how long they take; the values do
+    matter to some: see :func:`~deeprebirth.planning.blocks.split`).
 
     Its input and output are quantized, as a block's are inside a network of int8 layers
     (:func:`quantized_io`): ONNX Runtime moves a quantization through the layers that
