@@ -203,6 +203,29 @@ def test_a_budget_share_is_of_the_original_timed_beside_the_options(capsys, tmp_
     assert "0.60 of the original's 10.00 ms" in capsys.readouterr().out
 
 
+def test_a_budget_for_the_int8_model_is_timed_in_int8(capsys, tmp_path, monkeypatch):
+    import deeprebirth.planning.select as sel
+    from deeprebirth import pipeline
+
+    asked = []
+
+    def latencies(models, *, runtimes, **kwargs):
+        asked.extend(runtimes)
+        return fake_latencies(times, 7.0)(models, runtimes=runtimes, **kwargs)
+
+    times = {"original": 10.0, "base": 8.0, "chosen": 6.0, "selected": 6.0, "fixed": 5.0}
+    for where in (sel, pipeline):
+        monkeypatch.setattr(where, "latencies", latencies)
+    args = ["slim", "user_models:tiny_cnn", "--input-size", "16", "--selection-runs", "3"]
+    args += ["--no-report", "--latency-budget-share", "0.7", "--out", str(tmp_path / "s")]
+    args += ["--latency-model", "networks", "--runtime", "ort-int8"]
+    assert main(args) == 0
+    assert asked and set(asked) == {"ort-int8"}  # the table and the check, all in int8
+    assert json.loads((tmp_path / "s" / "selection.json").read_text())["runtime"] == "ort-int8"
+    log = " ".join(capsys.readouterr().err.split())
+    assert "the budget is for the model in int8" in log  # and export.int8 writes that model
+
+
 def test_a_budget_of_another_model_is_its_latency_timed_beside_the_original(
     capsys, tmp_path, monkeypatch
 ):
