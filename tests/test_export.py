@@ -247,6 +247,29 @@ def test_int8_logits_stay_float(tmp_path):
     assert logits.unique().numel() == logits.numel()  # no two logits alike
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6])
+def test_int8_folds_activations_into_the_conv_before(tmp_path, act):
+    """A ReLU (Clip: ReLU6) after a conv leaves no float round trip in the int8 model: the
+    conv's output is quantized over the activation's range, and the result matches."""
+    from deeprebirth.export import OnnxModel, quantize_int8
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act()
+    ).eval()
+    x = torch.randn(4, 3, 16, 16)
+    calibration = [torch.randn(8, 3, 16, 16).numpy() for _ in range(2)]
+    path = quantize_int8(to_onnx(model, x), tmp_path / "q.onnx", calibration)
+    ops = [n.op_type for n in OnnxModel(path).proto.graph.node]
+    # the first folded; the last stays a float op, as the output is left float
+    assert ops.count("Conv") == 2 and ops.count("Relu") + ops.count("Clip") == 1
+    assert ops[-1] in ("Relu", "Clip")
+    with torch.no_grad():
+        reference = model(x)
+    got = OnnxModel(path)(x)
+    assert got.min() >= 0
+    assert (got - reference).norm() / reference.norm() < 0.05
+
+
 def test_unknown_calibration_method_names_the_choices(tmp_path):
     from deeprebirth.errors import DeepRebirthError
     from deeprebirth.export import choose_int8, quantize_int8

@@ -45,10 +45,15 @@ from ..files import publish
 from ..machine import cpu_isa
 
 INT8_FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
-#: Ops given int8 kernels. Others stay float: with ORT's defaults, QOperator models of the
-#: slimmed GoogLeNet lost all accuracy (quantized Split/ReduceMean), and these four carry
-#: nearly all of the time.
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Concat"]
+#: The layers with weights: nearly all of the arithmetic.
+WEIGHTED_OPS = ["Conv", "Gemm", "MatMul"]
+#: Ops quantized. Others stay float: with ORT's defaults, QOperator models of the slimmed
+#: GoogLeNet lost all accuracy (quantized Split/ReduceMean). ``Relu`` and ``Clip`` (ReLU6)
+#: are folded into the quantization of the conv before them (its output's range starts at
+#: 0); left float, each cost a dequantize-activation-quantize round trip
+#: (``benchmarks/results/int8_activations.md``). Residual sums (``Add``) between quantized
+#: tensors are fused by ORT either way.
+QUANTIZED_OPS = [*WEIGHTED_OPS, "Concat", "Relu", "Clip"]
 #: The layout ``export --int8`` uses unless told otherwise.
 DEFAULT_INT8_FORMAT = "qdq"
 #: ORT's calibrators by the names this project gives them.
@@ -172,6 +177,10 @@ def quantize_int8(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare_for_int8(proto, Path(tmp) / "prepared.onnx")
         result = Path(tmp) / "int8.onnx"
+        if fmt == "qdq" and float_output:
+            # a folded activation would be lost with its output's quantization
+            kept = output_activations(onnx.load(str(prepared)))
+            options["nodes_to_exclude"] = [*options.get("nodes_to_exclude", ()), *kept]
         # The histogram calibrators print their progress.
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -200,6 +209,19 @@ def quantize_int8(
         staged.write_bytes(result.read_bytes())
         publish(staged, out)
     return out
+
+
+def output_activations(model: onnx.ModelProto) -> list[str]:
+    """The names of the activations (of :data:`QUANTIZED_OPS`) that make a graph output. The
+    quantizer folds an activation into its output's quantization (the range starts at 0);
+    where :func:`float_outputs` then drops that quantization, the activation must stay a
+    float op."""
+    outputs = {o.name for o in model.graph.output}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Relu", "Clip") and outputs.intersection(n.output)
+    ]
 
 
 def int8_to_time(model: onnx.ModelProto, example: np.ndarray) -> onnx.ModelProto:

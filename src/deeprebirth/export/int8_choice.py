@@ -32,7 +32,7 @@ from .executorch import OBSERVERS, PteModel, to_executorch
 from .int8 import (
     CALIBRATION_METHODS,
     DEFAULT_INT8_FORMAT,
-    QUANTIZED_OPS,
+    WEIGHTED_OPS,
     needs_reduce_range,
     prepare_for_int8,
     quantize_int8,
@@ -88,7 +88,7 @@ def sensitive_nodes(
         )
     ranked = []
     for node in onnx.load(str(int8_model)).graph.node:
-        if node.op_type not in QUANTIZED_OPS or node.op_type == "Concat":
+        if node.op_type not in WEIGHTED_OPS:
             continue
         sqnr = []
         for i, tensor in enumerate(node.input[:2]):
