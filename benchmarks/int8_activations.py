@@ -1,15 +1,23 @@
-"""int8 with the activations folded into the conv before them, against left float.
+"""int8 as the export writes it since 2026-12-07, against before: what it quantizes.
 
-``export --int8`` quantizes Conv, Gemm, MatMul and Concat, and since 2026-12-07 ReLU and
-ReLU6 (``Clip``) too (:data:`deeprebirth.export.int8.QUANTIZED_OPS`): the quantizer then folds
-each into its conv's output quantization. Left float, each activation costs a
-dequantize-activation-quantize round trip. Here each committed Fashion-MNIST 64x64 model is
-quantized both ways, with everything else the same (min/max calibration on the same 512
-training images, weights per channel, the conv pairs smoothed as the export does), and
+Until 2026-12-07 ``export --int8`` quantized Conv, Gemm, MatMul and Concat only. Each
+activation left float then cost a dequantize-activation-quantize round trip, and the
+fused inception heads' split (whose pieces each had a ReLU) ran in float between two
+such round trips. Now (:data:`deeprebirth.export.int8.QUANTIZED_OPS`) ReLU and ReLU6 fold
+into the conv's output range, the export computes the heads' ReLUs before their split
+(:mod:`deeprebirth.export.rewrite`) and the split runs on the int8 tensor. Here each
+committed Fashion-MNIST 64x64 model is quantized three ways, everything else the same
+(min/max calibration on the same 512 training images, weights per channel, conv pairs
+smoothed):
 
-- timed side by side in ONNX Runtime (1 thread, batch 1, the folded model beside the float
-  one: 5 sessions of 15 runs, median of the sessions' medians);
-- judged by top-1 on the 5,000 validation images (the test split is not read).
+- ``before``: the export until 2026-12-07 (its graph, its four ops);
+- ``activations``: that graph with ReLU/ReLU6 quantized too;
+- ``now``: the export now;
+
+timed side by side in ONNX Runtime (1 thread, batch 1, each beside ``before``: 5 sessions of
+15 runs, median of the sessions' medians) and judged by top-1 on the 5,000 validation images
+(the test split is not read). Where the rewrite changes the graph (the slimmed GoogLeNets),
+the float models before and after it are timed side by side too.
 
 Writes benchmarks/results/int8_activations.{json,md} with the command, commit, date and
 machine (a run replaces the rows of its models).
@@ -23,14 +31,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections import Counter
 from itertools import islice
 from pathlib import Path
+from unittest import mock
 
 import onnx
 import torch
 from provenance import provenance, record_row, write_page
 
+import deeprebirth.export.onnx as onnx_export
 from deeprebirth.artifacts import TORCH_KINDS, open_model
 from deeprebirth.data import get_dataset, get_loader
 from deeprebirth.export import OnnxModel, to_onnx
@@ -50,7 +59,14 @@ MODELS = {
     "slimmed": ("slimmed GoogLeNet", WEIGHTS / "slimmed"),
     "slimmed_tucker": ("slimmed + Tucker-2 GoogLeNet", WEIGHTS / "slimmed_tucker"),
 }
-ACTIVATIONS = ("Relu", "Clip")
+#: What the export quantized until 2026-12-07.
+BEFORE_OPS = ["Conv", "Gemm", "MatMul", "Concat"]
+#: The three ways, in the page's order: (quantized ops, the export's graph rewrite on).
+WAYS = {
+    "before": (BEFORE_OPS, False),
+    "activations": ([*BEFORE_OPS, "Relu", "Clip"], False),
+    "now": (QUANTIZED_OPS, True),
+}
 CALIBRATION_IMAGES = 512
 SESSIONS, RUNS = 5, 15
 
@@ -67,45 +83,59 @@ def top1(model: OnnxModel, batches) -> float:
     return 100 * hits / n
 
 
+def export(model: torch.nn.Module, example: torch.Tensor, rewrite: bool):
+    """The ONNX export, with or without its graph rewrite (``before``: without)."""
+    if rewrite:
+        return to_onnx(model, example)
+    with mock.patch.object(onnx_export, "activations_before_splits", lambda m: m):
+        return to_onnx(model, example)
+
+
+def timed(models: dict[str, OnnxModel], example: torch.Tensor, beside: str) -> dict:
+    got = latencies(
+        {k: (m, example) for k, m in models.items()},
+        runtimes=["ort"],
+        runs=RUNS,
+        sessions=SESSIONS,
+        beside=beside,
+    )["ort"]
+    return {k: got[k].median_ms for k in models}
+
+
 def measure(key: str, calibration: list[torch.Tensor], val: list) -> dict:
     name, path = MODELS[key]
     model = open_model(str(path), TORCH_KINDS, "int8_activations.py").model.eval()
     images = torch.cat(calibration)[:SMOOTHING_IMAGES]
     smoothed, _ = smooth_linear_pairs(model, images)
-    proto = to_onnx(smoothed, calibration[0])
-    ways = {
-        "float": [op for op in QUANTIZED_OPS if op not in ACTIVATIONS],
-        "folded": QUANTIZED_OPS,
-    }
-    row: dict = {"model": key, "name": name}
+    graphs = {rewrite: export(smoothed, calibration[0], rewrite) for rewrite in (False, True)}
+    rewritten = len(graphs[True].graph.node) != len(graphs[False].graph.node)
+    row: dict = {"model": key, "name": name, "graph_rewritten": rewritten}
+    x = calibration[0][:1]
     with tempfile.TemporaryDirectory() as tmp:
         built = {}
-        for way, ops in ways.items():
+        for way, (ops, rewrite) in WAYS.items():
             out = quantize_int8(
-                proto,
+                graphs[rewrite],
                 Path(tmp) / f"{way}.onnx",
                 (b.numpy() for b in calibration),
                 op_types_to_quantize=ops,
             )
             built[way] = OnnxModel(out)
-            kinds = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
-            row[f"{way}_activations_in_graph"] = sum(kinds[a] for a in ACTIVATIONS)
-            row[f"{way}_quantize_nodes"] = kinds["QuantizeLinear"]
             row[f"{way}_top1_val"] = top1(built[way], val)
             print(f"{key} {way}: top-1 val {row[f'{way}_top1_val']:.2f}", flush=True)
-        x = calibration[0][:1]
-        timed = latencies(
-            {way: (m, x) for way, m in built.items()},
-            runtimes=["ort"],
-            runs=RUNS,
-            sessions=SESSIONS,
-            beside="float",
-        )["ort"]
-    for way in ways:
-        row[f"{way}_ms"] = timed[way].median_ms
-    row["ratio"] = row["folded_ms"] / row["float_ms"]
+        for way, ms in timed(built, x, "before").items():
+            row[f"{way}_ms"] = ms
+        if rewritten:
+            floats = {}
+            for rewrite in (False, True):
+                onnx.save(graphs[rewrite], Path(tmp) / f"float_{rewrite}.onnx")
+                floats[f"float_{'now' if rewrite else 'before'}"] = OnnxModel(
+                    Path(tmp) / f"float_{rewrite}.onnx"
+                )
+            for way, ms in timed(floats, x, "float_before").items():
+                row[f"{way}_ms"] = ms
     print(
-        f"{key}: {row['float_ms']:.3f} -> {row['folded_ms']:.3f} ms ({row['ratio']:.3f})",
+        f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_ms")),
         flush=True,
     )
     return row
@@ -113,27 +143,35 @@ def measure(key: str, calibration: list[torch.Tensor], val: list) -> dict:
 
 def page(rows: list[dict]) -> list[str]:
     lines = [
-        "# int8 with ReLU/ReLU6 folded into the conv before, against left float",
+        "# int8 as the export writes it since 2026-12-07, against before",
         "",
         "<!-- written by benchmarks/int8_activations.py from int8_activations.json: do not edit -->",
         "",
-        "The committed Fashion-MNIST 64x64 models, each quantized twice by ONNX Runtime's static "
-        "quantizer (QDQ, weights per channel, min/max ranges from the same 512 training images, "
-        "conv pairs smoothed): with the activations left float (the export until 2026-12-07) and "
-        "with them quantized (folded into the conv's output range). Timed side by side in ONNX "
-        f"Runtime, 1 thread, batch 1 ({SESSIONS} sessions of {RUNS} runs, the folded model beside "
-        "the other); top-1 on the 5,000 validation images.",
+        "The committed Fashion-MNIST 64x64 models, each quantized three ways by ONNX Runtime's "
+        "static quantizer (QDQ, weights per channel, min/max ranges from the same 512 training "
+        "images, conv pairs smoothed): `before`, the export until 2026-12-07 (Conv, Gemm, MatMul "
+        "and Concat quantized); `activations`, ReLU and ReLU6 quantized too (folded into the "
+        "conv's output range); `now`, the export since (also the fused inception heads' ReLUs "
+        "computed before their split, and the split on int8). Timed side by side in ONNX "
+        f"Runtime, 1 thread, batch 1 ({SESSIONS} sessions of {RUNS} runs, each beside "
+        "`before`); top-1 on the 5,000 validation images. `float`: the float models with and "
+        "without the split rewrite, timed side by side (only where it changes the graph).",
         "",
-        "| model | activations float ms | folded ms | folded / float | float-op activations left "
-        "| quantize nodes | top-1 val %, float activations | top-1 val %, folded | run |",
-        "|---|---:|---:|---:|---|---|---:|---:|---|",
+        "| model | int8 before ms | activations ms | now ms | now / before | top-1 val % before "
+        "| activations | now | float before ms | float now ms | run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        floats = (
+            f"{r['float_before_ms']:.3f} | {r['float_now_ms']:.3f}"
+            if r.get("graph_rewritten")
+            else "— | —"
+        )
         lines.append(
-            f"| {r['name']} | {r['float_ms']:.3f} | {r['folded_ms']:.3f} | {r['ratio']:.3f} "
-            f"| {r['float_activations_in_graph']} -> {r['folded_activations_in_graph']} "
-            f"| {r['float_quantize_nodes']} -> {r['folded_quantize_nodes']} "
-            f"| {r['float_top1_val']:.2f} | {r['folded_top1_val']:.2f} "
+            f"| {r['name']} | {r['before_ms']:.3f} | {r['activations_ms']:.3f} "
+            f"| {r['now_ms']:.3f} | {r['now_ms'] / r['before_ms']:.3f} "
+            f"| {r['before_top1_val']:.2f} | {r['activations_top1_val']:.2f} "
+            f"| {r['now_top1_val']:.2f} | {floats} "
             f"| {r['date'][:10]}, {r['machine']['cpu']} |"
         )
     return lines

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import fx, nn
 
 from deeprebirth import get_model
 from deeprebirth.cli import main
@@ -101,6 +101,25 @@ def test_for_mobile_rewrites_every_lrn_it_reaches():
     assert [m.window.shape[0] for m in mobile.modules() if isinstance(m, BandedLRN)] == [64, 192]
     with torch.no_grad():
         torch.testing.assert_close(mobile(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_for_mobile_computes_the_fused_heads_activation_before_the_slices():
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU()])
+
+        def forward(self, x):
+            a, b = torch.split(self.conv(x), [3, 5], dim=1)
+            return torch.cat([self.acts[0](a), self.acts[1](b)], 1)
+
+    model = fx.symbolic_trace(Heads()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    mobile = for_mobile(model, x)
+    narrows = [n for n in mobile.graph.nodes if n.target is torch.narrow]
+    assert len(narrows) == 2 and all(n.args[0].target == "acts.0" for n in narrows)
+    torch.testing.assert_close(mobile(x), model(x))
 
 
 def test_profile_groups_xnnpack_operators_by_layer_kind():

@@ -3,10 +3,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 from deeprebirth.export import to_onnx
 from deeprebirth.export.int8 import int8_to_time
+from deeprebirth.export.rewrite import activations_before_splits
 from deeprebirth.zoo import get_model
 
 
@@ -406,3 +407,42 @@ def test_a_model_to_time_in_int8_is_quantized_at_its_input_and_output():
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert y.shape == (1, 4, 4, 4)
+
+
+class _Heads(nn.Module):
+    """Fused 1x1 heads as ``fuse_parallel`` leaves them: one conv, a split, an activation per
+    piece; ``mixed``: one piece goes through another activation."""
+
+    def __init__(self, mixed: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 1)
+        self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU(), nn.ReLU6() if mixed else nn.ReLU()])
+
+    def forward(self, x):
+        a, b, c = torch.split(self.conv(x), [4, 4, 4], dim=1)
+        return torch.cat([self.acts[0](a), self.acts[1](b), self.acts[2](c)], 1)
+
+
+def test_activations_after_a_split_are_exported_before_it():
+    model = fx.symbolic_trace(_Heads()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    moved = activations_before_splits(model)
+    assert moved is not model
+    assert len([n for n in model.graph.nodes if n.op == "call_module"]) == 4  # untouched
+    split = next(n for n in moved.graph.nodes if n.target is torch.split)
+    assert split.args[0].target == "acts.0"
+    assert [n.target for n in moved.graph.nodes if n.op == "call_module"] == ["conv", "acts.0"]
+    torch.testing.assert_close(moved(x), model(x))
+    # in ONNX the ReLU reads the conv and the split the ReLU: runtimes fuse it into the conv
+    graph = to_onnx(model, x).graph
+    made = {o: n for n in graph.node for o in n.output}
+    (split,) = [n for n in graph.node if n.op_type == "Split"]
+    assert made[split.input[0]].op_type == "Relu"
+    assert sum(n.op_type == "Relu" for n in graph.node) == 1
+
+
+def test_different_activations_after_a_split_stay_where_they_are():
+    model = fx.symbolic_trace(_Heads(mixed=True)).eval()
+    assert activations_before_splits(model) is model
+    plain = _Heads()
+    assert activations_before_splits(plain) is plain  # not a graph: returned as it is

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import DeepRebirthError
 from ..zoo.layers import channel_window
+from .rewrite import activations_before_splits
 
 EXTRA = "mobile"
 SUFFIX = ".pte"
@@ -105,8 +106,9 @@ def _splits_as_slices(gm: torch.fx.GraphModule) -> None:
 
 def for_mobile(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of ``model`` as the phone runtime wants it: LRN layers as :class:`BandedLRN`
-    (channels found by running ``example``), channel splits as slices. The model itself is
-    untouched."""
+    (channels found by running ``example``), activations after a channel split before it
+    (:mod:`.rewrite`), channel splits as slices. The model itself is untouched."""
+    model = activations_before_splits(model)
     if isinstance(model, torch.fx.GraphModule) and any(
         n.target is torch.split for n in model.graph.nodes
     ):

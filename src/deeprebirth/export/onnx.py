@@ -21,6 +21,7 @@ except ImportError:  # another torch: the public call
 
 from ..errors import DeepRebirthError
 from ..zoo.layers import ONNX_TRANSLATIONS, LocalResponseNorm
+from .rewrite import activations_before_splits
 
 OPSET = 18
 
@@ -93,11 +94,12 @@ def _with_native_lrn(model: nn.Module) -> nn.Module:
 def to_onnx(
     model: nn.Module, example: torch.Tensor, path: str | Path | None = None
 ) -> onnx.ModelProto:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension.
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension; activations after
+    a channel split are computed before it (:mod:`.rewrite`).
 
     Returns the checked ``ModelProto``; also writes it to ``path`` when given.
     """
-    model = _with_native_lrn(model).eval()
+    model = _with_native_lrn(activations_before_splits(model)).eval()
     batch = torch.export.Dim("batch", min=1)
     # The exporter reports progress on stdout and warns about things we handle.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
