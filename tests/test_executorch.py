@@ -103,23 +103,42 @@ def test_for_mobile_rewrites_every_lrn_it_reaches():
         torch.testing.assert_close(mobile(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+class _Heads(nn.Module):
+    """Fused 1x1 heads as ``fuse_parallel`` leaves them (a conv, a split, a ReLU per piece)
+    between two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 1)
+        self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU()])
+        self.post = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        a, b = torch.split(self.conv(self.stem(x)), [8, 8], dim=1)
+        return torch.cat([self.acts[0](a), self.post(self.acts[1](b))], 1)
+
+
 def test_for_mobile_computes_the_fused_heads_activation_before_the_slices():
-    class Heads(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 1)
-            self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU()])
-
-        def forward(self, x):
-            a, b = torch.split(self.conv(x), [3, 5], dim=1)
-            return torch.cat([self.acts[0](a), self.acts[1](b)], 1)
-
-    model = fx.symbolic_trace(Heads()).eval()
+    model = fx.symbolic_trace(_Heads()).eval()
     x = torch.randn(1, 3, 8, 8)
     mobile = for_mobile(model, x)
     narrows = [n for n in mobile.graph.nodes if n.target is torch.narrow]
     assert len(narrows) == 2 and all(n.args[0].target == "acts.0" for n in narrows)
     torch.testing.assert_close(mobile(x), model(x))
+    # not in int8, where XNNPACK fails to run such slices: each piece keeps its ReLU
+    int8 = for_mobile(model, x, int8=True)
+    assert [n.args[0].target for n in int8.graph.nodes if n.target is torch.narrow] == ["conv"] * 2
+
+
+def test_int8_program_of_fused_heads_runs(tmp_path):
+    torch.manual_seed(0)
+    model = fx.symbolic_trace(_Heads()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    export_executorch(model, tmp_path / "m.pte", x, [torch.randn(4, 3, 8, 8)])
+    got = PteModel(tmp_path / "m.pte")(x)
+    with torch.no_grad():
+        assert (got - model(x)).norm() / model(x).norm() < 0.1
 
 
 def test_profile_groups_xnnpack_operators_by_layer_kind():

@@ -104,11 +104,14 @@ def _splits_as_slices(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
-def for_mobile(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def for_mobile(model: nn.Module, example: torch.Tensor, int8: bool = False) -> nn.Module:
     """A copy of ``model`` as the phone runtime wants it: LRN layers as :class:`BandedLRN`
     (channels found by running ``example``), activations after a channel split before it
-    (:mod:`.rewrite`), channel splits as slices. The model itself is untouched."""
-    model = activations_before_splits(model)
+    (:mod:`.rewrite`; not for ``int8``: XNNPACK's int8 slices of a conv + ReLU output fail
+    at run time in executorch 1.5.1, "Attempted to resize a static tensor"), channel splits
+    as slices. The model itself is untouched."""
+    if not int8:
+        model = activations_before_splits(model)
     if isinstance(model, torch.fx.GraphModule) and any(
         n.target is torch.split for n in model.graph.nodes
     ):
@@ -208,7 +211,7 @@ def to_executorch(
     from executorch.exir import to_edge_transform_and_lower
 
     example = example[:1]
-    model = for_mobile(model.eval(), example)
+    model = for_mobile(model.eval(), example, int8=calibration is not None)
     try:
         program = torch.export.export(model, (example,))
         if calibration is not None:
