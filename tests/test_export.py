@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from deeprebirth.export import to_onnx
+from deeprebirth.export import OnnxModel, quantize_int8, to_onnx
 from deeprebirth.export.int8 import int8_to_time
 from deeprebirth.export.rewrite import activations_before_splits
 from deeprebirth.zoo import get_model
@@ -252,8 +252,6 @@ def test_int8_logits_stay_float(tmp_path):
 def test_int8_folds_activations_into_the_conv_before(tmp_path, act):
     """A ReLU (Clip: ReLU6) after a conv leaves no float round trip in the int8 model: the
     conv's output is quantized over the activation's range, and the result matches."""
-    from deeprebirth.export import OnnxModel, quantize_int8
-
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act()
     ).eval()
@@ -413,14 +411,18 @@ class _Heads(nn.Module):
     """Fused 1x1 heads as ``fuse_parallel`` leaves them: one conv, a split, an activation per
     piece; ``mixed``: one piece goes through another activation."""
 
-    def __init__(self, mixed: bool = False):
+    def __init__(self, mixed: bool = False, shared: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(3, 12, 1)
         self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU(), nn.ReLU6() if mixed else nn.ReLU()])
+        self.post = nn.Conv2d(4, 4, 3, padding=1)
+        self.shared = shared  # the conv's output is also read beside the split
 
     def forward(self, x):
-        a, b, c = torch.split(self.conv(x), [4, 4, 4], dim=1)
-        return torch.cat([self.acts[0](a), self.acts[1](b), self.acts[2](c)], 1)
+        y = self.conv(x)
+        a, b, c = torch.split(y, [4, 4, 4], dim=1)
+        out = torch.cat([self.acts[0](a), self.post(self.acts[1](b)), self.acts[2](c)], 1)
+        return out + y if self.shared else out
 
 
 def test_activations_after_a_split_are_exported_before_it():
@@ -428,10 +430,14 @@ def test_activations_after_a_split_are_exported_before_it():
     x = torch.randn(2, 3, 8, 8)
     moved = activations_before_splits(model)
     assert moved is not model
-    assert len([n for n in model.graph.nodes if n.op == "call_module"]) == 4  # untouched
+    assert len([n for n in model.graph.nodes if n.op == "call_module"]) == 5  # untouched
     split = next(n for n in moved.graph.nodes if n.target is torch.split)
     assert split.args[0].target == "acts.0"
-    assert [n.target for n in moved.graph.nodes if n.op == "call_module"] == ["conv", "acts.0"]
+    assert [n.target for n in moved.graph.nodes if n.op == "call_module"] == [
+        "conv",
+        "acts.0",
+        "post",
+    ]
     torch.testing.assert_close(moved(x), model(x))
     # in ONNX the ReLU reads the conv and the split the ReLU: runtimes fuse it into the conv
     graph = to_onnx(model, x).graph
@@ -441,8 +447,30 @@ def test_activations_after_a_split_are_exported_before_it():
     assert sum(n.op_type == "Relu" for n in graph.node) == 1
 
 
-def test_different_activations_after_a_split_stay_where_they_are():
-    model = fx.symbolic_trace(_Heads(mixed=True)).eval()
+def test_int8_splits_the_int8_tensor_of_fused_heads(tmp_path):
+    """The heads' ReLU, moved before the split, folds into the conv; the split's pieces keep
+    its input's scale, so ONNX Runtime drops their quantize-dequantize pairs."""
+    torch.manual_seed(0)
+    model = fx.symbolic_trace(_Heads()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    path = quantize_int8(to_onnx(model, x), tmp_path / "q.onnx", [torch.randn(8, 3, 8, 8)])
+    graph = OnnxModel(path).proto.graph
+    assert "Relu" not in {n.op_type for n in graph.node}
+    made = {o: n for n in graph.node for o in n.output}
+    (split,) = [n for n in graph.node if n.op_type == "Split"]
+    scale = made[split.input[0]].input[1:]
+    for piece in split.output:
+        readers = [n for n in graph.node if piece in n.input]
+        assert [(n.op_type, n.input[1:]) for n in readers] == [("QuantizeLinear", scale)]
+    got = OnnxModel(path)(x)
+    with torch.no_grad():
+        assert (got - model(x)).norm() / model(x).norm() < 0.05
+
+
+@pytest.mark.parametrize("why", ["mixed", "shared"])
+def test_activations_after_a_split_stay_where_they_are(why):
+    """Not when the pieces' activations differ, nor when the split's input has another reader."""
+    model = fx.symbolic_trace(_Heads(**{why: True})).eval()
     assert activations_before_splits(model) is model
     plain = _Heads()
     assert activations_before_splits(plain) is plain  # not a graph: returned as it is

@@ -41,8 +41,12 @@ def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> tuple | None:
 
 def _hoistable(split: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node] | None:
     """The activations to move before ``split`` (one per piece, in piece order), or None
-    when some piece is read by anything else or the pieces' activations differ."""
+    when some piece is read by anything else, the pieces' activations differ, or the split's
+    input has other readers (which an in-place activation on it would change)."""
     if split.op != "call_function" or split.target is not torch.split:
+        return None
+    source = split.args[0]
+    if not isinstance(source, fx.Node) or len(source.users) != 1:
         return None
     pieces = list(split.users)
     if not pieces or any(p.target is not operator.getitem or len(p.users) != 1 for p in pieces):
