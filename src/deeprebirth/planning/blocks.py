@@ -57,6 +57,12 @@ from ..transforms.depth import activation_node
 COMPUTE = ("call_module", "call_function", "call_method")
 #: Sessions each block and the base network run in (see ``select.SESSIONS``).
 SESSIONS = 3
+#: Sessions the plans timed whole to calibrate the model run in (``BlockLatency.calibrate``).
+#: The line through five networks carries their noise into every prediction, and a whole
+#: network is quick beside the block table: GoogLeNet at 64x64 in ExecuTorch, calibrated in
+#: 3 sessions, ran 15-24% over its blocks in the fitted plans and 11-14% in ten other sets
+#: measured in 9, and missed the worst of them by 15% (benchmarks/results/latency_model.md).
+CALIBRATION_SESSIONS = 9
 
 
 #: Runtimes that run int8 models: their networks are not cut right after a max-pool
@@ -415,7 +421,7 @@ class BlockLatency:
         self.log(f"base {self.base_ms:.3f} ms, its blocks {self.base_blocks_ms:.3f} ms")
         return {k: t[k].median_ms for k in wholes if k != "<base>"}
 
-    def _time(self, models: dict, beside: dict[str, str]) -> dict:
+    def _time(self, models: dict, beside: dict[str, str], sessions: int = SESSIONS) -> dict:
         """Each model timed beside its reference (pairs keep each in warm caches, as it runs
         deployed: timed among hundreds of others, a block waits on memory for its weights)."""
         return latencies(
@@ -423,7 +429,7 @@ class BlockLatency:
             runtimes=[self.runtime],
             threads=self.threads,
             runs=self.runs,
-            sessions=SESSIONS,
+            sessions=sessions,
             beside=beside,
         )[self.runtime]
 
@@ -457,9 +463,9 @@ class BlockLatency:
 
     def calibrate(self, networks: Sequence[fx.GraphModule], example: torch.Tensor) -> list[dict]:
         """Fit the constant and the price of weights: ``networks`` (plans of the base, as
-        far apart as the options go) are timed whole beside the base in :data:`SESSIONS`
-        sessions, scaled to the base's latency from :meth:`fit`; what each whole network
-        takes beyond its blocks is fitted as ``constant + ms_per_mb * weight MB`` by least
+        far apart as the options go) are timed whole beside the base in
+        :data:`CALIBRATION_SESSIONS` sessions, scaled to the base's latency from :meth:`fit`;
+        what each whole network takes beyond its blocks is fitted as ``constant + ms_per_mb * weight MB`` by least
         squares through them and the base. Returns each network's weights (MB), blocks'
         sum, measured and predicted latency (ms), the base's first."""
         if self.base_net is None:
@@ -470,7 +476,8 @@ class BlockLatency:
         models = {"<base>": (self.base_net, example)}
         models |= {f"<plan {i}>": (gm, example) for i, gm in enumerate(networks)}
         self.log(f"timing {len(networks)} plans whole on {self.runtime}, beside the base")
-        t = self._time(models, {k: "<base>" for k in models if k != "<base>"})
+        beside = {k: "<base>" for k in models if k != "<base>"}
+        t = self._time(models, beside, sessions=CALIBRATION_SESSIONS)
         measured = [self.base_ms]
         measured += [
             self.base_ms * t[k].median_ms / t["<base>"].median_ms for k in models if k != "<base>"
