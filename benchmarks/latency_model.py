@@ -2,7 +2,8 @@
 
 For each network and input size: every option the latency-budget selection offers (learned
 merges, depth chains, Tucker-2 ranks; random weights, 1 channel, 10 classes as in the
-Fashion-MNIST runs), its blocks timed alone, each beside the base's block it replaces
+Fashion-MNIST runs, or with ``--checkpoint`` a trained network's, whose Tucker-2 ranks are
+those EVBMF finds in trained weights), its blocks timed alone, each beside the base's block it replaces
 (``deeprebirth.planning.blocks``, cache off), and the constant and price per MB of weights
 fitted on the plans the selection fits them on (every group's fastest option and 3 random
 sets, timed whole); then 10 other random option sets (each group on with probability 1/2, one of its
@@ -11,10 +12,11 @@ base network alone (1 thread, batch 1, medians of 5 sessions), scaled to the bas
 selection does. Records the relative error of each prediction, the median and the worst,
 and the seconds the block table took. Writes benchmarks/results/latency_model.{json,md}
 with the command, commit, date and machine (the file gathers runs: a run replaces the rows
-of its networks, sizes and runtimes).
+of its networks, weights, sizes and runtimes).
 
     .venv/bin/python benchmarks/latency_model.py [--models bvlc_googlenet,mobilenet_v2]
         [--sizes 64] [--runtimes ort] [--sets 10]
+        [--checkpoint benchmarks/weights/fashion_mnist_64/teacher.safetensors]
 
 Measure on a quiet machine: nothing else running.
 """
@@ -32,6 +34,7 @@ import torch
 from provenance import provenance, record_row, write_page
 
 from deeprebirth import get_model
+from deeprebirth.artifacts import open_model
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
 from deeprebirth.planning.blocks import CALIBRATION_SESSIONS, BlockLatency, weights_mb
@@ -44,9 +47,12 @@ from deeprebirth.planning.select import (
     with_entries,
 )
 from deeprebirth.profiling.bench import latencies
+from deeprebirth.recipe import ModelConfig
 from deeprebirth.transforms import apply_plan
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What a row is of: a run replaces the row with the same values.
+KEYS = ("model", "weights", "size", "runtime")
 RESULTS = ROOT / "benchmarks/results/latency_model"
 
 
@@ -54,9 +60,16 @@ def net_of(model, plan, picked, example):
     return apply_plan(model, with_entries(plan, [e for o in picked for e in o.entries]), example)[0]
 
 
-def run_one(name: str, size: int, runtime: str, args) -> dict:
+def load(name: str, checkpoint: str | None) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = get_model(name, num_classes=10, in_chans=1).eval()
+    if checkpoint is None:
+        return get_model(name, num_classes=10, in_chans=1).eval()
+    spec = ModelConfig(name, checkpoint=checkpoint, num_classes=10, in_chans=1)
+    return open_model(spec).model.eval()
+
+
+def run_one(name: str, size: int, runtime: str, args) -> dict:
+    model = load(name, args.checkpoint)
     example = example_input(1, 1, size)
     t0 = time.time()
     plan = make_plan(model, example, name=name, drop_activations=True)
@@ -115,6 +128,7 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
     before = [abs(r["constant_only_error"]) for r in rows]
     return {
         "model": name,
+        "weights": Path(args.checkpoint).name if args.checkpoint else None,
         "size": size,
         "runtime": runtime,
         "options": len(options),
@@ -130,6 +144,7 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
         ],
         "timed": "pairs",
         "calibration_sessions": CALIBRATION_SESSIONS,
+        "calibration_fit": "relative",  # least squares of the relative error (blocks.fit_beyond)
         "table_seconds": round(table_s, 1),
         "measure_sessions": args.measure_sessions,
         "copy_error": t["copy"].median_ms / t["base"].median_ms - 1,
@@ -156,7 +171,8 @@ def _line(r: dict) -> str:
     if "ms_per_mb" in r:
         line = f"sum {r['between_blocks_ms']:+.2f} + {r['ms_per_mb']:.3f}/MB"
         sessions = r.get("calibration_sessions", 3)
-        return line if sessions == 3 else f"{line}, calibrated in {sessions}"
+        line = line if sessions == 3 else f"{line}, calibrated in {sessions}"
+        return f"{line}, relative" if r.get("calibration_fit") == "relative" else line
     if "slope" in r:
         return f"{r['between_blocks_ms']:+.2f} + {r['slope']:.2f} x sum"
     return "sum + constant"
@@ -178,13 +194,15 @@ def write_md(data: dict) -> None:
         "",
         "<!-- written by benchmarks/latency_model.py from latency_model.json: do not edit -->",
         "",
-        "Random weights, 1 channel, batch 1, 1 thread. Each row: 10 random option sets "
+        "Random weights (or the trained ones named beside the network), 1 channel, batch 1, 1 "
+        "thread. Each row: 10 random option sets "
         "(learned merges, depth chains, Tucker-2 ranks), predicted from the sum of their "
         "blocks timed alone (each beside the base's block it replaces), measured whole beside "
         "the base network. `predicted as`: the sum plus the constant the base has between its "
         "blocks (`sum + constant`, earlier runs); a line in ms fitted on the base and 4 other "
         "plans timed whole (every group's fastest option, 3 random sets; not among the 10 "
-        "checked; one run, in 3 sessions, or 9 where the row says `calibrated in 9`); or the sum plus a constant and a price per MB of the network's "
+        "checked; one run, in 3 sessions, or 9 where the row says `calibrated in 9`; least "
+        "squares of the absolute error, or of the relative one where it says `relative`); or the sum plus a constant and a price per MB of the network's "
         "weights, both fitted on those plans (`sum +c + ms/MB`). "
         "`timed`: in pairs (each form beside its base block, each set beside the base), or, "
         "in earlier runs, all forms and all sets interleaved at once (caches cold). "
@@ -201,7 +219,7 @@ def write_md(data: dict) -> None:
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['model']} | {r['size']} | {r['runtime']} | {r.get('timed', 'all at once')} "
+            f"| {r['model']}{f' ({w})' if (w := r.get('weights')) else ''} | {r['size']} | {r['runtime']} | {r.get('timed', 'all at once')} "
             f"| {_line(r)} | {r['options']} | {r['blocks']} | {r['base_ms']:.3f} "
             f"| {_blocks_share(r):.2f}x "
             f"| {100 * r['median_abs_error']:.1f}% | {100 * r['worst_abs_error']:.1f}% "
@@ -217,6 +235,10 @@ def main() -> None:
     p.add_argument("--sizes", default="64")
     p.add_argument("--runtimes", default="ort")
     p.add_argument("--sets", type=int, default=10)
+    p.add_argument(
+        "--checkpoint",
+        help="trained weights (safetensors) for the networks, instead of random ones",
+    )
     p.add_argument("--runs", type=int, default=15)
     p.add_argument(
         "--measure-sessions",
@@ -234,7 +256,7 @@ def main() -> None:
                     f"{name} {size} {runtime}: median error {100 * row['median_abs_error']:.1f}%, "
                     f"worst {100 * row['worst_abs_error']:.1f}%"
                 )
-                data = record_row(RESULTS.with_suffix(".json"), row, ("model", "size", "runtime"))
+                data = record_row(RESULTS.with_suffix(".json"), row, KEYS)
                 write_md(data)
 
 

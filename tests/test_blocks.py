@@ -1,3 +1,5 @@
+import statistics
+
 import pytest
 import torch
 from torch import nn
@@ -5,7 +7,7 @@ from torch import nn
 from deeprebirth import get_model
 from deeprebirth.graph import capture
 from deeprebirth.planning import blocks as blocks_module
-from deeprebirth.planning.blocks import BlockLatency, cut_nodes, split
+from deeprebirth.planning.blocks import BlockLatency, cut_nodes, fit_beyond, split
 from deeprebirth.profiling.timing import Timing
 
 
@@ -260,10 +262,36 @@ def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
     model.fit(base, [other], x)
     rows = model.calibrate([other], x)
     assert model.ms_per_mb == 0.0 and any("taken as 0" in m for m in logged)
-    misses = [r["predicted_ms"] - r["measured_ms"] for r in rows]
+    # the constant: the mean beyond the blocks, weighted as the relative errors are
+    misses = [(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] ** 2 for r in rows]
     assert sum(misses) == pytest.approx(0.0, abs=1e-9) and misses[0] != 0
     assert model.calibration_miss > 0
     model.fit(base, [other], x)  # fitted again: calibrated on nothing yet
     assert model.calibration == [] and model.calibration_miss == 0.0
     with pytest.raises(RuntimeError, match="fit"):
         BlockLatency(runtime="ort", use_cache=False).calibrate([other], x)
+
+
+def test_fit_beyond_weighs_relative_errors():
+    # the trained GoogLeNet at 64x64 in int8, as calibrated: the base, two slow plans (with
+    # LRN) and two fast ones; MB of weights, the blocks' sum, measured whole (ms)
+    mbs, sums = [23.9, 20.6, 12.0, 18.5, 19.9], [2.941, 2.776, 0.371, 0.641, 0.725]
+    measured = [3.021, 2.853, 0.340, 0.584, 0.699]
+
+    def worst(per_mb, constant):
+        return max(
+            abs((constant + x + per_mb * w) / y - 1)
+            for w, x, y in zip(mbs, sums, measured, strict=True)
+        )
+
+    per_mb, constant = fit_beyond(mbs, sums, measured)
+    beyond = [y - x for x, y in zip(sums, measured, strict=True)]
+    plain = statistics.linear_regression(mbs, beyond)
+    assert worst(plain.slope, plain.intercept) > 0.10  # unweighted: a fast plan 10% off
+    assert worst(per_mb, constant) < 0.05
+    assert worst(per_mb, constant) < worst(plain.slope, plain.intercept)
+    # all networks alike in weights: the constant alone
+    assert fit_beyond([5.0, 5.0], [1.0, 2.0], [1.1, 2.2]) == (
+        0.0,
+        pytest.approx((0.1 / 1.21 + 0.2 / 4.84) / (1 / 1.21 + 1 / 4.84)),
+    )
