@@ -496,15 +496,26 @@ def test_a_block_model_that_misses_the_plans_it_was_fitted_on_is_not_trusted(mon
     monkeypatch.setattr(sel, "build_options", lambda *a, **k: options)
     table = {"base": 10.0, "original": 11.0}
     monkeypatch.setattr(sel, "measure_blocks", lambda *a, **k: (table, Blocks()))
-    monkeypatch.setattr(sel, "measure_options", lambda *a, **k: table)
-    monkeypatch.setattr(sel, "_measure_choice", lambda m, x, p, picked, *a: 8.0)
+
+    def whole_networks(*a, **k):
+        raise AssertionError("every option timed on the whole network")
+
+    monkeypatch.setattr(sel, "measure_options", whole_networks)
+    measured = []
+    monkeypatch.setattr(
+        sel, "_measure_choice", lambda m, x, p, picked, *a: measured.append(picked) or 8.0
+    )
     plan, logged = make_plan(model, x), []
     s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", log=logged.append)
-    assert s.extra["latency_model"] == "networks" and s.rounds[0]["measured_ms"] == 8.0
+    # the blocks' savings choose; the choice (and every option together) is timed whole
+    assert s.extra["latency_model"] == "blocks" and s.extra["judged"] == "measured"
+    assert s.rounds[0]["measured_ms"] == 8.0 and "blocks_ms" not in s.rounds[0]
+    assert s.chosen == ["a"] and len(measured) == 2
     assert any("misses a plan timed whole on ort by 15%" in m for m in logged)
     # asked for by name, the blocks are used as they are
+    measured.clear()
     s = sel.select_plan(model, x, plan, budget_ms=9.0, runtime="ort", latency_model="blocks")
-    assert s.extra["latency_model"] == "blocks" and s.extra["blocks_ms"] == 7.0
+    assert s.extra["judged"] == "blocks" and s.extra["blocks_ms"] == 7.0 and not measured
 
 
 def test_option_errors_use_the_reference_outputs_once_computed():
@@ -566,8 +577,12 @@ def test_errors_on_random_inputs_are_measured_on_different_images():
 def test_a_cost_function_prices_each_option_once(monkeypatch):
     import deeprebirth.planning.select as sel
 
-    class Blocks:  # blocks not trusted: the options are built twice (blocks, then networks)
-        base_ms, calibration_miss = 10.0, 0.15
+    class Blocks:
+        base_ms, calibration_miss = 10.0, 0.0
+        constant_ms, ms_per_mb, calibration = 0.0, 0.0, []
+
+        def predict(self, gm, example):
+            return 8.0, []
 
     model, x = get_model("user_models:tiny_cnn"), example_input(1, 3, 16)
     plan = make_plan(model, x, name="user_models:tiny_cnn")
@@ -632,3 +647,21 @@ def test_the_block_line_is_fitted_on_the_fastest_plan_and_seeded_random_sets():
     assert [[o.key for o in s] for s in sets] == [
         [o.key for o in s] for s in calibration_sets(options)
     ]
+
+
+def test_the_report_says_when_each_choice_was_timed_whole():
+    from deeprebirth.report.markdown import _selection_lines
+
+    rounds = [{"need_ms": 2.0, "predicted_ms": 8.0, "measured_ms": 8.5}]
+    extra = {"latency_model": "blocks", "judged": "measured", "blocks_ms": 7.0, "blocks": []}
+    extra |= {"between_blocks_ms": 0.1, "ms_per_weight_mb": 0.0, "weights_mb": 1.0}
+    sel = {"budget_ms": 9.0, "runtime": "ort", "base_ms": 10.0, "rounds": rounds, "extra": extra}
+    sel["options"] = []
+    text = "\n".join(_selection_lines(sel))
+    assert "so each choice was timed whole beside the base" in text
+    assert "add up to 8.000 ms, measured 8.500 ms" in text
+    rounds[0] = {"need_ms": 2.0, "predicted_ms": 8.0, "blocks_ms": 7.5}
+    extra["judged"] = "blocks"
+    text = "\n".join(_selection_lines(sel))
+    assert "timed whole beside the base" not in text
+    assert "its blocks predicted 7.500 ms" in text

@@ -96,7 +96,10 @@ DEFAULT_LATENCY_MODEL = {
     "torch": "networks",
 }
 #: Where the block model misses one of the plans it was fitted on (timed whole) by more than
-#: this share, a selection by the default model times whole networks instead. Measured
+#: this share, a selection by the default model times each choice whole (beside the base)
+#: instead of summing its blocks; the blocks' savings still choose. (Until 2026-12-07 it timed
+#: every option on the whole network instead: on GoogLeNet at 64x64 in int8 that took 21
+#: minutes, and savings of whole networks, smaller than their drift, summed to -5 ms.) Measured
 #: (benchmarks/results/latency_model.md): in ORT the fitted plans were missed by 1.5-8.8%
 #: and the worst of 10 other sets by 1.1-11.1%; MobileNetV2 in ExecuTorch at 64, before its
 #: blocks were cut at its inverted residuals' outputs, missed one fitted plan by 23% and
@@ -669,8 +672,10 @@ def select_plan(
 
     ``latency_model`` (default: :data:`DEFAULT_LATENCY_MODEL` of the runtime): with
     ``"blocks"`` the choice's latency is predicted from its blocks
-    (options in one block timed together); with ``"networks"`` the choice is measured.
-    When that misses the budget (savings are not quite additive), the target is raised in
+    (options in one block timed together); with ``"networks"`` the choice is measured. By
+    default, where the block model misses a plan it was calibrated on by more than
+    :data:`MAX_CALIBRATION_MISS`, its savings still choose but each choice is measured whole
+    beside the base (``extra["judged"]``: ``"measured"``, else ``"blocks"``). When that misses the budget (savings are not quite additive), the target is raised in
     proportion and the choice made again, up to ``correction_rounds`` times in all. With
     blocks, ``extra`` holds the selected plan's prediction block by block; measuring it whole
     is the caller's (the pipeline times it beside the original). ``margin``: aim that share
@@ -691,35 +696,37 @@ def select_plan(
         raise ValueError(f"latency_model is one of {', '.join(LATENCY_MODELS)}")
     batches = list(batches) or [example]
     options = build_options(model, example, plan, tucker_plans)
-    if cost is not None:  # once per option, though the fallback builds the options again
+    if cost is not None:  # each set of entries priced once (a cost may be a short tuning)
         cost = _once(cost)
     timing = dict(
         runtime=runtime, threads=threads, runs=runs, use_cache=use_cache, log=log, cost=cost
     )
     blocks = None
+    # whether each choice is timed whole (the savings still come from the table)
+    whole = latency_model == "networks"
     if latency_model == "blocks":
         table, blocks = measure_blocks(model, example, plan, options, batches, **timing)
         miss = blocks.calibration_miss
         if asked is None and miss > MAX_CALIBRATION_MISS:
             log(
                 f"the block model misses a plan timed whole on {runtime} by {miss:.0%} (more "
-                f"than {MAX_CALIBRATION_MISS:.0%}): not trusted here, timing each option on the "
-                "whole network instead"
+                f"than {MAX_CALIBRATION_MISS:.0%}): its sums are not trusted here; the blocks' "
+                "savings choose, and each choice is timed whole beside the base"
             )
-            latency_model, blocks = "networks", None
+            whole = True
     if latency_model == "networks":
         table = measure_options(model, example, plan, options, batches, **timing)
 
     def judge(picked: Sequence[Option]) -> float:
         """The choice's latency: predicted from its blocks, or measured whole."""
-        if blocks is None:
+        if whole:
             return _measure_choice(model, example, plan, picked, runtime, threads, runs, base_ms)
         chosen, _ = apply_plan(
             model, with_entries(plan, [e for o in picked for e in o.entries]), example
         )
         return blocks.predict(chosen, example)[0]
 
-    judged = "measured_ms" if blocks is None else "blocks_ms"
+    judged = "measured_ms" if whole else "blocks_ms"
     base_ms, original_ms = table["base"], table["original"]
     if budget_ms is None:
         budget_ms = budget_share * original_ms
@@ -734,7 +741,8 @@ def select_plan(
     fastest = fastest_options(groups)
     # What every option together reaches: by its blocks where there are blocks (options in
     # one block save more or less together than their savings alone add up to: ResNet-50 at
-    # 224, 44 ms by its blocks where the savings summed to 54-60 ms), else by the savings.
+    # 224, 44 ms by its blocks where the savings summed to 54-60 ms; timed whole where the
+    # block model is not trusted), else by the savings.
     reach_ms = judge(fastest) if blocks is not None and fastest else base_ms - best
     if target_ms < reach_ms <= budget_ms:  # the budget is in reach, its margin is not
         target_ms = reach_ms
@@ -769,7 +777,7 @@ def select_plan(
         tried.append((picked, cost, predicted, measured))
         log(
             f"round {len(rounds)}: the options' savings give {base_ms - predicted:.3f} ms, "
-            + ("measured" if blocks is None else "its blocks")
+            + ("measured" if whole else "its blocks")
             + f" {measured:.3f} ms"
         )
         achieved = base_ms - measured
@@ -783,7 +791,7 @@ def select_plan(
     within = [t for t in tried if t[3] <= target_ms]
     picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
     chosen_entries = [e for o in picked for e in o.entries]
-    extra: dict = {"latency_model": latency_model}
+    extra: dict = {"latency_model": latency_model, "judged": "measured" if whole else "blocks"}
     if blocks is not None:  # what the blocks predict, block by block (the caller measures)
         chosen, _ = apply_plan(model, with_entries(plan, chosen_entries), example)
         extra["blocks_ms"], extra["blocks"] = blocks.predict(chosen, example)

@@ -21,6 +21,7 @@ from ..graph.capture import capture
 from ..graph.taxonomy import KINDS, is_tensor_kind
 from ..machine import cpu_label, machine_info
 from ..planning.exact_timing import left_off_why
+from ..planning.select import MAX_CALIBRATION_MISS
 from ..profiling.bench import latencies
 from ..profiling.plot import RUNTIME_LABELS
 from ..profiling.profile import profile
@@ -161,7 +162,14 @@ def _selection_lines(sel: dict) -> list[str]:
         if blocks
         else "Each option was applied alone to the exact-only model and measured on the runtime"
     )
-    judged = "its blocks predicted" if blocks else "measured"
+    # blocks that missed a plan they were calibrated on: each choice was timed whole
+    by_blocks = blocks and x.get("judged", "blocks") == "blocks"
+    if blocks and not by_blocks:
+        how += (
+            f"; the model missed one of those plans by more than {MAX_CALIBRATION_MISS:.0%}, "
+            "so each choice was timed whole beside the base"
+        )
+    judged = "its blocks predicted" if by_blocks else "measured"
     predicted = x["blocks_ms"] if blocks else sel["predicted_ms"]
     n = x.get("cost_batches")
     when = (
@@ -191,7 +199,7 @@ def _selection_lines(sel: dict) -> list[str]:
         lines.append(
             f"- round {i}: asked the table for {r['need_ms']:.3f} ms of savings; the savings "
             f"add up to {r['predicted_ms']:.3f} ms, {judged} "
-            f"{r['blocks_ms' if blocks else 'measured_ms']:.3f} ms"
+            f"{r['blocks_ms' if by_blocks else 'measured_ms']:.3f} ms"
         )
     if blocks:
         lines += ["", "| block of the selected plan | ms (timed alone) |", "|---|---:|"]
