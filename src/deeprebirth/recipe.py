@@ -122,8 +122,8 @@ class SelectConfig:
         "options give it, a plan's latency predicted as their sum plus a constant and a price "
         "per MB of weights fitted on plans timed whole; networks: each option timed on the "
         "whole network, the choice measured (none: blocks in ort, ort-int8 and executorch, "
-        "unless the fit misses one of the plans it was fitted on by more than 10%; networks "
-        "in torch)",
+        "each choice timed whole where the fit misses one of the plans it was fitted on by "
+        "more than 10%; networks in torch)",
     )
 
     def selects(self) -> bool:
