@@ -37,7 +37,7 @@ from deeprebirth import get_model
 from deeprebirth.artifacts import open_model
 from deeprebirth.graph import example_input
 from deeprebirth.planning import make_plan
-from deeprebirth.planning.blocks import CALIBRATION_SESSIONS, BlockLatency, weights_mb
+from deeprebirth.planning.blocks import BlockLatency, weights_mb
 from deeprebirth.planning.select import (
     build_options,
     calibrate_blocks,
@@ -143,7 +143,7 @@ def run_one(name: str, size: int, runtime: str, args) -> dict:
             for s, r in zip([[]] + fitted_on, line, strict=True)
         ],
         "timed": "pairs",
-        "calibration_sessions": CALIBRATION_SESSIONS,
+        "calibration_sessions": blocks.calibration_sessions,
         "calibration_fit": "relative",  # least squares of the relative error (blocks.fit_beyond)
         "table_seconds": round(table_s, 1),
         "measure_sessions": args.measure_sessions,

@@ -255,6 +255,11 @@ def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
     assert [r["measured_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
     assert [r["predicted_ms"] for r in rows] == pytest.approx([model.base_ms, whole_other])
     assert model.calibration == rows and model.calibration_miss == pytest.approx(0.0, abs=1e-9)
+    # timed whole in as many sessions as fit in CALIBRATION_SECONDS, 3 to 9
+    assert model.calibration_sessions == blocks_module.CALIBRATION_SESSIONS == 9
+    model.base_ms = 10_000.0  # a base of 10 s: 3 sessions
+    model.calibrate([other], x)
+    assert model.calibration_sessions == blocks_module.SESSIONS == 3
     # weights that make a network faster are noise: priced at 0, the mean constant kept
     monkeypatch.setattr(blocks_module, "latencies", whole_slower(0.5))
     logged = []

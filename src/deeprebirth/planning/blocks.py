@@ -58,12 +58,16 @@ from ..transforms.depth import activation_node
 COMPUTE = ("call_module", "call_function", "call_method")
 #: Sessions each block and the base network run in (see ``select.SESSIONS``).
 SESSIONS = 3
-#: Sessions the plans timed whole to calibrate the model run in (``BlockLatency.calibrate``).
-#: The line through five networks carries their noise into every prediction, and a whole
-#: network is quick beside the block table: GoogLeNet at 64x64 in ExecuTorch, calibrated in
-#: 3 sessions, ran 15-24% over its blocks in the fitted plans and 11-14% in ten other sets
-#: measured in 9, and missed the worst of them by 15% (benchmarks/results/latency_model.md).
+#: Sessions the plans timed whole to calibrate the model run in (``BlockLatency.calibrate``):
+#: as many as fit in :data:`CALIBRATION_SECONDS`, from :data:`SESSIONS` up to this. The line
+#: through five networks carries their noise into every prediction: GoogLeNet at 64x64 in
+#: ExecuTorch, calibrated in 3 sessions, ran 15-24% over its blocks in the fitted plans and
+#: 11-14% in ten other sets measured in 9, and missed the worst of them by 15%
+#: (benchmarks/results/latency_model.md). Small networks are quick to time whole; ResNet-50 at
+#: 224 in 9 sessions took its selection from 3.9 to 6.1 minutes (select_time.md).
 CALIBRATION_SESSIONS = 9
+#: Seconds the whole-network timing of a calibration aims at (sessions are added up to it).
+CALIBRATION_SECONDS = 30.0
 
 
 #: Runtimes that run int8 models: their networks are not cut right after a max-pool
@@ -374,6 +378,8 @@ class BlockLatency:
         self.ms_per_mb = 0.0
         #: each plan the model was calibrated on: its weights, blocks, measured, predicted
         self.calibration: list[dict] = []
+        #: the sessions the calibration's plans were timed whole in
+        self.calibration_sessions = 0
         self.base_ms = 0.0
         self.base_blocks_ms = 0.0
         self.base_net: fx.GraphModule | None = None
@@ -492,7 +498,8 @@ class BlockLatency:
     def calibrate(self, networks: Sequence[fx.GraphModule], example: torch.Tensor) -> list[dict]:
         """Fit the constant and the price of weights: ``networks`` (plans of the base, as
         far apart as the options go) are timed whole beside the base in
-        :data:`CALIBRATION_SESSIONS` sessions, scaled to the base's latency from :meth:`fit`;
+        up to :data:`CALIBRATION_SESSIONS` sessions (as many as fit in
+        :data:`CALIBRATION_SECONDS`), scaled to the base's latency from :meth:`fit`;
         what each whole network takes beyond its blocks is fitted as ``constant + ms_per_mb *
         weight MB`` through them and the base (:func:`fit_beyond`). Returns each network's weights (MB), blocks'
         sum, measured and predicted latency (ms), the base's first."""
@@ -503,9 +510,16 @@ class BlockLatency:
         sums += [sum(r["ms"] for r in self.blocks_ms(gm, example)) for gm in networks]
         models = {"<base>": (self.base_net, example)}
         models |= {f"<plan {i}>": (gm, example) for i, gm in enumerate(networks)}
-        self.log(f"timing {len(networks)} plans whole on {self.runtime}, beside the base")
         beside = {k: "<base>" for k in models if k != "<base>"}
-        t = self._time(models, beside, sessions=CALIBRATION_SESSIONS)
+        # a session: each plan and the base, runs times each (ms)
+        session_s = 2 * self.runs * self.base_ms * len(networks) / 1000
+        fit_in = int(CALIBRATION_SECONDS / session_s) if session_s > 0 else CALIBRATION_SESSIONS
+        self.calibration_sessions = max(SESSIONS, min(CALIBRATION_SESSIONS, fit_in))
+        self.log(
+            f"timing {len(networks)} plans whole on {self.runtime}, beside the base "
+            f"({self.calibration_sessions} sessions)"
+        )
+        t = self._time(models, beside, sessions=self.calibration_sessions)
         measured = [self.base_ms]
         measured += [
             self.base_ms * t[k].median_ms / t["<base>"].median_ms for k in models if k != "<base>"
