@@ -278,8 +278,9 @@ def test_what_a_whole_network_takes_beyond_its_blocks_is_fitted_on_its_weights(
 
 
 def test_fit_beyond_weighs_relative_errors():
-    # the trained GoogLeNet at 64x64 in int8, as calibrated: the base, two slow plans (with
-    # LRN) and two fast ones; MB of weights, the blocks' sum, measured whole (ms)
+    # the trained GoogLeNet at 64x64 in int8, as one exploratory calibration measured it: the
+    # base, two slow plans (with LRN) and two fast ones; MB of weights, the blocks' sum,
+    # measured whole (ms)
     mbs, sums = [23.9, 20.6, 12.0, 18.5, 19.9], [2.941, 2.776, 0.371, 0.641, 0.725]
     measured = [3.021, 2.853, 0.340, 0.584, 0.699]
 

@@ -319,8 +319,8 @@ def fit_beyond(
     Least squares of the relative error (each residual over its network's latency): a
     timing's noise is a share of it, and the budget and the model's check are shares too.
     Unweighted, the slow plans' residuals set the line: the trained GoogLeNet at 64x64 in
-    int8, whose plans without LRN run 5x faster than those with, had a fast plan missed by 10%
-    (docs/results.md, "Calibrated in nine sessions"). A negative price (weights cannot make a
+    int8, whose plans without LRN run 5x faster than those with, refitted so, is off by up to
+    21% where this fit is off by 17% (benchmarks/results/latency_fit.md). A negative price (weights cannot make a
     network faster: noise) is taken as 0, with the weighted mean as the constant."""
     beyond = np.subtract(measured_ms, blocks_ms)
     w = 1 / np.asarray(measured_ms, dtype=float)
