@@ -3,8 +3,8 @@
 For each network and input size: every option the latency-budget selection offers (learned
 merges, depth chains, Tucker-2 ranks; random weights, 1 channel, 10 classes as in the
 Fashion-MNIST runs, or with ``--checkpoint`` a trained network's, whose Tucker-2 ranks are
-those EVBMF finds in trained weights), its blocks timed alone, each beside the base's block it replaces
-(``deeprebirth.planning.blocks``, cache off), and the constant and price per MB of weights
+those EVBMF finds in trained weights), its blocks timed alone, each beside the base's block
+it replaces (``deeprebirth.planning.blocks``, cache off), and the constant and price per MB of weights
 fitted on the plans the selection fits them on (every group's fastest option and 3 random
 sets, timed whole); then 10 other random option sets (each group on with probability 1/2, one of its
 options at random), each predicted from its blocks and measured whole, interleaved with the
@@ -202,8 +202,9 @@ def write_md(data: dict) -> None:
         "blocks (`sum + constant`, earlier runs); a line in ms fitted on the base and 4 other "
         "plans timed whole (every group's fastest option, 3 random sets; not among the 10 "
         "checked; one run, in 3 sessions, or 9 where the row says `calibrated in 9`; least "
-        "squares of the absolute error, or of the relative one where it says `relative`); or the sum plus a constant and a price per MB of the network's "
-        "weights, both fitted on those plans (`sum +c + ms/MB`). "
+        "squares of the absolute error, or of the relative one where it says `relative`); or "
+        "the sum plus a constant and a price per MB of the network's weights, both fitted on "
+        "those plans (`sum +c + ms/MB`). "
         "`timed`: in pairs (each form beside its base block, each set beside the base), or, "
         "in earlier runs, all forms and all sets interleaved at once (caches cold). "
         "`blocks / network`: the base's blocks timed alone, summed, over the whole base "
@@ -219,7 +220,8 @@ def write_md(data: dict) -> None:
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['model']}{f' ({w})' if (w := r.get('weights')) else ''} | {r['size']} | {r['runtime']} | {r.get('timed', 'all at once')} "
+            f"| {r['model']}{f' ({w})' if (w := r.get('weights')) else ''} | {r['size']} "
+            f"| {r['runtime']} | {r.get('timed', 'all at once')} "
             f"| {_line(r)} | {r['options']} | {r['blocks']} | {r['base_ms']:.3f} "
             f"| {_blocks_share(r):.2f}x "
             f"| {100 * r['median_abs_error']:.1f}% | {100 * r['worst_abs_error']:.1f}% "

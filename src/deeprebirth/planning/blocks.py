@@ -20,9 +20,9 @@ block's weights are evicted by the others' and come from farther away. The const
 runtime's per-call overhead, fusions across a cut) and the price per MB of weights are
 fitted by least squares of the relative error on whole networks: the base and a few plans
 timed whole beside it (:meth:`BlockLatency.calibrate`). With a constant alone (the whole
-base less its blocks), GoogLeNet at 64x64 in ONNX Runtime was predicted too slow for every plan, by up to 40%:
-the constant held the base's 24 MB of weights fetched from farther away and did not shrink
-with a plan's weights (docs/results.md, "Blocks in pairs"). Options that touch different
+base less its blocks), GoogLeNet at 64x64 in ONNX Runtime was predicted too slow for every
+plan, by up to 40%: the constant held the base's 24 MB of weights fetched from farther away
+and did not shrink with a plan's weights (docs/results.md, "Blocks in pairs"). Options that touch different
 blocks add up in this model; options in the same block are timed together when a plan
 combines them (:meth:`BlockLatency.predict`).
 """
@@ -320,8 +320,9 @@ def fit_beyond(
     timing's noise is a share of it, and the budget and the model's check are shares too.
     Unweighted, the slow plans' residuals set the line: the trained GoogLeNet at 64x64 in
     int8, whose plans without LRN run 5x faster than those with, refitted so, is off by up to
-    21% where this fit is off by 17% (benchmarks/results/latency_fit.md). A negative price (weights cannot make a
-    network faster: noise) is taken as 0, with the weighted mean as the constant."""
+    21% where this fit is off by 17% (benchmarks/results/latency_fit.md). A negative price
+    (weights cannot make a network faster: noise) is taken as 0, with the weighted mean as
+    the constant."""
     beyond = np.subtract(measured_ms, blocks_ms)
     w = 1 / np.asarray(measured_ms, dtype=float)
     if len(set(mbs)) < 2:
@@ -497,12 +498,12 @@ class BlockLatency:
 
     def calibrate(self, networks: Sequence[fx.GraphModule], example: torch.Tensor) -> list[dict]:
         """Fit the constant and the price of weights: ``networks`` (plans of the base, as
-        far apart as the options go) are timed whole beside the base in
-        up to :data:`CALIBRATION_SESSIONS` sessions (as many as fit in
-        :data:`CALIBRATION_SECONDS`), scaled to the base's latency from :meth:`fit`;
-        what each whole network takes beyond its blocks is fitted as ``constant + ms_per_mb *
-        weight MB`` through them and the base (:func:`fit_beyond`). Returns each network's weights (MB), blocks'
-        sum, measured and predicted latency (ms), the base's first."""
+        far apart as the options go) are timed whole beside the base in up to
+        :data:`CALIBRATION_SESSIONS` sessions (as many as fit in :data:`CALIBRATION_SECONDS`),
+        scaled to the base's latency from :meth:`fit`; what each whole network takes beyond
+        its blocks is fitted as ``constant + ms_per_mb * weight MB`` through them and the base
+        (:func:`fit_beyond`). Returns each network's weights (MB), blocks' sum, measured and
+        predicted latency (ms), the base's first."""
         if self.base_net is None:
             raise RuntimeError("fit the block model before calibrating it")
         mbs = [weights_mb(gm) for gm in (self.base_net, *networks)]

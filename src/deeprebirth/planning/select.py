@@ -675,8 +675,9 @@ def select_plan(
     (options in one block timed together); with ``"networks"`` the choice is measured. By
     default, where the block model misses a plan it was calibrated on by more than
     :data:`MAX_CALIBRATION_MISS`, its savings still choose but each choice is measured whole
-    beside the base (``extra["judged"]``: ``"measured"``, else ``"blocks"``). When that misses the budget (savings are not quite additive), the target is raised in
-    proportion and the choice made again, up to ``correction_rounds`` times in all. With
+    beside the base (``extra["judged"]``: ``"measured"``, else ``"blocks"``). When that
+    misses the budget (savings are not quite additive), the target is raised in proportion
+    and the choice made again, up to ``correction_rounds`` times in all. With
     blocks, ``extra`` holds the selected plan's prediction block by block; measuring it whole
     is the caller's (the pipeline times it beside the original). ``margin``: aim that share
     under the budget (0.03: 3% under; the recipe's ``select.margin`` is 0.03 unless set), so
