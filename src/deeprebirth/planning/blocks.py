@@ -64,7 +64,8 @@ SESSIONS = 3
 #: ExecuTorch, calibrated in 3 sessions, ran 15-24% over its blocks in the fitted plans and
 #: 11-14% in ten other sets measured in 9, and missed the worst of them by 15%
 #: (benchmarks/results/latency_model.md). Small networks are quick to time whole; ResNet-50 at
-#: 224 in 9 sessions took its selection from 3.9 to 6.1 minutes (select_time.md).
+#: 224 in 9 sessions took its selection from 3.9 to 6.1 minutes (benchmarks/select_time.py;
+#: that row is at commit 07f8447: docs/results.md, "Calibrated in nine sessions").
 CALIBRATION_SESSIONS = 9
 #: Seconds the whole-network timing of a calibration aims at (sessions are added up to it).
 CALIBRATION_SECONDS = 30.0
