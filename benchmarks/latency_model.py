@@ -201,7 +201,7 @@ def write_md(data: dict) -> None:
         "the base network. `predicted as`: the sum plus the constant the base has between its "
         "blocks (`sum + constant`, earlier runs); a line in ms fitted on the base and 4 other "
         "plans timed whole (every group's fastest option, 3 random sets; not among the 10 "
-        "checked; one run, in 3 sessions, or 9 where the row says `calibrated in 9`; least "
+        "checked; one run, in 3 sessions, or N where the row says `calibrated in N`; least "
         "squares of the absolute error, or of the relative one where it says `relative`); or "
         "the sum plus a constant and a price per MB of the network's weights, both fitted on "
         "those plans (`sum +c + ms/MB`). "
