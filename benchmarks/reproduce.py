@@ -21,10 +21,17 @@ finished step is skipped unless --force):
   slimmed_depth_3a      the same with the chain the plan picks at 224 instead (conv2_reduce,
                         conv2 and inception 3a's fused heads; the stem keeps its ReLU)
   slimmed_tucker        Tucker-2 on the slimmed model, tuned against it (the paper's order)
+  googlenet_at_squeezenet_speed
+                        the paper's comparison at equal speed: the teacher with every
+                        merge, depth chain and Tucker-2 rank as options, selected for
+                        SqueezeNet 1.1's ORT latency (out of reach: the fastest plan they
+                        make), tuned with the default recipe, its stages sharing the
+                        slimmed student's stage batches
   slimmed_tucker_int8   int8 of each float model (ONNX Runtime static quantization,
   squeezenet1_1_int8    calibrated on training images; the calibration method and the layers
                         kept float chosen on the 5,000 validation images)
   mobilenet_v2_int8
+  googlenet_at_squeezenet_speed_int8
   mobilenet_v2_depth    depth compression of the MobileNetV2 reference: activations dropped
                         and the convs around them merged (the chains chosen to reach 0.75 of
                         its ORT latency), tuned by the default recipe with a budget
@@ -410,6 +417,33 @@ def step_slimmed_tucker(args) -> None:
     student("slimmed_tucker", args, (f"tune.max_batches={batches}",))
 
 
+def step_googlenet_at_squeezenet_speed(args) -> None:
+    """The paper's comparison at equal speed: the selection first (SqueezeNet 1.1's ORT
+    latency as the budget, every option; out of reach, the fastest plan), kept where the run
+    resumes it; its layer-wise stages then share the slimmed student's stage batches, as the
+    Tucker stages do (it has a stage per decomposed conv)."""
+    from deeprebirth.graph import capture
+    from deeprebirth.pipeline import Hooks, load_model, selection_for
+    from deeprebirth.slimming import slim
+    from deeprebirth.tuning import find_stages
+
+    key = "googlenet_at_squeezenet_speed"
+    recipe = student_recipe(key)
+    model, spec = load_model(recipe.model, "reproduce.py")
+    recipe = recipe.replace(model=spec)
+    hooks = Hooks(log=lambda msg: print(msg, flush=True), note=lambda msg: print(msg, flush=True))
+    plan = selection_for(recipe, model, spec, ROOT / recipe.out, hooks).plan
+    result = slim(model, plan, input_size=SIZE, in_chans=CHANS)
+    example = torch.zeros(1, CHANS, SIZE, SIZE)
+    stages = find_stages(result.plan, result.report.applied, capture(model), result.model, example)
+    # linearized chains are tuned in the linearization: no stage of theirs
+    chains = {e.id for e in result.plan.entries if e.kind == "drop_activation"}
+    n = sum(not set(s.id.split("+")) <= chains for s in stages)
+    batches = max(1, stage_count() * STAGE_BATCHES // max(1, n))
+    print(f"{n} layer-wise stages: {batches} batches each", flush=True)
+    student(key, args, (f"tune.max_batches={batches}",))
+
+
 #: The students whose committed recipe is the whole step.
 RECIPE_STUDENTS = (
     "mobilenet_v2_depth",
@@ -630,11 +664,13 @@ STEPS = {
     "slimmed_depth": step_slimmed_depth,
     "slimmed_depth_3a": step_slimmed_depth_3a,
     "slimmed_tucker": step_slimmed_tucker,
+    "googlenet_at_squeezenet_speed": step_googlenet_at_squeezenet_speed,
     **{key: (lambda args, k=key: student(k, args)) for key in RECIPE_STUDENTS},
     **{
         f"{k}_int8": (lambda args, k=k: int8(k, args))
         for k in (
             "slimmed_tucker",
+            "googlenet_at_squeezenet_speed",
             *REFERENCES,
             "mobilenet_v2_depth",
             "mobilenet_v2_depth_linearized",

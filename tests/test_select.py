@@ -376,6 +376,16 @@ def test_a_margin_aims_under_the_budget(monkeypatch):
     # it says what the fastest plan would be (these options enable no entries of their own)
     assert missed.value.fastest_ms == pytest.approx(4.0)
     assert not any(e.enabled and not e.exact for e in missed.value.fastest.entries)
+    # out_of_reach="fastest": that plan instead of the error, said to be out of reach
+    s = sel.select_plan(
+        model, x, plan, budget_ms=3.9, margin=0.1, latency_model="networks", out_of_reach="fastest"
+    )
+    assert sorted(s.chosen) == ["a", "b", "c"] and s.extra["out_of_reach"] is True
+    assert s.rounds[-1]["measured_ms"] == 7.0 and len(s.rounds) == 1
+    met = sel.select_plan(model, x, plan, budget_ms=9.0, latency_model="networks")
+    assert "out_of_reach" not in met.extra
+    with pytest.raises(ValueError, match="out_of_reach is one of"):
+        sel.select_plan(model, x, plan, budget_ms=9.0, out_of_reach="closest")
 
 
 def test_a_resumed_run_tunes_the_plan_it_selected_before(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from .config import default_of, field_of, nest
-from .planning.select import LATENCY_MODELS, SELECT_RUNTIMES
+from .planning.select import LATENCY_MODELS, OUT_OF_REACH, SELECT_RUNTIMES
 from .profiling import RUNTIMES
 from .recipe import Recipe
 
@@ -166,6 +166,7 @@ SLIM_FLAGS = {
         ),
         ("--latency-budget-of", "select.latency_budget_of", {"metavar": "MODEL"}),
         ("--budget-margin", "select.margin", {"type": float, "metavar": "SHARE"}),
+        ("--out-of-reach", "select.out_of_reach", {"choices": OUT_OF_REACH}),
         ("--cost-batches", "select.cost_batches", {"type": int, "metavar": "N"}),
         ("--runtime", "select.runtime", {"choices": SELECT_RUNTIMES}),
         ("--threads", "select.threads", POSITIVE),

@@ -228,6 +228,7 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
         margin=s.margin,
         latency_model=s.latency_model,
         cost=tuned_cost(recipe, model, spec, plan, batches, hooks),
+        out_of_reach=s.out_of_reach,
         log=hooks.log,
     )
     selected, _ = apply_plan(model, selection.plan, example)
@@ -268,7 +269,13 @@ def select_step(recipe: Recipe, model: nn.Module, spec: ModelConfig, hooks):
     over = (
         extra["share"] > share if share is not None else extra["measured_ms"] > s.latency_budget_ms
     )
-    if over:
+    if extra.get("out_of_reach"):
+        hooks.note(
+            f"the budget ({selection.budget_ms:.3f} ms) is out of reach: every option together, "
+            f"the closest the options come, measured {extra['measured_ms']:.3f} ms "
+            '(select.out_of_reach = "fastest")'
+        )
+    elif over:
         hooks.note(
             f"measured {extra['measured_ms']:.2f} ms is over the budget: savings did "
             "not add up as the table predicts (timing noise or interactions)"

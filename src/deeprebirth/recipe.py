@@ -30,7 +30,7 @@ from .export.check import FORMATS
 from .export.int8 import CALIBRATION_METHODS, DEFAULT_INT8_FORMAT, INT8_FORMATS
 from .files import atomic_write_text
 from .plan.config import PlanConfig
-from .planning.select import LATENCY_MODELS, SELECT_RUNTIMES
+from .planning.select import LATENCY_MODELS, OUT_OF_REACH, SELECT_RUNTIMES
 from .profiling.profile import DEFAULT_RUNTIMES, RUNTIMES
 from .tuning.trainer import TuneConfig
 
@@ -100,6 +100,11 @@ class SelectConfig:
         "aim this share under the budget (0.03: 3% under), so that timing drift between runs "
         "and the latency model's error (a few percent, measured) do not put the selected "
         "plan over it; it is still judged against the budget (0: aim at the budget itself)",
+    )
+    out_of_reach: str = option(
+        "error",
+        "a budget no plan reaches: error (stop, saying how close every option together comes) "
+        "or fastest (take that plan, every group's fastest option, and say it is over)",
     )
     cost_batches: int = option(
         0,
@@ -291,6 +296,7 @@ class Recipe:
         _check_choices("select.runtime", [self.select.runtime], SELECT_RUNTIMES)
         if self.plan.runtime is not None:
             _check_choices("plan.runtime", [self.plan.runtime], SELECT_RUNTIMES)
+        _check_choices("select.out_of_reach", [self.select.out_of_reach], OUT_OF_REACH)
         if self.select.latency_model is not None:
             _check_choices("select.latency_model", [self.select.latency_model], LATENCY_MODELS)
         for key in ("rank_ratio", "pointwise_rank_ratio"):

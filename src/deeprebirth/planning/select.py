@@ -111,6 +111,8 @@ MAX_CALIBRATION_MISS = 0.10
 #: (``BlockLatency.calibrate``): every
 #: group's fastest option, and this many random option sets besides.
 CALIBRATION_SETS = 3
+#: What a budget no plan reaches gets: an error, or the fastest plan the options make.
+OUT_OF_REACH = ("error", "fastest")
 
 
 class BudgetError(DeepRebirthError):
@@ -665,6 +667,7 @@ def select_plan(
     margin: float = 0.0,
     latency_model: str | None = None,
     cost: CostFn | None = None,
+    out_of_reach: str = "error",
     log: Callable[[str], None] = lambda msg: None,
 ) -> Selection:
     """The plan that reaches ``budget_ms`` on ``runtime`` at the least estimated error; or
@@ -684,13 +687,18 @@ def select_plan(
     that timing drift between runs and the blocks' prediction error do not put the result
     over it; a budget in reach whose margin is not is aimed at every option together.
     ``cost``: each option's cost from its entries (default: its error on ``batches`` before
-    tuning).
+    tuning). ``out_of_reach``: what a budget below every option together gets: ``"error"``
+    (:class:`BudgetError`) or ``"fastest"`` (that plan, every group's fastest option, with
+    ``extra["out_of_reach"]`` true: the closest the options come).
 
     Raises:
-        BudgetError: the budget is below what any plan reaches (says the best reachable).
+        BudgetError: the budget is below what any plan reaches (says the best reachable),
+            unless ``out_of_reach="fastest"``.
     """
     if (budget_ms is None) == (budget_share is None):
         raise ValueError("give budget_ms or budget_share")
+    if out_of_reach not in OUT_OF_REACH:
+        raise ValueError(f"out_of_reach is one of {', '.join(OUT_OF_REACH)}")
     asked = latency_model
     latency_model = latency_model or DEFAULT_LATENCY_MODEL[runtime]
     if latency_model not in LATENCY_MODELS:
@@ -748,10 +756,18 @@ def select_plan(
     if target_ms < reach_ms <= budget_ms:  # the budget is in reach, its margin is not
         target_ms = reach_ms
         log(f"the margin is out of reach: aiming at every option together, {target_ms:.3f} ms")
-    if reach_ms > budget_ms:
+    beyond = reach_ms > budget_ms
+    if beyond and out_of_reach == "fastest":
+        log(
+            f"a budget of {budget_ms:g} ms on {runtime} is out of reach: every option together "
+            f"gives about {reach_ms:.3f} ms; that plan is the closest the options come"
+        )
+        target_ms = reach_ms
+    elif beyond:
         raise BudgetError(
             f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges "
-            f"give {base_ms:.3f} ms and all options together about {reach_ms:.3f} ms",
+            f"give {base_ms:.3f} ms and all options together about {reach_ms:.3f} ms "
+            '(select.out_of_reach = "fastest" takes that plan)',
             fastest=with_entries(plan, [e for o in fastest for e in o.entries]),
             fastest_ms=reach_ms,
         )
@@ -760,6 +776,8 @@ def select_plan(
         # together the options save more than their savings alone add up to: ask the
         # savings for as much less (the rounds below ask for more if that falls short)
         need *= best / (base_ms - reach_ms)
+    if beyond:
+        need = best  # every group's fastest option
     rounds, tried = [], []
     for _ in range(max(1, correction_rounds)):
         if need < best:
@@ -793,6 +811,8 @@ def select_plan(
     picked, cost, predicted, _ = within[0] if within else min(tried, key=lambda t: t[3])
     chosen_entries = [e for o in picked for e in o.entries]
     extra: dict = {"latency_model": latency_model, "judged": "measured" if whole else "blocks"}
+    if beyond:
+        extra["out_of_reach"] = True
     if blocks is not None:  # what the blocks predict, block by block (the caller measures)
         chosen, _ = apply_plan(model, with_entries(plan, chosen_entries), example)
         extra["blocks_ms"], extra["blocks"] = blocks.predict(chosen, example)

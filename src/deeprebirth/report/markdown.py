@@ -195,6 +195,12 @@ def _selection_lines(sel: dict) -> list[str]:
         f"{x.get('error', float('nan')):.2e} chosen vs {x.get('fixed_plan_error', float('nan')):.2e} fixed plan.",
         "",
     ]
+    if x.get("out_of_reach"):
+        lines += [
+            "**The budget is out of reach**: every option together does not meet it; this is "
+            'that plan, the closest the options come (`select.out_of_reach = "fastest"`).',
+            "",
+        ]
     for i, r in enumerate(sel.get("rounds", []), 1):
         lines.append(
             f"- round {i}: asked the table for {r['need_ms']:.3f} ms of savings; the savings "
