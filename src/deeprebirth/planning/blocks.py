@@ -277,7 +277,10 @@ def _cut_keys(
     conv's: in the base that node is the chain's wide expansion, in the option its narrow
     output), or take away the node a cut was (a residual sum folded into the chain's conv):
     the same name at another shape is not the same cut; the same reader at the same shape
-    is."""
+    is. Only a layer (a module) names a reader: a function's node is numbered in graph
+    order (``split_6``), and another form of the network, with a split more or less before
+    it, gives that number to another node (GoogLeNet at 64x64: inception 4e's fused heads
+    without their branch merge, 5a's split took the name of 4e's, at the same shape)."""
     ShapeProp(gm).propagate(example)
     nodes = list(gm.graph.nodes)
     pos, by_name = {n: i for i, n in enumerate(nodes)}, {n.name: n for n in nodes}
@@ -286,7 +289,9 @@ def _cut_keys(
         node = by_name[c]
         shape = tuple(getattr(node.meta.get("tensor_meta"), "shape", ()))
         reader = min(node.users, key=pos.__getitem__)
-        keys[c] = {("node", c, shape), ("reader", reader.name, shape)}
+        keys[c] = {("node", c, shape)}
+        if reader.op == "call_module":
+            keys[c].add(("reader", reader.target, shape))
     return keys
 
 
@@ -580,8 +585,12 @@ class BlockLatency:
         ``example``, which propagated its shapes; found if not given), and for each block the base's block it stands in for: the one ending at the
         same cut (the last where a cut has gone)."""
         keys = self._cut_keys(gm, example) if keys is None else keys
-        at = {_find(self.cut_keys[c], keys): c for c in cuts}
-        at.pop(None, None)
+        order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        at, last = {}, -1
+        for c in cuts:  # found in graph order, as the base has them (else not found)
+            node = _find(self.cut_keys[c], keys)
+            if node is not None and order[node] > last:
+                at[node], last = c, order[node]
         blocks = split(gm, example, list(at), propagated=True, random_inputs=self.quantized)
         if not self.base:
             return blocks, {}
