@@ -139,6 +139,52 @@ def test_a_cut_is_found_by_its_reader_where_a_merge_took_its_node():
     assert "relu" not in found and blocks_module._find(cuts["relu"], found) == "merged"
 
 
+class Heads(nn.Module):
+    """Two 1x1 heads, fused into one conv and split (as the branch merge leaves them) or not."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.conv = nn.Conv2d(4, 8, 1)
+        else:
+            self.a, self.b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        if self.fused:
+            parts = torch.split(self.conv(x), [4, 4], dim=1)
+            a, b = parts[0], parts[1]
+        else:
+            a, b = self.a(x), self.b(x)
+        return torch.cat([torch.relu(a), torch.relu(b)], 1)
+
+
+class TwoModules(nn.Module):
+    def __init__(self, first_fused: bool):
+        super().__init__()
+        self.stem, self.h1 = nn.Conv2d(3, 4, 1), Heads(first_fused)
+        self.mid, self.h2 = nn.Conv2d(8, 4, 1), Heads(True)
+
+    def forward(self, x):
+        return self.h2(self.mid(self.h1(self.stem(x))))
+
+
+def test_a_cut_is_not_found_by_a_functions_numbered_name():
+    """Without the first module's fused heads, the second module's split is fx's ``split``,
+    the name the first one's has in the base, at the same shape: not the same cut."""
+    base, other = capture(TwoModules(True).eval()), capture(TwoModules(False).eval())
+    x = torch.randn(1, 3, 8, 8)
+    cuts, found = blocks_module._cut_keys(base, x), blocks_module._cut_keys(other, x)
+    assert {"h1_conv", "h2_conv"} <= cuts.keys() and "h2_conv" in found
+    assert blocks_module._find(cuts["h1_conv"], found) is None
+    assert blocks_module._find(cuts["h2_conv"], found) == "h2_conv"
+    # the blocks of the other form end at the cuts it shares, in graph order
+    latency = BlockLatency()
+    latency.cut_keys = cuts
+    ends = [b.end for b in latency._split(other, x, list(cuts))[0]]
+    assert "h1_conv" not in ends and ends == sorted(ends, key=list(found).index)
+
+
 def test_a_blocks_key_is_its_structure_not_its_names_or_weights():
     torch.manual_seed(0)
     a, b = capture(tiny_resnet()), capture(tiny_resnet())
