@@ -675,3 +675,6 @@ def test_the_report_says_when_each_choice_was_timed_whole():
     text = "\n".join(_selection_lines(sel))
     assert "timed whole beside the base" not in text
     assert "its blocks predicted 7.500 ms" in text
+    assert "out of reach" not in text
+    extra["out_of_reach"] = True  # select.out_of_reach = "fastest" took every option
+    assert "**The budget is out of reach**" in "\n".join(_selection_lines(sel))

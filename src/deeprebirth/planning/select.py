@@ -767,7 +767,7 @@ def select_plan(
         raise BudgetError(
             f"a budget of {budget_ms:g} ms on {runtime} is out of reach: the exact merges "
             f"give {base_ms:.3f} ms and all options together about {reach_ms:.3f} ms "
-            '(select.out_of_reach = "fastest" takes that plan)',
+            '(--out-of-reach fastest, select.out_of_reach = "fastest", takes that plan)',
             fastest=with_entries(plan, [e for o in fastest for e in o.entries]),
             fastest_ms=reach_ms,
         )
