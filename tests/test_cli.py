@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from deeprebirth import data
-from deeprebirth.cli import main
+from deeprebirth.cli import build_parser, main
+from deeprebirth.flags import recipe_from_args
 from deeprebirth.tuning import TuneConfig
 from deeprebirth.zoo import get_model
 
@@ -522,3 +523,14 @@ def test_labels_that_are_not_the_models_classes_are_left_out_of_the_fine_tune(ca
     assert "not the model's outputs" in err and "use_labels off" in err
     report = json.loads((tmp_path / "s" / "tune_report.json").read_text())
     assert report["tuning"]["config"]["use_labels"] is False
+
+
+def test_out_of_reach_is_a_flag(capsys):
+    slim = ["slim", "user_models:tiny_cnn", "--latency-budget", "1", "--out", "o"]
+    parse = build_parser().parse_args
+    assert recipe_from_args(parse(slim)).select.out_of_reach == "error"
+    fastest = recipe_from_args(parse([*slim, "--out-of-reach", "fastest"]))
+    assert fastest.select.out_of_reach == "fastest"
+    with pytest.raises(SystemExit) as exit_:
+        parse([*slim, "--out-of-reach", "closest"])
+    assert exit_.value.code == 2 and "invalid choice: 'closest'" in capsys.readouterr().err

@@ -78,6 +78,10 @@ def test_optional_keys_default_to_none():
             "plan.enable/plan.disable choose entries by hand",
         ),
         ('[model]\nname = "a"\n[report]\nruntimes = ["tflite"]', "'tflite' is not one of"),
+        (
+            '[model]\nname = "a"\n[select]\nout_of_reach = "closest"',
+            "select.out_of_reach: 'closest' is not one of error, fastest",
+        ),
         ('[model]\nname = "a"\n[export]\nint8 = true\nformats = ["onnx"]', "needs data.spec"),
         ("model = 3", "[model] must be a table"),
         ("[data]\nspec = 'synthetic'", "missing key model"),
