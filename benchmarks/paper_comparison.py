@@ -41,6 +41,7 @@ from itertools import islice
 from pathlib import Path
 
 from provenance import provenance, record_row, write_page
+from torch import nn
 
 from deeprebirth.artifacts import open_model
 from deeprebirth.data import get_dataset, get_loader
@@ -193,10 +194,11 @@ def run_tuned(runs: int) -> dict:
         "tuned": True,
         "ms": {k: v.median_ms for k, v in t.items()},
         "macs": {k: count_macs(m, example) for k, m in floats.items()},
+        "convs": {k: sum(isinstance(x, nn.Conv2d) for x in m.modules()) for k, m in floats.items()},
         "top1": {
             k: {s: entries[e][f"top1_{s}"] for s in ("val", "test")} for k, e in TUNED.items()
         },
-        "tuning": {k: entries[TUNED["googlenet"]].get(k) for k in ("cost", "selection", "stages")},
+        "tuning_cost": entries[TUNED["googlenet"]].get("cost"),
     }
 
 
@@ -217,8 +219,9 @@ def tuned_lines(rows: list[dict]) -> list[str]:
         "reproduce.py measured them.",
         "",
         "| | GoogLeNet top-1 val / test % | SqueezeNet 1.1 top-1 val / test % | GoogLeNet ms "
-        "| SqueezeNet 1.1 ms | / SqueezeNet | GoogLeNet MMACs | SqueezeNet MMACs | run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| SqueezeNet 1.1 ms | / SqueezeNet | GoogLeNet MMACs | SqueezeNet MMACs "
+        "| GoogLeNet convs | SqueezeNet convs | run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         for kind, g, q in (
@@ -227,16 +230,17 @@ def tuned_lines(rows: list[dict]) -> list[str]:
         ):
             a, b = r["top1"][g], r["top1"][q]
             macs = (
-                f"{r['macs'][g] / 1e6:.1f} | {r['macs'][q] / 1e6:.1f}"
+                f"{r['macs'][g] / 1e6:.1f} | {r['macs'][q] / 1e6:.1f} "
+                f"| {r['convs'][g]} | {r['convs'][q]}"
                 if g in r["macs"]
-                else "— | —"
+                else "— | — | — | —"
             )
             lines.append(
                 f"| {kind} | {a['val']:.2f} / {a['test']:.2f} | {b['val']:.2f} / {b['test']:.2f} "
                 f"| {r['ms'][g]:.3f} | {r['ms'][q]:.3f} | {r['ms'][g] / r['ms'][q]:.2f}x "
                 f"| {macs} | {r['date'][:10]}, {r['machine']['cpu']} |"
             )
-    cost = rows[-1]["tuning"].get("cost") or {}
+    cost = rows[-1].get("tuning_cost") or {}
     if cost:
         lines += [
             "",
